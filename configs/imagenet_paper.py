@@ -1,0 +1,27 @@
+"""The paper's full ImageNet protocol (Yosinski et al. 2014, Caffe's CaffeNet solver).
+
+    python -m kt_transfer.main --config=configs/imagenet_paper.py \
+        --config.dataset.data_dir=/data/imagenet --mode=AnB --n=4
+
+ILSVRC-2012 in an ImageNet-style folder (train/<wnid>/, val/<wnid>/), 227x227 crops of
+256x256 images, batch 256, lr 0.01 x0.1 every 100k iterations, 450k iterations.
+Expected (paper_results.json): base halves ~0.625 top-1, A4B ~0.60, A4B+ ~0.65.
+"""
+
+from kt_transfer.configs import embedded
+
+
+def get_config():
+    config = embedded.get_config()
+    config.dataset.name = "folder"
+    config.dataset.data_dir = ""  # required: --config.dataset.data_dir=/path/to/imagenet
+    config.dataset.resize_size = 256
+    config.dataset.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet mean, RGB
+    config.model.input_size = 227
+    config.model.width = 1.0
+    config.train.batch_size = 256
+    config.train.base_lr = 0.01
+    config.train.lr_step_size = 100_000
+    config.train.total_steps = 450_000
+    config.train.steps_per_epoch = 5_000  # the paper validated far more rarely; cheap here
+    return config

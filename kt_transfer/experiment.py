@@ -1,0 +1,148 @@
+"""Runs treatments: where each run lives, which base it needs, what it stores.
+
+Layout under the workdir:
+    <workdir>/<dataset>/<split>/<experiment id>/<run>/
+        config.json  checkpoints/  logs/  model.keras  metrics.json
+The experiment id hashes everything that defines a base network (dataset, model, solver),
+so a transfer run only ever reuses a base trained under the same settings. metrics.json is
+written last, atomically: its presence marks a finished run.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+
+import keras
+
+from kt_transfer import data, embedded, splits, train, transfer
+
+METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
+
+
+def write_json_atomic(path, obj):
+    """Writes JSON so that readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A resolved image folder and the class split applied to it."""
+
+    name: str
+    root: str
+    classes: list
+    split: splits.Split
+
+
+def resolve_dataset(config, log=print):
+    """Finds (or, for the embedded dataset, generates) the images and the split."""
+    dc = config.dataset
+    if dc.name == "embedded":
+        spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
+        root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
+    elif dc.name == "folder":
+        if not dc.data_dir or not os.path.isdir(dc.data_dir):
+            raise FileNotFoundError(
+                f"dataset folder {dc.data_dir!r} does not exist: set "
+                "--config.dataset.data_dir to an ImageNet-style folder (train/, val/)")
+        root = dc.data_dir
+    else:
+        raise ValueError(f"unknown --config.dataset.name={dc.name!r}; use embedded or folder")
+    classes = data.list_classes(root)
+    groups = _read_groups(root, len(classes))
+    return Dataset(dc.name, root, classes, splits.make_split(config.split, len(classes), groups))
+
+
+def _read_groups(root, num_classes):
+    """Per-class man-made/natural groups from classes.tsv, if the folder has one."""
+    path = os.path.join(root, "classes.tsv")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
+    return [row[2] for row in rows] if len(rows) == num_classes else None
+
+
+def experiment_dir(config, dataset):
+    """<workdir>/<dataset>/<split>/<id>: id = hash of what defines a base network."""
+    defining = {"dataset": config.dataset.to_dict(), "model": config.model.to_dict(),
+                "train": {k: v for k, v in config.train.to_dict().items()
+                          if k != "copied_lr_mult"}}
+    digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
+
+
+def run_dir(config, dataset, treatment):
+    name = treatment.run_name
+    if treatment.fine_tune and config.train.copied_lr_mult != 1.0:
+        name += f"_lr{config.train.copied_lr_mult:g}"
+    return os.path.join(experiment_dir(config, dataset), name)
+
+
+def read_metrics(path):
+    """The stored metrics of a finished run, or None."""
+    path = os.path.join(path, METRICS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_treatment(config, dataset, treatment, log=print):
+    """Trains and evaluates one treatment (its base first, if missing).
+
+    Returns:
+      (metrics dict, run directory). A finished run is not trained again.
+    """
+    out = run_dir(config, dataset, treatment)
+    stored = read_metrics(out)
+    if stored is not None:
+        log(f"{treatment.run_name}: finished earlier, stored result in {out}")
+        return stored, out
+    base_model = None
+    if treatment.base_mode:
+        base = transfer.parse_treatment(treatment.base_mode)
+        base_out = run_dir(config, dataset, base)
+        if read_metrics(base_out) is None:
+            log(f"{treatment.run_name} copies layers from {base.run_name}, which is not "
+                f"trained yet under this config: training {base.run_name} first.")
+            run_treatment(config, dataset, base, log)
+        base_model = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, CONFIG_FILE),
+                      {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
+    # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
+    keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
+        treatment.run_name.encode()) % 1000)
+    half = dataset.split.half(treatment.target)
+    model, plans = transfer.build_model(treatment, config.model, len(half), base_model,
+                                        config.train.copied_lr_mult)
+    train.compile_model(model, config.train, plans)
+    train_ds, val_ds = make_datasets(config, dataset, half)
+    log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
+        f"for {config.train.total_steps} steps -> {out}")
+    metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
+                                     verbose=config.verbose)
+    metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
+                   split=dataset.split.name, dataset=dataset.name, status="finished")
+    tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
+    model.save(tmp_model)
+    os.replace(tmp_model, os.path.join(out, MODEL_FILE))
+    write_json_atomic(os.path.join(out, METRICS_FILE), metrics)
+    return metrics, out
+
+
+def make_datasets(config, dataset, class_indices):
+    """(train, val) tf.data pipelines of one half."""
+    kwargs = dict(data_config=config.dataset, input_size=config.model.input_size,
+                  batch_size=config.train.batch_size, seed=config.train.seed,
+                  classes=dataset.classes)
+    train_ds, _ = data.make_dataset(dataset.root, "train", class_indices, training=True, **kwargs)
+    val_ds, _ = data.make_dataset(dataset.root, "val", class_indices, training=False, **kwargs)
+    return train_ds, val_ds

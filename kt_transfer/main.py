@@ -1,0 +1,65 @@
+"""Command line: flags -> config -> run a treatment -> print a summary.
+
+    python -m kt_transfer.main --mode=AnB --n=4
+    python -m kt_transfer.main --config=configs/imagenet_paper.py \
+        --config.dataset.data_dir=/data/imagenet --mode=BnB+ --n=3
+
+Every value of the config file can be overridden, e.g. --config.train.total_steps=400;
+a misspelled key is an error.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import kt_transfer.configs
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(kt_transfer.configs.__file__), "embedded.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
+flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
+                    "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features). "
+                    "Overrides config.mode.")
+flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
+flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
+FLAGS = flags.FLAGS
+
+
+def resolve_config():
+    """The config file with the --mode/--n/--workdir shortcuts applied."""
+    config = _CONFIG.value
+    with config.unlocked():
+        for key in ("mode", "n", "workdir"):
+            if FLAGS[key].value is not None:
+                config[key] = FLAGS[key].value
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    config = resolve_config()
+    # Validate the cheap things before any long work (dataset generation, training).
+    from kt_transfer import transfer
+    try:
+        treatment = transfer.parse_treatment(config.mode, config.n)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    from kt_transfer import experiment, report  # TensorFlow loads here, after validation
+    try:
+        dataset = experiment.resolve_dataset(config)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    metrics, out = experiment.run_treatment(config, dataset, treatment)
+    print(report.summary(config, dataset, treatment, metrics, out))
+
+
+def run():
+    """Console-script entry point (`kt-transfer`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

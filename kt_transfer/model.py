@@ -1,0 +1,108 @@
+"""The paper's 8-layer network (Caffe's "CaffeNet", an AlexNet variant) in Keras 3.
+
+Only keras.layers and keras.ops are used, so the model runs on any Keras backend.
+Input size, width multiplier and class count are parameters: the CPU-scale default is
+the same 8-layer network, only narrower and on smaller images.
+"""
+
+import keras
+from keras import ops
+
+# The weight layers, in order; transfer copies the first n of these by name.
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+@keras.saving.register_keras_serializable(package="kt_transfer")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Caffe's across-channel LRN: x / (k + alpha/size * sum_window x^2) ** beta.
+
+    Caffe divides alpha by the window size (unlike tf.nn.local_response_normalization),
+    so this is written out with keras.ops rather than borrowed from a backend.
+    """
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if size % 2 != 1:
+            raise ValueError(f"LRN size must be odd, got {size}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def call(self, inputs):
+        channels = inputs.shape[-1]
+        half = self.size // 2
+        squared = ops.pad(ops.square(inputs), [[0, 0], [0, 0], [0, 0], [half, half]])
+        window_sum = sum(squared[..., i : i + channels] for i in range(self.size))
+        scale = self.k + (self.alpha / self.size) * window_sum
+        return inputs / ops.power(scale, self.beta)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size, alpha=self.alpha, beta=self.beta, k=self.k)
+        return config
+
+
+def _init(std, bias):
+    return dict(
+        kernel_initializer=keras.initializers.RandomNormal(stddev=std),
+        bias_initializer=keras.initializers.Constant(bias),
+    )
+
+
+def _width(channels, width):
+    # Grouped layers need a channel count divisible by 2.
+    return max(2, int(round(channels * width / 2)) * 2)
+
+
+def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, name="caffenet"):
+    """Builds the paper's network as a functional Keras model.
+
+    Args:
+      num_classes: outputs of fc8 (logits, no softmax).
+      input_size: side of the square input crop (227 in the paper).
+      width: multiplier on every layer's channel/unit count (1.0 = the paper).
+      dropout: dropout rate after fc6 and fc7.
+      name: model name.
+
+    Returns:
+      A keras.Model whose weight layers are named as in LAYER_NAMES, initialized as in
+      the paper (Gaussian std 0.01, 0.005 for fc6/fc7; biases 1 for conv2/4/5, fc6/7).
+    """
+    min_size = 67  # smallest input that still leaves a 1x1 map after pool5
+    if input_size < min_size:
+        raise ValueError(
+            f"input_size={input_size} is too small for the 8-layer network; use at "
+            f"least {min_size} (set --config.model.input_size)."
+        )
+    w = lambda c: _width(c, width)  # noqa: E731
+    L = keras.layers
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(inputs)
+    x = L.MaxPooling2D(3, 2, name="pool1")(x)
+    x = LocalResponseNormalization(name="norm1")(x)
+    x = L.Conv2D(w(256), 5, padding="same", groups=2, activation="relu", name="conv2",
+                 **_init(0.01, 1.0))(x)
+    x = L.MaxPooling2D(3, 2, name="pool2")(x)
+    x = LocalResponseNormalization(name="norm2")(x)
+    x = L.Conv2D(w(384), 3, padding="same", activation="relu", name="conv3", **_init(0.01, 0.0))(x)
+    x = L.Conv2D(w(384), 3, padding="same", groups=2, activation="relu", name="conv4",
+                 **_init(0.01, 1.0))(x)
+    x = L.Conv2D(w(256), 3, padding="same", groups=2, activation="relu", name="conv5",
+                 **_init(0.01, 1.0))(x)
+    x = L.MaxPooling2D(3, 2, name="pool5")(x)
+    x = L.Flatten(name="flatten")(x)
+    x = L.Dense(w(4096), activation="relu", name="fc6", **_init(0.005, 1.0))(x)
+    x = L.Dropout(dropout, name="drop6")(x)
+    x = L.Dense(w(4096), activation="relu", name="fc7", **_init(0.005, 1.0))(x)
+    x = L.Dropout(dropout, name="drop7")(x)
+    outputs = L.Dense(num_classes, name="fc8", **_init(0.01, 0.0))(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_from_config(model_config, num_classes, name="caffenet"):
+    """build_caffenet with the fields of a `config.model` block."""
+    return build_caffenet(
+        num_classes,
+        input_size=model_config.input_size,
+        width=model_config.width,
+        dropout=model_config.dropout,
+        name=name,
+    )

@@ -1,0 +1,30 @@
+"""Human-readable summaries of finished runs."""
+
+import os
+
+from kt_transfer import experiment, transfer
+
+
+def summary(config, dataset, treatment, metrics, out):
+    """The closing lines of a run: figures, the base to compare with, where things are."""
+    half = dataset.split.half(treatment.target)
+    lines = [
+        f"== {treatment.run_name} ({treatment.mode}, n={treatment.n}) on {dataset.name}, "
+        f"split {dataset.split.name}, half {treatment.target} ({len(half)} classes) ==",
+        f"validation top-1 {metrics['top1']:.4f}   top-5 {metrics['top5']:.4f}   "
+        f"(chance top-1 {1 / len(half):.4f})",
+    ]
+    reference = f"base{treatment.target}"
+    if treatment.mode != reference:
+        ref_metrics = experiment.read_metrics(
+            experiment.run_dir(config, dataset, transfer.parse_treatment(reference)))
+        if ref_metrics:
+            lines.append(f"{reference} for comparison: top-1 {ref_metrics['top1']:.4f}   "
+                         f"top-5 {ref_metrics['top5']:.4f}")
+        else:
+            lines.append(f"{reference} (for comparison) is not trained yet: "
+                         f"python -m kt_transfer.main --mode={reference}")
+    exp_dir = os.path.dirname(out)
+    lines += [f"outputs: {out}  (model.keras, metrics.json, config.json, logs/, checkpoints/)",
+              f"TensorBoard: tensorboard --logdir {exp_dir}"]
+    return "\n".join(lines)
