@@ -17,8 +17,10 @@ def get_config():
     config.dataset.data_dir = ""  # required: --config.dataset.data_dir=/path/to/imagenet
     config.dataset.resize_size = 256
     config.dataset.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet mean, RGB
+    config.dataset.scale = 1.0
     config.model.input_size = 227
     config.model.width = 1.0
+    config.model.init = "paper"
     config.train.batch_size = 256
     config.train.base_lr = 0.01
     config.train.lr_step_size = 100_000

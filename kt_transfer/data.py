@@ -42,10 +42,12 @@ def list_files(root, subset, classes, class_indices):
     return paths, labels
 
 
-def preprocess(image_bytes, label, *, training, resize_size, crop_size, mean_rgb, seed=None):
+def preprocess(image_bytes, label, *, training, resize_size, crop_size, mean_rgb, scale=1.0,
+               seed=None):
     """Caffe's preprocessing: resize, crop (random when training), mirror, subtract mean.
 
-    Pixels stay in [0, 255] minus the mean, as in the paper.
+    Pixels are (value in [0, 255] - mean) * scale; scale is 1 in the paper (Caffe's
+    transform_param `scale`).
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, [resize_size, resize_size])
@@ -55,7 +57,7 @@ def preprocess(image_bytes, label, *, training, resize_size, crop_size, mean_rgb
     else:
         offset = (resize_size - crop_size) // 2
         image = image[offset:offset + crop_size, offset:offset + crop_size, :]
-    image = image - tf.constant(mean_rgb, tf.float32)
+    image = (image - tf.constant(mean_rgb, tf.float32)) * scale
     return image, label
 
 
@@ -86,7 +88,8 @@ def make_dataset(root, subset, class_indices, data_config, input_size, batch_siz
     ds = ds.map(
         lambda x, y: preprocess(x, y, training=training, resize_size=data_config.resize_size,
                                 crop_size=input_size,
-                                mean_rgb=list(data_config.mean_rgb)),
+                                mean_rgb=list(data_config.mean_rgb),
+                                scale=data_config.get("scale", 1.0)),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
     return ds, len(paths)

@@ -1,0 +1,99 @@
+import keras
+import numpy as np
+import pytest
+
+from kt_transfer import model as model_lib
+from kt_transfer import train, transfer
+from kt_transfer.configs import tiny
+
+MODES = ["AnB", "AnB+", "BnB", "BnB+", "BnA", "BnA+", "AnA", "AnA+", "RnB", "RnA"]
+
+
+@pytest.fixture(scope="module")
+def model_config():
+    return tiny.get_config().model
+
+
+@pytest.fixture(scope="module")
+def base(model_config):
+    keras.utils.set_random_seed(7)
+    return model_lib.build_from_config(model_config, 6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_builder_copies_freezes_and_reinitializes_by_layer(mode, base, model_config):
+    for n in range(1, 8):
+        treatment = transfer.parse_treatment(mode, n)
+        model, plans = transfer.build_model(treatment, model_config, 6, base)
+        for i, name in enumerate(model_lib.LAYER_NAMES):
+            layer, base_layer = model.get_layer(name), base.get_layer(name)
+            same = all(np.array_equal(a, b) for a, b in
+                       zip(layer.get_weights(), base_layer.get_weights()))
+            copied = i < n and treatment.source != "R"
+            # Biases initialized to a constant coincide with the base's; kernels never do.
+            kernel_same = np.array_equal(layer.kernel.numpy(), base_layer.kernel.numpy())
+            assert (same if copied else not kernel_same), (mode, n, name)
+            frozen = i < n and not treatment.fine_tune
+            assert layer.trainable is not frozen, (mode, n, name)
+            assert plans[i].trainable is not frozen
+
+
+def test_base_modes_and_run_names():
+    assert transfer.parse_treatment("baseB").run_name == "baseB"
+    t = transfer.parse_treatment("AnB+", 4)
+    assert (t.run_name, t.base_mode, t.target, t.fine_tune) == ("A4B+", "baseA", "B", True)
+    assert transfer.parse_treatment("RnB", 3).base_mode is None
+
+
+@pytest.mark.parametrize("mode,n,message", [
+    ("AnB", 0, "between 1 and 7"), ("AnB", 8, "between 1 and 7"), ("XnY", 3, "unknown --mode"),
+    ("AnB", None, "--n"), ("RnB+", 2, "random control"),
+])
+def test_bad_mode_or_n_raises_a_clear_error(mode, n, message):
+    with pytest.raises(ValueError, match=message):
+        transfer.parse_treatment(mode, n)
+
+
+def test_mismatched_base_names_the_layer_and_both_shapes(model_config, base):
+    wider = model_config.copy_and_resolve_references()
+    wider.width = 0.125
+    treatment = transfer.parse_treatment("AnB", 2)
+    with pytest.raises(ValueError, match=r"layer 'conv1'.*\(11, 11, 3, 6\).*\(11, 11, 3, 12\)"):
+        transfer.build_model(treatment, wider, 6, base)
+    with pytest.raises(ValueError, match="fc8"):
+        transfer.build_model(treatment, model_config, 9, base)
+    bigger = model_config.copy_and_resolve_references()
+    bigger.input_size = 99  # changes fc6's input: caught when fc6 is copied
+    with pytest.raises(ValueError, match="layer 'fc6'"):
+        transfer.build_model(transfer.parse_treatment("AnB", 6), bigger, 6, base)
+
+
+def test_one_fit_step_leaves_frozen_weights_bit_identical(model_config, base):
+    config = tiny.get_config()
+    model, plans = transfer.build_model(transfer.parse_treatment("AnB", 3), model_config, 6, base)
+    train.compile_model(model, config.train, plans)
+    before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers if l.weights}
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, size=(8, 67, 67, 3)).astype("float32")
+    model.fit(x, rng.integers(0, 6, 8), batch_size=8, epochs=1, verbose=0)
+    for i, name in enumerate(model_lib.LAYER_NAMES):
+        after = model.get_layer(name).get_weights()
+        unchanged = all(np.array_equal(a, b) for a, b in zip(before[name], after))
+        assert unchanged == (i < 3), name
+
+
+def test_training_is_deterministic_under_a_seed(model_config):
+    config = tiny.get_config()
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, size=(16, 67, 67, 3)).astype("float32")
+    y = rng.integers(0, 6, 16)
+    results = []
+    for _ in range(2):
+        keras.utils.set_random_seed(1)
+        model, plans = transfer.build_model(transfer.parse_treatment("baseA"), model_config, 6)
+        train.compile_model(model, config.train, plans)
+        history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        results.append((history.history["loss"], model.get_weights()))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert np.array_equal(a, b)
