@@ -8,11 +8,11 @@ ILSVRC-2012 in an ImageNet-style folder (train/<wnid>/, val/<wnid>/), 227x227 cr
 Expected (paper_results.json): base halves ~0.625 top-1, A4B ~0.60, A4B+ ~0.65.
 """
 
-from kt_transfer.configs import embedded
+from kt_transfer import config_files
 
 
 def get_config():
-    config = embedded.get_config()
+    config = config_files.load("embedded")
     config.dataset.name = "folder"
     config.dataset.data_dir = ""  # required: --config.dataset.data_dir=/path/to/imagenet
     config.dataset.resize_size = 256

@@ -6,11 +6,11 @@
 20 steps. Accuracy is meaningless; only the plumbing is exercised.
 """
 
-from kt_transfer.configs import embedded
+from kt_transfer import config_files
 
 
 def get_config():
-    config = embedded.get_config()
+    config = config_files.load("embedded")
     config.dataset.resize_size = 72
     config.dataset.embedded.num_classes = 12
     config.dataset.embedded.train_per_class = 10

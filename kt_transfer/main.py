@@ -8,15 +8,14 @@ Every value of the config file can be overridden, e.g. --config.train.total_step
 a misspelled key is an error.
 """
 
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-import kt_transfer.configs
+from kt_transfer import config_files
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(kt_transfer.configs.__file__), "embedded.py")
+_DEFAULT_CONFIG = config_files.config_path("embedded")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
 flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "

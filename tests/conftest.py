@@ -6,7 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from kt_transfer.configs import tiny  # noqa: E402
+from kt_transfer import config_files  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def data_cache(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(data_cache, tmp_path):
-    config = tiny.get_config()
+    config = config_files.load("tiny")
     config.dataset.data_dir = data_cache
     config.workdir = str(tmp_path / "workdir")
     config.verbose = 0

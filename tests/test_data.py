@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from kt_transfer import data, embedded, experiment, splits
-from kt_transfer.configs import tiny
+from kt_transfer import config_files
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 
@@ -74,7 +74,7 @@ def tiny_root(tmp_path_factory):
 
 
 def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
-    config = tiny.get_config()
+    config = config_files.load("tiny")
     classes = data.list_classes(tiny_root)
     half = (1, 4, 5)
     paths, labels = data.list_files(tiny_root, "train", classes, half)
@@ -103,7 +103,7 @@ def test_preprocessing_eager_and_in_dataset_map_agree(tiny_root):
 
 
 def test_missing_folder_or_class_images_fail_before_training(tmp_path, tiny_root):
-    config = tiny.get_config()
+    config = config_files.load("tiny")
     config.dataset.name = "folder"
     config.dataset.data_dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="--config.dataset.data_dir"):

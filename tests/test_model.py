@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kt_transfer import model as model_lib
-from kt_transfer.configs import embedded, imagenet_paper
+from kt_transfer import config_files
 
 
 def test_paper_network_parameter_count_and_shapes():
@@ -59,10 +59,10 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
 
 
 def test_config_round_trip():
-    for module in (embedded, imagenet_paper):
-        config = module.get_config()
+    for name in ("embedded", "imagenet_paper", "tiny"):
+        config = config_files.load(name)
         again = json.loads(config.to_json())
         assert again == json.loads(json.dumps(config.to_dict()))
         with pytest.raises(AttributeError):
             config.train.learning_rat  # a typo is an error, not a silent default
-    assert imagenet_paper.get_config().model.input_size == 227
+    assert config_files.load("imagenet_paper").model.input_size == 227

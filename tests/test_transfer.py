@@ -4,14 +4,14 @@ import pytest
 
 from kt_transfer import model as model_lib
 from kt_transfer import train, transfer
-from kt_transfer.configs import tiny
+from kt_transfer import config_files
 
 MODES = ["AnB", "AnB+", "BnB", "BnB+", "BnA", "BnA+", "AnA", "AnA+", "RnB", "RnA"]
 
 
 @pytest.fixture(scope="module")
 def model_config():
-    return tiny.get_config().model
+    return config_files.load("tiny").model
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_mismatched_base_names_the_layer_and_both_shapes(model_config, base):
 
 
 def test_one_fit_step_leaves_frozen_weights_bit_identical(model_config, base):
-    config = tiny.get_config()
+    config = config_files.load("tiny")
     model, plans = transfer.build_model(transfer.parse_treatment("AnB", 3), model_config, 6, base)
     train.compile_model(model, config.train, plans)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers if l.weights}
@@ -83,7 +83,7 @@ def test_one_fit_step_leaves_frozen_weights_bit_identical(model_config, base):
 
 
 def test_training_is_deterministic_under_a_seed(model_config):
-    config = tiny.get_config()
+    config = config_files.load("tiny")
     rng = np.random.default_rng(0)
     x = rng.normal(0, 50, size=(16, 67, 67, 3)).astype("float32")
     y = rng.integers(0, 6, 16)

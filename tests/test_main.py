@@ -1,0 +1,56 @@
+"""The command line, end to end, in subprocesses (as a user runs it)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "kt_transfer.main", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_cache):
+    args = [f"--config={TINY}", "--mode=AnB", "--n=2", f"--workdir={tmp_path / 'wd'}",
+            f"--config.dataset.data_dir={data_cache}"]
+    first = run_cli(*args, cwd=str(tmp_path))  # any directory works
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "training baseA first" in first.stdout
+    assert "== A2B (AnB, n=2)" in first.stdout and "tensorboard --logdir" in first.stdout
+    run_dirs = {os.path.basename(p): p for p in glob.glob(str(tmp_path / "wd" / "*" / "*" / "*" / "*"))}
+    assert set(run_dirs) == {"baseA", "A2B"}
+    for run in run_dirs.values():
+        for name in ("config.json", "metrics.json", "model.keras", "logs", "checkpoints"):
+            assert os.path.exists(os.path.join(run, name)), (run, name)
+    metrics = json.load(open(os.path.join(run_dirs["A2B"], "metrics.json")))
+    assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["steps"] == 4
+    assert json.load(open(os.path.join(run_dirs["A2B"], "config.json")))["n"] == 2
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished earlier" in again.stdout and "Epoch" not in again.stdout
+    assert f"top-1 {metrics['top1']:.4f}" in again.stdout
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--mode=AnB", "--n=0"], "--n between 1 and 7"),
+    (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
+    (["--mode=XnY", "--n=3"], "unknown --mode"),
+    (["--mode=baseA", "--config.dataset.name=folder", "--config.dataset.data_dir=/no/such/dir"],
+     "--config.dataset.data_dir"),
+    (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
+])
+def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
+    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}", *flags)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not os.listdir(tmp_path)  # nothing was started
