@@ -8,7 +8,9 @@ so a transfer run only ever reuses a base trained under the same settings. metri
 written last, atomically: its presence marks a finished run.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -94,27 +96,57 @@ def read_metrics(path):
         return json.load(f)
 
 
+class RunBusyError(RuntimeError):
+    """Another process is training in the same run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(out):
+    """An exclusive lock on a run directory, released by the OS if the process dies."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(
+                f"another process is running in {out}; wait for it to finish, or use "
+                "another --workdir") from None
+        yield
+
+
 def run_treatment(config, dataset, treatment, log=print):
     """Trains and evaluates one treatment (its base first, if missing).
 
     Returns:
-      (metrics dict, run directory). A finished run is not trained again.
+      (metrics dict, run directory). A finished (or failed) run is not trained again.
+    Raises:
+      RunBusyError: another process holds the run directory.
     """
     out = run_dir(config, dataset, treatment)
     stored = read_metrics(out)
     if stored is not None:
-        log(f"{treatment.run_name}: finished earlier, stored result in {out}")
+        log(f"{treatment.run_name}: {stored.get('status', 'finished')} earlier, stored "
+            f"result in {out}")
         return stored, out
     base_model = None
     if treatment.base_mode:
         base = transfer.parse_treatment(treatment.base_mode)
         base_out = run_dir(config, dataset, base)
-        if read_metrics(base_out) is None:
+        base_metrics = read_metrics(base_out)
+        if base_metrics is None:
             log(f"{treatment.run_name} copies layers from {base.run_name}, which is not "
                 f"trained yet under this config: training {base.run_name} first.")
-            run_treatment(config, dataset, base, log)
+            base_metrics, _ = run_treatment(config, dataset, base, log)
+        if base_metrics["status"] != "finished":
+            raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
+                               f"nothing to copy from. Its record: {base_out}")
         base_model = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
-    os.makedirs(out, exist_ok=True)
+    with run_lock(out):
+        return _train_run(config, dataset, treatment, base_model, out, log), out
+
+
+def _train_run(config, dataset, treatment, base_model, out, log):
+    """Builds, trains, evaluates and stores one run; the caller holds its lock."""
     write_json_atomic(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
@@ -130,12 +162,13 @@ def run_treatment(config, dataset, treatment, log=print):
     metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
                                      verbose=config.verbose)
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
-                   split=dataset.split.name, dataset=dataset.name, status="finished")
-    tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
-    model.save(tmp_model)
-    os.replace(tmp_model, os.path.join(out, MODEL_FILE))
+                   split=dataset.split.name, dataset=dataset.name)
+    if metrics["status"] == "finished":
+        tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
+        model.save(tmp_model)
+        os.replace(tmp_model, os.path.join(out, MODEL_FILE))
     write_json_atomic(os.path.join(out, METRICS_FILE), metrics)
-    return metrics, out
+    return metrics
 
 
 def make_datasets(config, dataset, class_indices):

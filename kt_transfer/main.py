@@ -51,8 +51,13 @@ def main(argv):
         dataset = experiment.resolve_dataset(config)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    metrics, out = experiment.run_treatment(config, dataset, treatment)
+    try:
+        metrics, out = experiment.run_treatment(config, dataset, treatment)
+    except RuntimeError as e:  # run directory busy, or its base failed
+        sys.exit(f"error: {e}")
     print(report.summary(config, dataset, treatment, metrics, out))
+    if metrics["status"] != "finished":
+        sys.exit(1)
 
 
 def run():

@@ -10,15 +10,17 @@ def summary(config, dataset, treatment, metrics, out):
     half = dataset.split.half(treatment.target)
     lines = [
         f"== {treatment.run_name} ({treatment.mode}, n={treatment.n}) on {dataset.name}, "
-        f"split {dataset.split.name}, half {treatment.target} ({len(half)} classes) ==",
-        f"validation top-1 {metrics['top1']:.4f}   top-5 {metrics['top5']:.4f}   "
-        f"(chance top-1 {1 / len(half):.4f})",
-    ]
+        f"split {dataset.split.name}, half {treatment.target} ({len(half)} classes) =="]
+    if metrics.get("status", "finished") == "finished":
+        lines.append(f"validation top-1 {metrics['top1']:.4f}   top-5 {metrics['top5']:.4f}   "
+                     f"(chance top-1 {1 / len(half):.4f})")
+    else:
+        lines.append(f"FAILED: {metrics['reason']} (lower --config.train.base_lr?)")
     reference = f"base{treatment.target}"
     if treatment.mode != reference:
         ref_metrics = experiment.read_metrics(
             experiment.run_dir(config, dataset, transfer.parse_treatment(reference)))
-        if ref_metrics:
+        if ref_metrics and ref_metrics.get("status", "finished") == "finished":
             lines.append(f"{reference} for comparison: top-1 {ref_metrics['top1']:.4f}   "
                          f"top-5 {ref_metrics['top5']:.4f}")
         else:

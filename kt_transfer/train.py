@@ -1,5 +1,6 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
+import math
 import os
 
 import keras
@@ -30,6 +31,20 @@ def num_epochs(train_config):
     return train_config.total_steps // train_config.steps_per_epoch
 
 
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite loss and remembers the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+
+
 def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
@@ -42,20 +57,25 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1):
       verbose: Keras verbosity (progress bars by default).
 
     Returns:
-      {"top1", "top5", "loss", "steps"}: final validation figures.
+      {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
+      or {"status": "failed", "reason", "steps"} if the loss stopped being finite.
     """
+    non_finite = StopOnNonFiniteLoss()
     callbacks = [
         # Resume after a crash from the last finished epoch; kept after training as the
         # run's checkpoint.
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints"),
                                          delete_checkpoint=False),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
-        keras.callbacks.TerminateOnNaN(),
+        non_finite,
     ]
     model.fit(train_ds, epochs=num_epochs(train_config),
               steps_per_epoch=train_config.steps_per_epoch, validation_data=val_ds,
               callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
-    result = model.evaluate(val_ds, return_dict=True, verbose=0)
     steps = int(model.optimizer.iterations.numpy())
-    return {"top1": float(result["top1"]), "top5": float(result["top5"]),
-            "loss": float(result["loss"]), "steps": steps}
+    if non_finite.failed_step is not None:
+        return {"status": "failed", "steps": non_finite.failed_step,
+                "reason": f"loss became NaN or infinite at step {non_finite.failed_step}"}
+    result = model.evaluate(val_ds, return_dict=True, verbose=0)
+    return {"status": "finished", "top1": float(result["top1"]),
+            "top5": float(result["top5"]), "loss": float(result["loss"]), "steps": steps}

@@ -1,0 +1,44 @@
+"""Run directories, stored results, failed runs and the run lock, in process."""
+
+import json
+import os
+
+import pytest
+
+from kt_transfer import experiment, transfer
+
+
+def test_a_diverging_run_is_recorded_as_failed(tiny_config):
+    tiny_config.train.base_lr = 1e8  # the loss overflows within a step or two
+    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    treatment = transfer.parse_treatment("baseA")
+    metrics, out = experiment.run_treatment(tiny_config, dataset, treatment, log=lambda *_: None)
+    assert metrics["status"] == "failed" and "NaN or infinite" in metrics["reason"]
+    assert metrics["steps"] <= tiny_config.train.total_steps
+    stored = json.load(open(os.path.join(out, experiment.METRICS_FILE)))
+    assert stored == metrics and not os.path.exists(os.path.join(out, experiment.MODEL_FILE))
+    # A transfer run from the failed base says so instead of copying garbage.
+    with pytest.raises(RuntimeError, match="baseA failed"):
+        experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("AnB", 1),
+                                 log=lambda *_: None)
+
+
+def test_a_run_directory_in_use_is_refused(tiny_config, tmp_path):
+    out = str(tmp_path / "run")
+    with experiment.run_lock(out):
+        with pytest.raises(experiment.RunBusyError, match="another process is running"):
+            with experiment.run_lock(out):
+                pass
+    with experiment.run_lock(out):  # released when the holder is done
+        pass
+
+
+def test_experiment_dir_separates_settings_but_not_fine_tuning_scale(tiny_config):
+    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    base_dir = experiment.experiment_dir(tiny_config, dataset)
+    tiny_config.train.copied_lr_mult = 0.1
+    assert experiment.experiment_dir(tiny_config, dataset) == base_dir
+    plus = experiment.run_dir(tiny_config, dataset, transfer.parse_treatment("AnB+", 3))
+    assert plus.endswith("A3B+_lr0.1")
+    tiny_config.model.width = 0.125
+    assert experiment.experiment_dir(tiny_config, dataset) != base_dir

@@ -1,0 +1,56 @@
+"""Mean training-step time of baseB and of AnB for n = 1..7 on the CPU-scale model.
+
+    python tools/bench_step.py [--steps=30] [--config=configs/embedded.py]
+
+Frozen layers are not trainable, so TensorFlow computes no gradient for them nor for
+anything below them: the backward pass stops at layer n+1. The step time should fall
+with n. Inputs are one in-memory batch, so only the model's step is timed.
+"""
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from kt_transfer import config_files, train, transfer
+from kt_transfer import model as model_lib
+
+flags.DEFINE_string("config", "embedded", "config file path or name in configs/")
+flags.DEFINE_integer("steps", 30, "timed steps per treatment (after warm-up)")
+flags.DEFINE_integer("warmup", 5, "untimed steps (tracing, allocation)")
+FLAGS = flags.FLAGS
+
+
+def time_step(config, treatment, base, batch):
+    model, plans = transfer.build_model(treatment, config.model, 50, base)
+    train.compile_model(model, config.train, plans)
+    dataset = tf.data.Dataset.from_tensors(batch).repeat()
+    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+    return (time.perf_counter() - start) / FLAGS.steps
+
+
+def main(argv):
+    del argv
+    config = config_files.load(FLAGS.config)
+    keras.utils.set_random_seed(0)
+    size, batch_size = config.model.input_size, config.train.batch_size
+    rng = np.random.default_rng(0)
+    batch = (rng.normal(size=(batch_size, size, size, 3)).astype("float32"),
+             rng.integers(0, 50, batch_size))
+    base = model_lib.build_from_config(config.model, 50)
+    base_time = time_step(config, transfer.parse_treatment("baseB"), None, batch)
+    print(f"model width {config.model.width}, input {size}, batch {batch_size}, "
+          f"{FLAGS.steps} timed steps")
+    print(f"{'treatment':10s} {'ms/step':>8s} {'ratio':>6s}")
+    print(f"{'baseB':10s} {base_time * 1e3:8.1f} {1.0:6.2f}")
+    for n in range(1, 8):
+        t = time_step(config, transfer.parse_treatment("AnB", n), base, batch)
+        print(f"{'A%dB' % n:10s} {t * 1e3:8.1f} {t / base_time:6.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
