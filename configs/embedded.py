@@ -32,6 +32,10 @@ def get_config():
     config.dataset.embedded.image_size = 96
     config.dataset.embedded.seed = 0
 
+    config.distribute = ml_collections.ConfigDict()
+    config.distribute.strategy = "auto"  # auto | mirrored | multi_worker | one_device
+    config.distribute.logical_cpus = 0  # >1: split the CPU into devices (mirroring without GPUs)
+
     config.model = ml_collections.ConfigDict()
     config.model.input_size = 87  # the paper's 227, scaled
     config.model.width = 0.25
@@ -47,7 +51,8 @@ def get_config():
     config.train.lr_step_size = 700  # iterations between x lr_gamma steps
     config.train.lr_gamma = 0.1
     config.train.total_steps = 900
-    config.train.steps_per_epoch = 150  # validation (and checkpoint) interval
+    config.train.steps_per_epoch = 150  # validation interval
+    config.train.backup_every_steps = 50  # a killed run resumes from its last backup
     config.train.momentum = 0.9
     config.train.weight_decay = 5e-4
     config.train.bias_lr_mult = 2.0

@@ -26,4 +26,5 @@ def get_config():
     config.train.lr_step_size = 100_000
     config.train.total_steps = 450_000
     config.train.steps_per_epoch = 5_000  # the paper validated far more rarely; cheap here
+    config.train.backup_every_steps = 1_000
     return config

@@ -22,5 +22,6 @@ def get_config():
     config.train.lr_step_size = 10
     config.train.total_steps = 4
     config.train.steps_per_epoch = 2
+    config.train.backup_every_steps = 1
     config.verbose = 2
     return config

@@ -18,10 +18,13 @@ import tempfile
 import zlib
 
 import keras
+import tensorflow as tf
 
 from kt_transfer import data, embedded, splits, train, transfer
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
+# Training settings that do not change what a base network is.
+NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps")
 
 
 def write_json_atomic(path, obj):
@@ -75,7 +78,7 @@ def experiment_dir(config, dataset):
     """<workdir>/<dataset>/<split>/<id>: id = hash of what defines a base network."""
     defining = {"dataset": config.dataset.to_dict(), "model": config.model.to_dict(),
                 "train": {k: v for k, v in config.train.to_dict().items()
-                          if k != "copied_lr_mult"}}
+                          if k not in NOT_DEFINING_A_BASE}}
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
 
@@ -114,8 +117,11 @@ def run_lock(out):
         yield
 
 
-def run_treatment(config, dataset, treatment, log=print):
+def run_treatment(config, dataset, treatment, log=print, strategy=None):
     """Trains and evaluates one treatment (its base first, if missing).
+
+    Args:
+      strategy: tf.distribute strategy to build and train under (default: the current).
 
     Returns:
       (metrics dict, run directory). A finished (or failed) run is not trained again.
@@ -136,16 +142,17 @@ def run_treatment(config, dataset, treatment, log=print):
         if base_metrics is None:
             log(f"{treatment.run_name} copies layers from {base.run_name}, which is not "
                 f"trained yet under this config: training {base.run_name} first.")
-            base_metrics, _ = run_treatment(config, dataset, base, log)
+            base_metrics, _ = run_treatment(config, dataset, base, log, strategy)
         if base_metrics["status"] != "finished":
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
         base_model = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
     with run_lock(out):
-        return _train_run(config, dataset, treatment, base_model, out, log), out
+        return _train_run(config, dataset, treatment, base_model, out, log,
+                          strategy or tf.distribute.get_strategy()), out
 
 
-def _train_run(config, dataset, treatment, base_model, out, log):
+def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     """Builds, trains, evaluates and stores one run; the caller holds its lock."""
     write_json_atomic(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
@@ -153,14 +160,15 @@ def _train_run(config, dataset, treatment, base_model, out, log):
     keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
     half = dataset.split.half(treatment.target)
-    model, plans = transfer.build_model(treatment, config.model, len(half), base_model,
-                                        config.train.copied_lr_mult)
-    train.compile_model(model, config.train, plans)
+    with strategy.scope():  # variables (model and optimizer) are created per replica
+        model, plans = transfer.build_model(treatment, config.model, len(half), base_model,
+                                            config.train.copied_lr_mult)
+        train.compile_model(model, config.train, plans)
     train_ds, val_ds = make_datasets(config, dataset, half)
     log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
         f"for {config.train.total_steps} steps -> {out}")
     metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
-                                     verbose=config.verbose)
+                                     verbose=config.verbose, log=log)
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name)
     if metrics["status"] == "finished":

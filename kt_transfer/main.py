@@ -46,13 +46,15 @@ def main(argv):
         treatment = transfer.parse_treatment(config.mode, config.n)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    from kt_transfer import experiment, report  # TensorFlow loads here, after validation
+    # TensorFlow loads here, after validation; the strategy first, before any TF op.
+    from kt_transfer import distribute, experiment, report
     try:
+        strategy = distribute.make_strategy(config.distribute)
         dataset = experiment.resolve_dataset(config)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     try:
-        metrics, out = experiment.run_treatment(config, dataset, treatment)
+        metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
     except RuntimeError as e:  # run directory busy, or its base failed
         sys.exit(f"error: {e}")
     print(report.summary(config, dataset, treatment, metrics, out))

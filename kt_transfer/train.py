@@ -1,5 +1,6 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
+import functools
 import math
 import os
 
@@ -45,7 +46,41 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1):
+class PeriodicBackup(keras.callbacks.Callback):
+    """Saves weights and optimizer state every N steps and at each epoch end, atomically.
+
+    Unlike keras.callbacks.BackupAndRestore, which resumes at the start of the interrupted
+    epoch, the optimizer's iteration count is the resume point, so a resumed run ends with
+    exactly the planned number of steps.
+    """
+
+    def __init__(self, path, every_steps):
+        super().__init__()
+        self.path, self.every_steps = path, every_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    def save(self):
+        tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.path)  # a kill mid-save leaves the previous backup intact
+
+
+def restore_backup(model, path):
+    """Loads a backup into a compiled model; returns the steps already done (0 if none)."""
+    if not os.path.exists(path):
+        return 0
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return int(model.optimizer.iterations.numpy())
+
+
+def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, log=print):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
@@ -55,23 +90,32 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1):
       run_dir: where checkpoints/ and logs/ go.
       train_config: the `config.train` block.
       verbose: Keras verbosity (progress bars by default).
+      log: where the resume message goes.
 
     Returns:
       {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
       or {"status": "failed", "reason", "steps"} if the loss stopped being finite.
     """
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    backup_path = os.path.join(run_dir, "checkpoints", "backup.weights.h5")
     non_finite = StopOnNonFiniteLoss()
     callbacks = [
-        # Resume after a crash from the last finished epoch; kept after training as the
-        # run's checkpoint.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "checkpoints"),
-                                         delete_checkpoint=False),
+        PeriodicBackup(backup_path, train_config.backup_every_steps),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         non_finite,
     ]
-    model.fit(train_ds, epochs=num_epochs(train_config),
-              steps_per_epoch=train_config.steps_per_epoch, validation_data=val_ds,
-              callbacks=callbacks, verbose=verbose, shuffle=False)  # tf.data shuffles
+    steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
+    done = restore_backup(model, backup_path)
+    if done:
+        log(f"Resuming from the backup at step {done} of {train_config.total_steps}")
+    epoch, into_epoch = divmod(done, steps_per_epoch)
+    fit = functools.partial(model.fit, train_ds, validation_data=val_ds, callbacks=callbacks,
+                            verbose=verbose, shuffle=False)  # tf.data shuffles
+    if into_epoch:  # finish the interrupted epoch first, then whole epochs
+        fit(initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps_per_epoch - into_epoch)
+        epoch += 1
+    if epoch < epochs and non_finite.failed_step is None:
+        fit(initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch)
     steps = int(model.optimizer.iterations.numpy())
     if non_finite.failed_step is not None:
         return {"status": "failed", "steps": non_finite.failed_step,

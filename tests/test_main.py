@@ -54,3 +54,37 @@ def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     assert result.returncode != 0
     assert message in result.stderr
     assert not os.listdir(tmp_path)  # nothing was started
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp_path, data_cache):
+    import signal
+    import time
+    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=baseB",
+            f"--workdir={tmp_path / 'wd'}", f"--config.dataset.data_dir={data_cache}",
+            "--config.train.total_steps=300", "--config.train.steps_per_epoch=100",
+            "--config.train.backup_every_steps=7"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen(args, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    backups = []
+    while not backups and time.time() < deadline and first.poll() is None:
+        backups = glob.glob(str(tmp_path / "wd" / "**" / "backup.weights.h5"), recursive=True)
+        time.sleep(0.05)
+    assert backups and first.poll() is None, "the run ended before its first backup"
+    time.sleep(1.0)  # somewhere mid-epoch, past the first backup
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"), recursive=True)
+
+    second = subprocess.run(args, env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    resumed = [l for l in second.stdout.splitlines() if l.startswith("Resuming from the backup")]
+    assert resumed, second.stdout[-2000:]
+    step = int(resumed[0].split("step ")[1].split()[0])
+    assert 0 < step < 300 and (step % 7 == 0 or step % 100 == 0)  # a backup point
+    metrics = json.load(open(glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"),
+                                       recursive=True)[0]))
+    assert metrics["status"] == "finished" and metrics["steps"] == 300

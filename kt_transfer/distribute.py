@@ -1,0 +1,59 @@
+"""The distribution strategy, from one config string (Model Garden's distribute_utils).
+
+    auto          MirroredStrategy over all local GPUs; the default strategy without GPUs
+    mirrored      MirroredStrategy over local GPUs, or over logical CPU devices
+    multi_worker  MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG
+    one_device    OneDeviceStrategy on the first GPU, else the CPU
+
+`logical_cpus=N` splits the host CPU into N logical devices so that mirroring runs (and is
+tested) without GPUs. It must happen before TensorFlow initializes its devices.
+The config's batch size is the global batch; each of R replicas gets batch / R.
+"""
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+
+
+def split_cpu(logical_cpus):
+    """Makes the host CPU appear as `logical_cpus` devices (once, before first use)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current and len(current) == logical_cpus:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"cannot split the CPU into {logical_cpus} devices: TensorFlow is already "
+            "initialized; set distribute.logical_cpus before anything else runs") from e
+
+
+def make_strategy(distribute_config):
+    """A tf.distribute.Strategy for the `config.distribute` block (strategy, logical_cpus)."""
+    name = distribute_config.strategy
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown --config.distribute.strategy={name!r}; use one of "
+                         f"{', '.join(STRATEGIES)}")
+    if distribute_config.logical_cpus > 1:
+        split_cpu(distribute_config.logical_cpus)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "auto" and not gpus:
+        return tf.distribute.get_strategy()
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def is_chief(strategy):
+    """Whether this process writes outputs (always true outside multi-worker training)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in ("chief", None) or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
