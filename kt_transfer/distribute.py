@@ -2,7 +2,7 @@
 
     auto          MirroredStrategy over all local GPUs; the default strategy without GPUs
     mirrored      MirroredStrategy over local GPUs, or over logical CPU devices
-    multi_worker  MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG
+    multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG: refused for now, see below
     one_device    OneDeviceStrategy on the first GPU, else the CPU
 
 `logical_cpus=N` splits the host CPU into N logical devices so that mirroring runs (and is
@@ -38,9 +38,15 @@ def make_strategy(distribute_config):
                          f"{', '.join(STRATEGIES)}")
     if distribute_config.logical_cpus > 1:
         split_cpu(distribute_config.logical_cpus)
-    gpus = tf.config.list_logical_devices("GPU")
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # Keras 3's model.fit fails under MultiWorkerMirroredStrategy ("Attempt to convert
+        # a value (PerReplica ...)", keras-team/keras#20585, seen here with Keras 3.15 and
+        # TF 2.21 on two workers on 127.0.0.1). Fail before any work instead of mid-run.
+        raise ValueError(
+            "--config.distribute.strategy=multi_worker is not supported yet: Keras 3's "
+            "model.fit cannot train under MultiWorkerMirroredStrategy (keras-team/keras"
+            "#20585). Use mirrored (all GPUs of one machine) instead.")
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "auto" and not gpus:
@@ -48,12 +54,3 @@ def make_strategy(distribute_config):
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
 
-
-def is_chief(strategy):
-    """Whether this process writes outputs (always true outside multi-worker training)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in ("chief", None) or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict())

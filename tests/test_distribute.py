@@ -61,4 +61,9 @@ def test_auto_without_gpus_is_the_default_strategy():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has GPUs")
     strategy = distribute.make_strategy(ConfigDict(dict(strategy="auto", logical_cpus=0)))
-    assert strategy is tf.distribute.get_strategy() and distribute.is_chief(strategy)
+    assert strategy is tf.distribute.get_strategy()
+
+
+def test_multi_worker_is_refused_before_any_work():
+    with pytest.raises(ValueError, match="20585"):
+        distribute.make_strategy(ConfigDict(dict(strategy="multi_worker", logical_cpus=0)))

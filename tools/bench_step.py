@@ -27,9 +27,9 @@ def time_step(config, treatment, base, batch):
     model, plans = transfer.build_model(treatment, config.model, 50, base)
     train.compile_model(model, config.train, plans)
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0)
+    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0, shuffle=False)
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
+    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0, shuffle=False)
     return (time.perf_counter() - start) / FLAGS.steps
 
 
