@@ -2,7 +2,7 @@
 
 Layout under the workdir:
     <workdir>/<dataset>/<split>/<experiment id>/<run>/
-        config.json  checkpoints/  logs/  model.keras  metrics.json
+        config.json  checkpoints/  logs/  model.keras  saved_model/  metrics.json
 The experiment id hashes everything that defines a base network (dataset, model, solver),
 so a transfer run only ever reuses a base trained under the same settings. metrics.json is
 written last, atomically: its presence marks a finished run.
@@ -20,11 +20,11 @@ import zlib
 import keras
 import tensorflow as tf
 
-from kt_transfer import data, embedded, splits, train, transfer
+from kt_transfer import data, embedded, export, splits, train, transfer
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
 # Training settings that do not change what a base network is.
-NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps")
+NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile")
 
 
 def write_json_atomic(path, obj):
@@ -148,6 +148,9 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
                                f"nothing to copy from. Its record: {base_out}")
         base_model = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
     with run_lock(out):
+        stored = read_metrics(out)  # another process may have finished it meanwhile
+        if stored is not None:
+            return stored, out
         return _train_run(config, dataset, treatment, base_model, out, log,
                           strategy or tf.distribute.get_strategy()), out
 
@@ -160,6 +163,8 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
     half = dataset.split.half(treatment.target)
+    # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
+    keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
         model, plans = transfer.build_model(treatment, config.model, len(half), base_model,
                                             config.train.copied_lr_mult)
@@ -175,6 +180,7 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
         tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
         model.save(tmp_model)
         os.replace(tmp_model, os.path.join(out, MODEL_FILE))
+        export.export_saved_model(model, out)
     write_json_atomic(os.path.join(out, METRICS_FILE), metrics)
     return metrics
 

@@ -41,9 +41,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config = resolve_config()
     # Validate the cheap things before any long work (dataset generation, training).
-    from kt_transfer import transfer
+    from kt_transfer import train, transfer
     try:
         treatment = transfer.parse_treatment(config.mode, config.n)
+        train.num_epochs(config.train)  # total_steps must be whole epochs
     except ValueError as e:
         sys.exit(f"error: {e}")
     # TensorFlow loads here, after validation; the strategy first, before any TF op.

@@ -133,7 +133,8 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     x = L.Dropout(dropout, name="drop6")(x)
     x = L.Dense(w(4096), activation="relu", name="fc7", **_init(0.005, 1.0))(x)
     x = L.Dropout(dropout, name="drop7")(x)
-    outputs = L.Dense(num_classes, name="fc8", **_init(0.01, 0.0, last=True))(x)
+    # Logits in float32 even under a mixed-precision policy, for a stable softmax.
+    outputs = L.Dense(num_classes, name="fc8", dtype="float32", **_init(0.01, 0.0, last=True))(x)
     return keras.Model(inputs, outputs, name=name)
 
 

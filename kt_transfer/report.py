@@ -27,6 +27,6 @@ def summary(config, dataset, treatment, metrics, out):
             lines.append(f"{reference} (for comparison) is not trained yet: "
                          f"python -m kt_transfer.main --mode={reference}")
     exp_dir = os.path.dirname(out)
-    lines += [f"outputs: {out}  (model.keras, metrics.json, config.json, logs/, checkpoints/)",
+    lines += [f"outputs: {out}  (model.keras, saved_model/, metrics.json, config.json, logs/, checkpoints/)",
               f"TensorBoard: tensorboard --logdir {exp_dir}"]
     return "\n".join(lines)

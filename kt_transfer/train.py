@@ -13,8 +13,10 @@ def compile_model(model, train_config, plans):
     """Compiles with a fresh Caffe solver honouring each layer's plan.
 
     Must be called after `trainable` is set (Keras reads it at compile time).
+    `train.jit_compile` compiles the step with XLA (worth it on GPUs, rarely on CPUs).
     """
     model.compile(
+        jit_compile=train_config.get("jit_compile", False),
         optimizer=optimizer_lib.make_optimizer(
             train_config, {p.name: p.lr_mult for p in plans if p.trainable}),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

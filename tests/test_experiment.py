@@ -42,3 +42,20 @@ def test_experiment_dir_separates_settings_but_not_fine_tuning_scale(tiny_config
     assert plus.endswith("A3B+_lr0.1")
     tiny_config.model.width = 0.125
     assert experiment.experiment_dir(tiny_config, dataset) != base_dir
+
+
+def test_mixed_precision_and_xla_switches_train(tiny_config):
+    import keras
+    tiny_config.train.precision = "mixed_bfloat16"
+    tiny_config.train.jit_compile = True
+    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    try:
+        metrics, out = experiment.run_treatment(tiny_config, dataset,
+                                                transfer.parse_treatment("baseB"),
+                                                log=lambda *_: None)
+        model = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert metrics["status"] == "finished" and metrics["steps"] == 4
+    assert model.get_layer("conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("fc8").compute_dtype == "float32"

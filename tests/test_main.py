@@ -48,6 +48,7 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
     (["--mode=baseA", "--config.dataset.name=folder", "--config.dataset.data_dir=/no/such/dir"],
      "--config.dataset.data_dir"),
     (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
+    (["--mode=baseA", "--config.train.total_steps=5"], "--config.train.steps_per_epoch"),
 ])
 def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}", *flags)

@@ -1,0 +1,137 @@
+"""Finished runs under a workdir -> tables (CSV, Markdown) and the paper's figure.
+
+The figure is the paper's Figure 2: validation top-1 against n (layers copied) for BnB,
+BnB+, AnB, AnB+ and the random-features control RnB, with baseB as a dashed line.
+"""
+
+import csv
+import glob
+import importlib.resources
+import io
+import json
+import os
+
+COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
+           "base_top1")
+TREATMENTS = {  # mode -> (label, colour, marker)
+    "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
+    "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
+    "AnB": ("AnB (transfer, frozen)", "tab:red", "o"),
+    "AnB+": ("AnB+ (transfer, fine-tuned)", "tab:orange", "s"),
+    "RnB": ("RnB (random frozen features)", "tab:gray", "v"),
+}
+
+
+def gather(workdir):
+    """One row per run with a metrics.json under workdir (finished or failed)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(workdir, "*", "*", "*", "*", "metrics.json"))):
+        run_dir = os.path.dirname(path)
+        experiment_dir, run = os.path.split(run_dir)
+        split_dir, experiment = os.path.split(experiment_dir)
+        dataset_dir, split = os.path.split(split_dir)
+        with open(path) as f:
+            metrics = json.load(f)
+        rows.append({"dataset": os.path.basename(dataset_dir), "split": split,
+                     "experiment": experiment, "run": run, "mode": metrics.get("mode", run),
+                     "n": metrics.get("n", 0), "status": metrics.get("status", "finished"),
+                     "top1": metrics.get("top1"), "top5": metrics.get("top5")})
+    bases = {(r["experiment"], r["mode"]): r["top1"] for r in rows if r["mode"].startswith("base")}
+    for row in rows:  # the base of the half the run was trained on, for comparison
+        target = row["mode"].rstrip("+")[-1]  # baseA -> A, AnB+ -> B
+        row["base_top1"] = bases.get((row["experiment"], f"base{target}"))
+    order = {m: i for i, m in enumerate(["baseA", "baseB", *TREATMENTS])}
+    rows.sort(key=lambda r: (r["dataset"], r["split"], r["experiment"],
+                             order.get(r["mode"], 99), r["n"], r["run"]))
+    return rows
+
+
+def _fmt(value):
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def to_csv(rows):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: _fmt(r.get(k)) for k in COLUMNS} for r in rows)
+    return out.getvalue()
+
+
+def to_markdown(rows):
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def paper_results():
+    text = importlib.resources.files("kt_transfer").joinpath(
+        "resources/paper_results.json").read_text()
+    return json.loads(text)
+
+
+def plot(rows, path, title, paper=False):
+    """Draws top-1 vs n for one experiment (rows of one dataset/split/experiment)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
+    finished = [r for r in rows if r["status"] == "finished"]
+    for mode, (label, colour, marker) in TREATMENTS.items():
+        points = sorted((r["n"], r["top1"]) for r in finished if r["mode"] == mode)
+        if points:
+            ax.plot(*zip(*points), marker=marker, color=colour, label=label)
+    base = [r["top1"] for r in finished if r["mode"] == "baseB"]
+    if base:
+        ax.axhline(base[0], color="black", linestyle="--", label="baseB")
+    if paper:
+        published = paper_results()
+        for key, series in published["random_halves"].items():
+            mode = key.split()[0]
+            if mode in TREATMENTS:
+                pts = sorted((int(n), v["mean"]) for n, v in series.items())
+                ax.plot(*zip(*pts), linestyle=":", color=TREATMENTS[mode][1], alpha=0.6,
+                        label=f"paper {mode}")
+        control = sorted((int(n), v["mean"]) for n, v in
+                         published["random_frozen_control_whole_imagenet"].items())
+        ax.plot(*zip(*control), linestyle=":", color="tab:gray", alpha=0.6,
+                label="paper random control (all ImageNet)")
+        halves = published["base_random_halves"].values()
+        ax.axhline(sum(halves) / len(halves), color="black", linestyle=":", alpha=0.6,
+                   label="paper base")
+    ax.set_xlabel("n (layers copied)")
+    ax.set_ylabel("validation top-1")
+    ax.set_xticks(range(0, 8))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(workdir, out_dir=None, paper=False):
+    """Writes results.csv, results.md and one results_<dataset>_<split>_<id>.png per
+    experiment that has runs; returns the paths written."""
+    out_dir = out_dir or workdir
+    rows = gather(workdir)
+    if not rows:
+        raise FileNotFoundError(f"no finished runs (metrics.json) under {workdir!r}; "
+                                "check --workdir")
+    written = []
+    for name, text in (("results.csv", to_csv(rows)), ("results.md", to_markdown(rows))):
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        written.append(path)
+    for key in sorted({(r["dataset"], r["split"], r["experiment"]) for r in rows}):
+        group = [r for r in rows if (r["dataset"], r["split"], r["experiment"]) == key]
+        split = key[1]
+        title = f"{key[0]}, split {split}" + (" (A = man-made, B = natural)"
+                                              if split == "natman" else "")
+        path = os.path.join(out_dir, "results_{}_{}_{}.png".format(*key))
+        plot(group, path, title, paper=paper and split.startswith("random"))
+        written.append(path)
+    return written
