@@ -53,6 +53,7 @@ def get_config():
     config.train.total_steps = 900
     config.train.steps_per_epoch = 150  # validation interval
     config.train.backup_every_steps = 50  # a killed run resumes from its last backup
+    config.train.log_every_steps = 50  # per-layer TensorBoard curves
     config.train.momentum = 0.9
     config.train.weight_decay = 5e-4
     config.train.bias_lr_mult = 2.0

@@ -23,5 +23,6 @@ def get_config():
     config.train.total_steps = 4
     config.train.steps_per_epoch = 2
     config.train.backup_every_steps = 1
+    config.train.log_every_steps = 2
     config.verbose = 2
     return config

@@ -20,11 +20,12 @@ import zlib
 import keras
 import tensorflow as tf
 
-from kt_transfer import data, embedded, export, splits, train, transfer
+from kt_transfer import data, embedded, export, layer_logging, splits, train, transfer
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
 # Training settings that do not change what a base network is.
-NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile")
+NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile",
+                       "log_every_steps")
 
 
 def write_json_atomic(path, obj):
@@ -172,8 +173,14 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     train_ds, val_ds = make_datasets(config, dataset, half)
     log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
         f"for {config.train.total_steps} steps -> {out}")
+    hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
+               "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
+               "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
+    logger = layer_logging.LayerLogger(
+        os.path.join(out, "logs"), next(iter(val_ds)),  # a fixed probe batch
+        {p.name: p.lr_mult for p in plans if p.trainable}, config.train, hparams)
     metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
-                                     verbose=config.verbose, log=log)
+                                     verbose=config.verbose, log=log, extra_callbacks=[logger])
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name)
     if metrics["status"] == "finished":

@@ -82,7 +82,8 @@ def restore_backup(model, path):
     return int(model.optimizer.iterations.numpy())
 
 
-def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, log=print):
+def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, log=print,
+                     extra_callbacks=()):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
@@ -93,6 +94,7 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
       train_config: the `config.train` block.
       verbose: Keras verbosity (progress bars by default).
       log: where the resume message goes.
+      extra_callbacks: more Keras callbacks (e.g. the per-layer logger).
 
     Returns:
       {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
@@ -105,6 +107,7 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
         PeriodicBackup(backup_path, train_config.backup_every_steps),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         non_finite,
+        *extra_callbacks,
     ]
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
     done = restore_backup(model, backup_path)

@@ -1,12 +1,17 @@
 """Mean training-step time of baseB and of AnB for n = 1..7 on the CPU-scale model.
 
     python tools/bench_step.py [--steps=30] [--config=configs/embedded.py]
+    python tools/bench_step.py --logging_overhead --steps=200
+
+The second form times baseB with and without the per-layer TensorBoard logger at the
+config's train.log_every_steps and prints the overhead.
 
 Frozen layers are not trainable, so TensorFlow computes no gradient for them nor for
 anything below them: the backward pass stops at layer n+1. The step time should fall
 with n. Inputs are one in-memory batch, so only the model's step is timed.
 """
 
+import tempfile
 import time
 
 import keras
@@ -14,22 +19,30 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from kt_transfer import config_files, train, transfer
+from kt_transfer import config_files, layer_logging, train, transfer
 from kt_transfer import model as model_lib
 
 flags.DEFINE_string("config", "embedded", "config file path or name in configs/")
 flags.DEFINE_integer("steps", 30, "timed steps per treatment (after warm-up)")
 flags.DEFINE_integer("warmup", 5, "untimed steps (tracing, allocation)")
+flags.DEFINE_bool("logging_overhead", False, "time the per-layer logger instead")
 FLAGS = flags.FLAGS
 
 
-def time_step(config, treatment, base, batch):
+def time_step(config, treatment, base, batch, logdir=None):
     model, plans = transfer.build_model(treatment, config.model, 50, base)
     train.compile_model(model, config.train, plans)
+    callbacks = []
+    if logdir:
+        callbacks.append(layer_logging.LayerLogger(
+            logdir, batch, {p.name: p.lr_mult for p in plans if p.trainable}, config.train,
+            {"mode": treatment.mode}))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0, shuffle=False)
+    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0, shuffle=False,
+              callbacks=callbacks)
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0, shuffle=False)
+    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0, shuffle=False,
+              callbacks=callbacks)
     return (time.perf_counter() - start) / FLAGS.steps
 
 
@@ -41,6 +54,14 @@ def main(argv):
     rng = np.random.default_rng(0)
     batch = (rng.normal(size=(batch_size, size, size, 3)).astype("float32"),
              rng.integers(0, 50, batch_size))
+    if FLAGS.logging_overhead:
+        plain = time_step(config, transfer.parse_treatment("baseB"), None, batch)
+        logged = time_step(config, transfer.parse_treatment("baseB"), None, batch,
+                           logdir=tempfile.mkdtemp())
+        print(f"baseB {plain * 1e3:.1f} ms/step without, {logged * 1e3:.1f} ms/step with "
+              f"per-layer logging every {config.train.log_every_steps} steps: overhead "
+              f"{100 * (logged / plain - 1):.1f}%")
+        return
     base = model_lib.build_from_config(config.model, 50)
     base_time = time_step(config, transfer.parse_treatment("baseB"), None, batch)
     print(f"model width {config.model.width}, input {size}, batch {batch_size}, "

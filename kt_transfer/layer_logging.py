@@ -1,0 +1,96 @@
+"""Per-layer TensorBoard curves, the conv1 filter image and the run's HParams.
+
+Every `train.log_every_steps` steps, for each of conv1..fc8: weight norm, gradient norm
+(on a fixed probe batch), update-to-weight ratio, effective learning rate (0 when
+frozen), and on the probe batch the mean activation and the fraction of zeros after ReLU;
+weight histograms. Every epoch: conv1's filters as an image grid. The probe batch is fixed
+so the activation curves compare across steps and runs.
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from kt_transfer import model as model_lib
+
+
+def filter_grid(kernel):
+    """conv1 kernels [h, w, 3, k] -> one [1, H, W, 3] image, each filter scaled to 0..1."""
+    h, w, _, k = kernel.shape
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    grid = np.ones(((h + 1) * rows + 1, (w + 1) * cols + 1, 3), np.float32)
+    for i in range(k):
+        f = kernel[..., i]
+        f = (f - f.min()) / (f.max() - f.min() + 1e-8)
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = f
+    return grid[None]
+
+
+class LayerLogger(keras.callbacks.Callback):
+    """Writes per-layer summaries to <log_dir>/layers and the run's HParams."""
+
+    def __init__(self, log_dir, probe_batch, lr_mults, train_config, hparams):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
+        self.probe_x, self.probe_y = probe_batch
+        self.lr_mults = lr_mults  # layer -> multiplier; missing = frozen
+        self.train_config = train_config
+        self.every = train_config.log_every_steps
+        self.hparams = hparams
+        self.previous = {}
+
+    def on_train_begin(self, logs=None):
+        names = model_lib.LAYER_NAMES
+        self.probe = keras.Model(self.model.input, [self.model.get_layer(n).output for n in names])
+        with self.writer.as_default():
+            hparams_api.hparams(self.hparams)
+        self.writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0:
+            self.log_layers(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        with self.writer.as_default():
+            kernel = self.model.get_layer("conv1").kernel.numpy()
+            tf.summary.image("conv1/filters", filter_grid(kernel), step=step)
+        self.writer.flush()
+
+    def _gradients(self):
+        variables = [self.model.get_layer(n).kernel for n in self.lr_mults]
+        with tf.GradientTape() as tape:
+            logits = self.model(self.probe_x, training=False)
+            loss = self.model.loss(self.probe_y, logits)
+        return dict(zip(self.lr_mults, tape.gradient(loss, variables)))
+
+    def log_layers(self, step):
+        grads = self._gradients()
+        activations = self.probe(self.probe_x, training=False)
+        schedule_lr = float(self.train_config.base_lr * self.train_config.lr_gamma ** (
+            step // self.train_config.lr_step_size))
+        with self.writer.as_default():
+            for name, act in zip(model_lib.LAYER_NAMES, activations):
+                kernel = self.model.get_layer(name).kernel.numpy()
+                norm = float(np.linalg.norm(kernel))
+                prev = self.previous.get(name)
+                update = float(np.linalg.norm(kernel - prev)) / (norm + 1e-12) if prev is not None else 0.0
+                self.previous[name] = kernel.copy()
+                grad = grads.get(name)
+                act = np.asarray(act, np.float32)
+                tf.summary.scalar(f"{name}/weight_norm", norm, step=step)
+                tf.summary.scalar(f"{name}/grad_norm",
+                                  0.0 if grad is None else float(tf.norm(grad)), step=step)
+                tf.summary.scalar(f"{name}/update_ratio", update, step=step)
+                tf.summary.scalar(f"{name}/effective_lr",
+                                  schedule_lr * self.lr_mults.get(name, 0.0), step=step)
+                tf.summary.scalar(f"{name}/activation_mean", float(act.mean()), step=step)
+                tf.summary.scalar(f"{name}/zero_fraction", float((act <= 0).mean()), step=step)
+                tf.summary.histogram(f"{name}/weights", kernel, step=step)
+        self.writer.flush()

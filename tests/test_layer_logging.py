@@ -1,0 +1,76 @@
+"""A real TensorBoard server reads back the per-layer curves, conv1 image and HParams."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from kt_transfer import experiment, layer_logging, transfer
+from kt_transfer import model as model_lib
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, body=None):
+    headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
+    request = urllib.request.Request(url, data=body and json.dumps(body).encode(),
+                                     headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
+    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("AnB", 3),
+                                      log=lambda *_: None)
+    logdir = os.path.dirname(out)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
+         f"--port={port}", "--load_fast=false", "--reload_interval=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline, scalars = time.time() + 60, {}
+        while time.time() < deadline and "A3B/logs/layers" not in scalars:
+            try:
+                scalars = _get(f"{base}/plugin/scalars/tags")
+            except OSError:
+                pass
+            time.sleep(0.5)
+        tags = scalars["A3B/logs/layers"]
+        for name in model_lib.LAYER_NAMES:
+            for metric in ("weight_norm", "grad_norm", "update_ratio", "effective_lr",
+                           "activation_mean", "zero_fraction"):
+                assert f"{name}/{metric}" in tags, (name, metric)
+        assert "epoch_top1" in scalars["A3B/logs/validation"]
+        assert "conv1/filters" in _get(f"{base}/plugin/images/tags")["A3B/logs/layers"]
+        frozen_lr = _get(f"{base}/plugin/scalars/scalars?tag=conv1/effective_lr"
+                         f"&run=A3B/logs/layers")
+        trained_lr = _get(f"{base}/plugin/scalars/scalars?tag=fc8/effective_lr"
+                          f"&run=A3B/logs/layers")
+        assert frozen_lr[-1][2] == 0.0 and trained_lr[-1][2] > 0.0
+        experiment_info = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
+        names = {h["name"] for h in experiment_info["hparamInfos"]}
+        assert {"dataset", "split", "mode", "n", "copied_lr_mult", "seed"} <= names
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_filter_grid_tiles_every_filter():
+    kernel = np.random.default_rng(0).normal(size=(11, 11, 3, 10)).astype("float32")
+    grid = layer_logging.filter_grid(kernel)
+    assert grid.shape == (1, 3 * 12 + 1, 4 * 12 + 1, 3)
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
