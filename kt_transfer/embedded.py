@@ -48,18 +48,16 @@ class ClassSpec:
 
 def class_specs(num_classes=100):
     """The first `num_classes` classes, alternating families so any prefix has both."""
+    pairs = [(GEOMETRIC[m], ORGANIC[m], palette) for palette in PALETTES
+             for m in range(len(GEOMETRIC))]
     specs = []
-    for p, (pname, hue) in enumerate(PALETTES):
-        for m in range(len(GEOMETRIC)):
-            specs.append(ClassSpec("", GEOMETRIC[m], hue, splits.MAN_MADE))
-            specs.append(ClassSpec("", ORGANIC[m], hue, splits.NATURAL))
+    for geometric, organic, (palette, hue) in pairs:
+        for motif, group in ((geometric, splits.MAN_MADE), (organic, splits.NATURAL)):
+            folder = f"c{len(specs):03d}_{motif}_{palette}"
+            specs.append(ClassSpec(folder, motif, hue, group))
     if not 2 <= num_classes <= len(specs):
         raise ValueError(f"embedded dataset has 2..{len(specs)} classes, asked for {num_classes}")
-    out = []
-    for i, s in enumerate(specs[:num_classes]):
-        pname = next(n for n, h in PALETTES if h == s.hue)
-        out.append(dataclasses.replace(s, folder=f"c{i:03d}_{s.motif}_{pname}"))
-    return out
+    return specs[:num_classes]
 
 
 def _colour(rng, hue, jitter=0.06):

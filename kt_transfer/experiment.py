@@ -5,7 +5,7 @@ Layout under the workdir:
         config.json  checkpoints/  logs/  model.keras  saved_model/  metrics.json
 The experiment id hashes everything that defines a base network (dataset, model, solver),
 so a transfer run only ever reuses a base trained under the same settings. metrics.json is
-written last, atomically: its presence marks a finished run.
+written last, atomically: its presence marks a finished (or failed) run.
 """
 
 import contextlib
@@ -14,26 +14,18 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 
 import keras
 import tensorflow as tf
 
-from kt_transfer import data, embedded, export, layer_logging, splits, train, transfer
+from kt_transfer import (atomic, data, embedded, export, layer_logging, splits, train,
+                         transfer)
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
 # Training settings that do not change what a base network is.
 NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile",
                        "log_every_steps")
-
-
-def write_json_atomic(path, obj):
-    """Writes JSON so that readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -158,7 +150,7 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
 
 def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     """Builds, trains, evaluates and stores one run; the caller holds its lock."""
-    write_json_atomic(os.path.join(out, CONFIG_FILE),
+    atomic.write_json(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
     keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
@@ -188,7 +180,7 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
         model.save(tmp_model)
         os.replace(tmp_model, os.path.join(out, MODEL_FILE))
         export.export_saved_model(model, out)
-    write_json_atomic(os.path.join(out, METRICS_FILE), metrics)
+    atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
     return metrics
 
 

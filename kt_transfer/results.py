@@ -11,6 +11,8 @@ import io
 import json
 import os
 
+from kt_transfer import atomic
+
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
            "base_top1")
 TREATMENTS = {  # mode -> (label, colour, marker)
@@ -122,9 +124,7 @@ def write_report(workdir, out_dir=None, paper=False):
     written = []
     for name, text in (("results.csv", to_csv(rows)), ("results.md", to_markdown(rows))):
         path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        atomic.write_text(path, text)
         written.append(path)
     for key in sorted({(r["dataset"], r["split"], r["experiment"]) for r in rows}):
         group = [r for r in rows if (r["dataset"], r["split"], r["experiment"]) == key]
