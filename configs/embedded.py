@@ -17,6 +17,9 @@ def get_config():
     config.n = 4
     config.workdir = "workdir"
     config.split = "random0"
+    # An exported base network (a .keras file or SavedModel directory) to copy layers from
+    # instead of the workdir's own baseA/baseB; checked for architecture match.
+    config.base_model = ""
     config.verbose = 1  # Keras verbosity: 1 = progress bars, 2 = one line per epoch
 
     config.dataset = ml_collections.ConfigDict()

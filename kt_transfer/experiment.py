@@ -77,10 +77,23 @@ def experiment_dir(config, dataset):
 
 
 def run_dir(config, dataset, treatment):
+    """The run's directory: <experiment dir>/<run name>[_lr<mult>][_base-<hash>].
+
+    A run copying from an exported base (--base_model) gets a name of its own, so it never
+    passes for (or resumes) the run that copies from the workdir's own base.
+    """
     name = treatment.run_name
     if treatment.fine_tune and config.train.copied_lr_mult != 1.0:
         name += f"_lr{config.train.copied_lr_mult:g}"
+    if external_base(config, treatment):
+        path = os.path.abspath(config.base_model)
+        name += "_base-" + hashlib.sha1(path.encode()).hexdigest()[:8]
     return os.path.join(experiment_dir(config, dataset), name)
+
+
+def external_base(config, treatment):
+    """True when the treatment copies from --base_model rather than the workdir's base."""
+    return bool(config.get("base_model")) and treatment.base_mode is not None
 
 
 def read_metrics(path):
@@ -127,8 +140,11 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
         log(f"{treatment.run_name}: {stored.get('status', 'finished')} earlier, stored "
             f"result in {out}")
         return stored, out
-    base_model = None
-    if treatment.base_mode:
+    base = None
+    if external_base(config, treatment):
+        log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
+        base = transfer.load_base_weights(config.base_model)
+    elif treatment.base_mode:
         base = transfer.parse_treatment(treatment.base_mode)
         base_out = run_dir(config, dataset, base)
         base_metrics = read_metrics(base_out)
@@ -139,16 +155,16 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
         if base_metrics["status"] != "finished":
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
-        base_model = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
+        base = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
     with run_lock(out):
         stored = read_metrics(out)  # another process may have finished it meanwhile
         if stored is not None:
             return stored, out
-        return _train_run(config, dataset, treatment, base_model, out, log,
+        return _train_run(config, dataset, treatment, base, out, log,
                           strategy or tf.distribute.get_strategy()), out
 
 
-def _train_run(config, dataset, treatment, base_model, out, log, strategy):
+def _train_run(config, dataset, treatment, base, out, log, strategy):
     """Builds, trains, evaluates and stores one run; the caller holds its lock."""
     atomic.write_json(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
@@ -159,7 +175,7 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
     keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
-        model, plans = transfer.build_model(treatment, config.model, len(half), base_model,
+        model, plans = transfer.build_model(treatment, config.model, len(half), base,
                                             config.train.copied_lr_mult)
         train.compile_model(model, config.train, plans)
     train_ds, val_ds = make_datasets(config, dataset, half)
@@ -174,7 +190,9 @@ def _train_run(config, dataset, treatment, base_model, out, log, strategy):
     metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
                                      verbose=config.verbose, log=log, extra_callbacks=[logger])
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
-                   split=dataset.split.name, dataset=dataset.name)
+                   split=dataset.split.name, dataset=dataset.name,
+                   copied_lr_mult=float(config.train.copied_lr_mult),
+                   base_model=config.base_model if external_base(config, treatment) else None)
     if metrics["status"] == "finished":
         tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
         model.save(tmp_model)

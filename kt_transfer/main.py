@@ -23,6 +23,9 @@ flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+
                     "Overrides config.mode.")
 flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
+flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
+                    ".keras file or SavedModel directory) instead of the workdir's own base. "
+                    "Overrides config.base_model.")
 FLAGS = flags.FLAGS
 
 
@@ -30,10 +33,25 @@ def resolve_config():
     """The config file with the --mode/--n/--workdir shortcuts applied."""
     config = _CONFIG.value
     with config.unlocked():
-        for key in ("mode", "n", "workdir"):
+        for key in ("mode", "n", "workdir", "base_model"):
             if FLAGS[key].value is not None:
                 config[key] = FLAGS[key].value
     return config
+
+
+def check_base_model(config, treatment):
+    """--base_model: an existing .keras file or SavedModel dir, for a copying treatment."""
+    import os
+    path = config.base_model
+    if not path:
+        return
+    if treatment.base_mode is None:
+        raise ValueError(f"--base_model is for treatments that copy layers from a base (AnB, "
+                         f"AnB+, BnB, ...); --mode={treatment.mode} copies none")
+    if not (path.endswith(".keras") and os.path.isfile(path)) and not os.path.isfile(
+            os.path.join(path, "saved_model.pb")):
+        raise ValueError(f"--base_model={path!r} is not a .keras file or a SavedModel "
+                         "directory (one holding saved_model.pb)")
 
 
 def main(argv):
@@ -45,6 +63,7 @@ def main(argv):
     try:
         treatment = transfer.parse_treatment(config.mode, config.n)
         train.num_epochs(config.train)  # total_steps must be whole epochs
+        check_base_model(config, treatment)
     except ValueError as e:
         sys.exit(f"error: {e}")
     # TensorFlow loads here, after validation; the strategy first, before any TF op.
@@ -56,7 +75,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     try:
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
-    except RuntimeError as e:  # run directory busy, or its base failed
+    except (RuntimeError, transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base
         sys.exit(f"error: {e}")
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":

@@ -10,8 +10,10 @@ whether they are frozen. Modes:
 """
 
 import dataclasses
+import os
 import re
 
+import keras
 import numpy as np
 
 from kt_transfer import model as model_lib
@@ -86,36 +88,78 @@ def parse_treatment(mode, n=None):
                      n=int(n), fine_tune=bool(match.group("plus")))
 
 
-def check_compatible(base_model, model, layer_names):
-    """Raises ValueError naming the first layer whose weights differ in shape."""
-    for name in layer_names:
+class BaseMismatchError(ValueError):
+    """The base network's architecture does not fit the network being built."""
+
+
+def layer_weights(base_model):
+    """{layer name: [kernel, bias]} of a Keras network's weight layers, as numpy arrays."""
+    weights = {}
+    for name in model_lib.LAYER_NAMES:
         try:
-            base_layer = base_model.get_layer(name)
-        except ValueError:
-            raise ValueError(f"base network has no layer {name!r}; it is not a kt_transfer "
-                             "network (see --config.model)") from None
+            weights[name] = [np.array(w) for w in base_model.get_layer(name).get_weights()]
+        except ValueError:  # no such layer: check_compatible names it if it is needed
+            pass
+    return weights
+
+
+def load_base_weights(path):
+    """The weight layers of an exported base network: a `.keras` file or a SavedModel.
+
+    A SavedModel (e.g. a run's saved_model/) is read through its variables, named
+    "<layer>/kernel" and "<layer>/bias" by Keras, so no Keras code is needed to load it.
+
+    Raises:
+      FileNotFoundError / ValueError naming --base_model and what it accepts.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--base_model={path!r} does not exist; give a .keras file "
+                                "or a SavedModel directory (a run's model.keras or saved_model/)")
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return layer_weights(keras.saving.load_model(path, safe_mode=True, compile=False))
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
+        import tensorflow as tf  # only here: SavedModels are a TensorFlow format
+        by_name = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
+        return {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
+                for name in model_lib.LAYER_NAMES
+                if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
+    raise ValueError(f"--base_model={path!r} is neither a .keras file nor a SavedModel "
+                     "directory (one holding saved_model.pb)")
+
+
+def check_compatible(base_weights, model, layer_names):
+    """Raises BaseMismatchError naming the first layer whose weights differ in shape.
+
+    Args:
+      base_weights: {layer name: [arrays]} of the base network (see layer_weights).
+    """
+    for name in layer_names:
+        if name not in base_weights:
+            raise BaseMismatchError(f"base network has no layer {name!r}; it is not a kt_transfer "
+                             "network (see --config.model)")
         want = [tuple(w.shape) for w in model.get_layer(name).weights]
-        have = [tuple(w.shape) for w in base_layer.weights]
+        have = [tuple(w.shape) for w in base_weights[name]]
         if want != have:
-            raise ValueError(
+            raise BaseMismatchError(
                 f"base network does not match at layer {name!r}: base weights have shapes "
                 f"{have}, this network needs {want}. Train the base with the same "
                 "--config.model (width, input_size) and dataset/split (classes).")
     # fc8's shape encodes the class count; compare it even when fc8 is not copied.
-    if base_model.output_shape[-1] != model.output_shape[-1]:
-        raise ValueError(
-            f"base network does not match at layer 'fc8': {base_model.output_shape[-1]} "
+    if "fc8" in base_weights and base_weights["fc8"][0].shape[-1] != model.output_shape[-1]:
+        raise BaseMismatchError(
+            f"base network does not match at layer 'fc8': {base_weights['fc8'][0].shape[-1]} "
             f"classes in the base, {model.output_shape[-1]} here; use the same split")
 
 
-def build_model(treatment, model_config, num_classes, base_model=None, copied_lr_mult=1.0):
+def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0):
     """The network of a treatment: copy layers 1..n by name, set `trainable` per layer.
 
     Args:
       treatment: a Treatment.
       model_config: the `config.model` block.
       num_classes: classes of the target half.
-      base_model: the trained base network, for treatments that copy from one.
+      base: the trained base network, for treatments that copy from one: a Keras model
+        or its {layer name: [arrays]} (see load_base_weights).
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
 
     Returns:
@@ -126,12 +170,12 @@ def build_model(treatment, model_config, num_classes, base_model=None, copied_lr
         model_config, num_classes, name=treatment.run_name.replace("+", "_plus"))
     copied = [p.name for p in plans if p.origin == "copied"]
     if copied:
-        if base_model is None:
+        if base is None:
             raise ValueError(f"{treatment.run_name} copies {copied} but no base network was given")
-        check_compatible(base_model, model, copied)
+        base_weights = base if isinstance(base, dict) else layer_weights(base)
+        check_compatible(base_weights, model, copied)
         for name in copied:
-            model.get_layer(name).set_weights(
-                [np.array(w) for w in base_model.get_layer(name).get_weights()])
+            model.get_layer(name).set_weights(base_weights[name])
     for plan in plans:
         model.get_layer(plan.name).trainable = plan.trainable
     return model, plans

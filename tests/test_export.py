@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 import numpy as np
 
 from kt_transfer import experiment, export, transfer
@@ -33,3 +34,48 @@ def test_saved_model_matches_keras_in_a_fresh_process(tiny_config, tmp_path):
     np.testing.assert_allclose(served.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]  # no leftovers
+
+
+def _layer_arrays(model, name):
+    return [np.array(w) for w in model.get_layer(name).get_weights()]
+
+
+def test_transfer_run_copies_from_an_exported_base(tiny_config, tmp_path):
+    """--base_model: a SavedModel dir and a .keras file give the same copied layers."""
+    quiet = lambda *_: None  # noqa: E731
+    dataset = experiment.resolve_dataset(tiny_config, log=quiet)
+    _, base_out = experiment.run_treatment(tiny_config, dataset,
+                                           transfer.parse_treatment("baseA"), log=quiet)
+    base = keras.saving.load_model(os.path.join(base_out, experiment.MODEL_FILE))
+    # An exported base elsewhere: the run trains in a workdir with no base of its own.
+    tiny_config.workdir = str(tmp_path / "other_workdir")
+    runs = []
+    for path in (os.path.join(base_out, export.SAVED_MODEL_DIR),
+                 os.path.join(base_out, experiment.MODEL_FILE)):
+        tiny_config.base_model = path
+        metrics, out = experiment.run_treatment(tiny_config, dataset,
+                                                transfer.parse_treatment("AnB", 2), log=quiet)
+        assert metrics["status"] == "finished" and metrics["base_model"] == path
+        assert "_base-" in os.path.basename(out)
+        runs.append(out)
+        model = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE))
+        for name in ("conv1", "conv2"):  # copied and frozen: still the base's weights
+            for a, b in zip(_layer_arrays(model, name), _layer_arrays(base, name)):
+                np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(model.get_layer("conv3").kernel.numpy(),
+                                  base.get_layer("conv3").kernel.numpy())
+    assert runs[0] != runs[1]  # two different bases, two different runs
+    assert not os.path.exists(experiment.run_dir(tiny_config, dataset,
+                                                 transfer.parse_treatment("baseA")))
+
+
+def test_exported_base_of_another_architecture_is_refused(tiny_config, tmp_path):
+    from kt_transfer import model as model_lib
+    wide = model_lib.build_caffenet(6, 67, width=0.125, dropout=0.5, init="he")
+    export.export_saved_model(wide, str(tmp_path))
+    base = transfer.load_base_weights(str(tmp_path / export.SAVED_MODEL_DIR))
+    assert sorted(base) == sorted(model_lib.LAYER_NAMES)
+    with pytest.raises(transfer.BaseMismatchError, match="layer 'conv1'.*--config.model"):
+        transfer.build_model(transfer.parse_treatment("AnB", 3), tiny_config.model, 6, base)
+    with pytest.raises(ValueError, match="neither a .keras file nor a SavedModel"):
+        transfer.load_base_weights(str(tmp_path))

@@ -89,3 +89,12 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
     metrics = json.load(open(glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"),
                                        recursive=True)[0]))
     assert metrics["status"] == "finished" and metrics["steps"] == 300
+
+
+def test_base_model_flag_is_checked_before_any_work(tmp_path):
+    result = run_cli("--mode=AnB", "--n=2", f"--base_model={tmp_path}/nothing.keras",
+                   f"--workdir={tmp_path}/w")
+    assert result.returncode != 0 and "--base_model=" in result.stderr
+    assert "SavedModel" in result.stderr and not (tmp_path / "w").exists()
+    result = run_cli("--mode=baseB", f"--base_model={tmp_path}", f"--workdir={tmp_path}/w")
+    assert result.returncode != 0 and "copies none" in result.stderr
