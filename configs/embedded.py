@@ -67,4 +67,15 @@ def get_config():
     # step's ops. On CPUs both are usually slower: keep float32 and jit_compile off.
     config.train.precision = "float32"
     config.train.jit_compile = False
+
+    # --mode=grid: the paper's experiment for the split (Figure 2). Treatments are named in
+    # the A -> B direction; direction "BtoA" runs their mirror image (AnA, BnA+, RnA, ...).
+    config.grid = ml_collections.ConfigDict()
+    config.grid.treatments = ("BnB", "BnB+", "AnB", "AnB+", "RnB")
+    config.grid.ns = (1, 2, 3, 4, 5, 6, 7)
+    config.grid.direction = "AtoB"
+    # A cell whose worker has not refreshed its claim for this long is taken over (a claim
+    # left by a dead process on the same machine is taken over at once).
+    config.grid.claim_timeout_s = 120.0
+    config.grid.paper_overlay = True  # draw the published numbers on random splits
     return config

@@ -281,6 +281,9 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
             f.write("class_index\tfolder\tgroup\n")
             f.writelines(f"{i}\t{c.folder}\t{c.group}\n" for i, c in enumerate(specs))
         open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
+        if os.path.exists(os.path.join(root, COMPLETE_MARKER)):
+            shutil.rmtree(tmp)  # another process (e.g. a grid worker) finished it first
+            return root
         if os.path.exists(root):  # a stale, incomplete copy from an older tool version
             shutil.rmtree(root)
         os.rename(tmp, root)  # atomic: readers see all or nothing

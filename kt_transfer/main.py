@@ -3,6 +3,7 @@
     python -m kt_transfer.main --mode=AnB --n=4
     python -m kt_transfer.main --config=configs/imagenet_paper.py \
         --config.dataset.data_dir=/data/imagenet --mode=BnB+ --n=3
+    python -m kt_transfer.main --mode=grid     # every treatment and n; run several at once
 
 Every value of the config file can be overridden, e.g. --config.train.total_steps=400;
 a misspelled key is an error.
@@ -19,8 +20,8 @@ _DEFAULT_CONFIG = config_files.config_path("embedded")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
 flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
-                    "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features). "
-                    "Overrides config.mode.")
+                    "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
+                    "whole experiment, config.grid). Overrides config.mode.")
 flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
 flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
@@ -59,11 +60,15 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config = resolve_config()
     # Validate the cheap things before any long work (dataset generation, training).
-    from kt_transfer import train, transfer
+    from kt_transfer import grid, train, transfer
     try:
-        treatment = transfer.parse_treatment(config.mode, config.n)
         train.num_epochs(config.train)  # total_steps must be whole epochs
-        check_base_model(config, treatment)
+        if config.mode == "grid":
+            treatment = None
+            grid.cells(config.grid)
+        else:
+            treatment = transfer.parse_treatment(config.mode, config.n)
+            check_base_model(config, treatment)
     except ValueError as e:
         sys.exit(f"error: {e}")
     # TensorFlow loads here, after validation; the strategy first, before any TF op.
@@ -74,6 +79,9 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     try:
+        if treatment is None:
+            grid.run_grid(config, dataset, strategy=strategy)
+            return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
     except (RuntimeError, transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base
         sys.exit(f"error: {e}")

@@ -72,21 +72,44 @@ def paper_results():
     return json.loads(text)
 
 
+def figure_title(dataset, split):
+    return f"{dataset}, split {split}" + (" (A = man-made, B = natural)"
+                                          if split == "natman" else "")
+
+
+def _as_target_b(mode):
+    """The B-target name of a treatment: AnA -> BnB, BnA+ -> AnB+, baseA -> baseB.
+
+    The figure is drawn in the paper's A -> B terms; a B -> A grid is its mirror image.
+    """
+    return mode.translate(str.maketrans("AB", "BA")) if mode.rstrip("+")[-1] == "A" else mode
+
+
 def plot(rows, path, title, paper=False):
-    """Draws top-1 vs n for one experiment (rows of one dataset/split/experiment)."""
+    """Draws top-1 vs n for one experiment (rows of one dataset/split/experiment).
+
+    Only runs under their plain name are drawn (A4B+, not the sweep's A4B+_lr0.1 or a
+    --base_model run's A4B_base-...). Rows training on half A (a B -> A grid) are drawn as
+    their mirror image, so the lines keep the paper's names. Written atomically.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    finished = [r for r in rows if r["status"] == "finished"]
+    plain = [r for r in rows if r["status"] == "finished" and "_" not in r["run"]]
+    to_a = any(r["mode"].rstrip("+").endswith("nA") for r in plain)  # a B -> A grid
+    if to_a:
+        title += " (B -> A runs, drawn as their A -> B mirror)"
+    finished = [dict(r, mode=_as_target_b(r["mode"])) for r in plain
+                if (r["mode"].rstrip("+")[-1] == "A") == to_a]
     for mode, (label, colour, marker) in TREATMENTS.items():
         points = sorted((r["n"], r["top1"]) for r in finished if r["mode"] == mode)
         if points:
             ax.plot(*zip(*points), marker=marker, color=colour, label=label)
     base = [r["top1"] for r in finished if r["mode"] == "baseB"]
     if base:
-        ax.axhline(base[0], color="black", linestyle="--", label="baseB")
+        ax.axhline(base[0], color="black", linestyle="--", label="baseB (target base)")
     if paper:
         published = paper_results()
         for key, series in published["random_halves"].items():
@@ -109,8 +132,10 @@ def plot(rows, path, title, paper=False):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-" + os.path.basename(path))
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def write_report(workdir, out_dir=None, paper=False):
@@ -128,10 +153,8 @@ def write_report(workdir, out_dir=None, paper=False):
         written.append(path)
     for key in sorted({(r["dataset"], r["split"], r["experiment"]) for r in rows}):
         group = [r for r in rows if (r["dataset"], r["split"], r["experiment"]) == key]
-        split = key[1]
-        title = f"{key[0]}, split {split}" + (" (A = man-made, B = natural)"
-                                              if split == "natman" else "")
         path = os.path.join(out_dir, "results_{}_{}_{}.png".format(*key))
-        plot(group, path, title, paper=paper and split.startswith("random"))
+        plot(group, path, figure_title(key[0], key[1]),
+             paper=paper and key[1].startswith("random"))
         written.append(path)
     return written
