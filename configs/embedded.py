@@ -23,10 +23,20 @@ def get_config():
     config.verbose = 1  # Keras verbosity: 1 = progress bars, 2 = one line per epoch
 
     config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "embedded"  # embedded | folder
-    config.dataset.data_dir = ""  # folder: the images; embedded: cache (default $KT_TRANSFER_DATA_DIR)
+    config.dataset.name = "embedded"  # embedded | folder | tfds
+    # folder: the images; tfds: TFDS's data_dir (default ~/tensorflow_datasets);
+    # embedded: where it is generated (default $KT_TRANSFER_DATA_DIR or ~/.cache/kt_transfer).
+    config.dataset.data_dir = ""
+    config.dataset.tfds_name = ""  # tfds: imagenet2012, cifar100, imagenette, ...
+    config.dataset.tfds_manual_dir = ""  # imagenet2012's tar files; default <data_dir>/downloads/manual
+    config.dataset.tfds_val_split = ""  # default: validation, or test where there is none
     config.dataset.resize_size = 96  # the paper's 256, scaled
+    # "fixed": subtract mean_rgb; "computed": the mean of the base half's training images,
+    # computed once (over mean_images images) and cached under the workdir.
+    config.dataset.mean = "fixed"
     config.dataset.mean_rgb = (96.0, 96.0, 96.0)  # subtracted per channel (Caffe-style, 0..255)
+    config.dataset.mean_images = 5000
+    config.dataset.deterministic = False  # True: same order and crops every time (slower)
     config.dataset.scale = 1 / 64  # (pixel - mean) * scale; the paper uses 1 (see model.init)
     config.dataset.embedded = ml_collections.ConfigDict()
     config.dataset.embedded.num_classes = 100

@@ -1,16 +1,52 @@
-"""ImageNet-style folders (`train/<class>/*`, `val/<class>/*`) -> class-split tf.data.
+"""Class-split tf.data pipelines over an image folder or a TFDS dataset.
 
-Class index = position of the class folder in sorted order (for ImageNet wnids this is
-TFDS's labels.txt order). Only the split's class folders are listed, so the other half
-costs nothing. Within a half, labels are remapped to 0..K-1 in the split's order.
-The embedded dataset and a real ImageNet directory take this same path.
+Folder source: `train/<class>/*`, `val/<class>/*`; class index = position of the class
+folder in sorted order (for ImageNet wnids this is TFDS's labels.txt order, so a split
+selects the same classes from either source). Only the split's class folders are listed,
+and a TFDS dataset is filtered on its label before decoding: the other half costs nothing.
+Within a half, labels are remapped to 0..K-1 in the split's order.
+
+A file that cannot be decoded (truncated or corrupt, not an image at all) never stops
+training: it is skipped, and recorded by name in a `BadFiles` log that the run reports at
+the end of each epoch. PNG, GIF or BMP files named .JPEG, CMYK and grayscale JPEGs are
+decoded (to RGB) like any other.
 """
 
+import dataclasses
 import os
+import threading
 
+import numpy as np
 import tensorflow as tf
 
+from kt_transfer import images, tfds_source
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+@dataclasses.dataclass
+class Source:
+    """Where the images come from: an image folder, or a prepared TFDS builder."""
+
+    kind: str  # "folder" | "tfds"
+    classes: list  # class names in class-index order
+    root: str = ""  # folder
+    builder: object = None  # tfds
+    val_split: str = "val"
+
+    def describe(self):
+        return self.root if self.kind == "folder" else f"TFDS {self.builder.info.full_name}"
+
+
+def folder_source(root):
+    return Source("folder", list_classes(root), root=root)
+
+
+def tfds_source_from_config(dataset_config, log=print):
+    builder = tfds_source.load_builder(dataset_config.tfds_name, dataset_config.data_dir,
+                                       dataset_config.tfds_manual_dir, log)
+    return Source("tfds", list(builder.info.features["label"].names), builder=builder,
+                  val_split=tfds_source.val_split(builder, dataset_config.tfds_val_split))
 
 
 def list_classes(root):
@@ -27,69 +63,166 @@ def list_classes(root):
 
 
 def list_files(root, subset, classes, class_indices):
-    """(paths, labels) of the chosen classes; label = position in class_indices."""
+    """(paths, labels) of the chosen classes; label = position in class_indices.
+
+    Raises:
+      FileNotFoundError naming the class and folder: a class of the split is missing from
+      `subset`, or has no images.
+    """
     paths, labels = [], []
     for label, index in enumerate(class_indices):
         folder = os.path.join(root, subset, classes[index])
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)) \
-            if os.path.isdir(folder) else []
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"class {classes[index]!r} of the split has no folder {folder!r}; {subset}/ "
+                "must hold a folder for every class in train/")
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
             raise FileNotFoundError(
-                f"class {classes[index]!r} has no images in {folder!r}; every class of the "
-                "split needs images in both train/ and val/")
+                f"class {classes[index]!r} has no images in {folder!r} (files ending in "
+                f"{', '.join(IMAGE_EXTENSIONS)}); every class of the split needs images in "
+                "both train/ and val/")
         paths += [os.path.join(folder, n) for n in names]
         labels += [label] * len(names)
     return paths, labels
 
 
-def preprocess(image_bytes, label, *, training, resize_size, crop_size, mean_rgb, scale=1.0,
-               seed=None):
-    """Caffe's preprocessing: resize, crop (random when training), mirror, subtract mean.
+def check_readable(source, class_indices):
+    """Fails before training if a class of the split has no train or val images."""
+    if source.kind == "folder":
+        for subset in ("train", source.val_split):
+            list_files(source.root, subset, source.classes, class_indices)
 
-    Pixels are (value in [0, 255] - mean) * scale; scale is 1 in the paper (Caffe's
-    transform_param `scale`).
+
+class BadFiles:
+    """The files a pipeline skipped, by name, for reporting (thread-safe)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen = {}
+        self._reported = 0
+
+    def add(self, name):
+        with self._lock:
+            self._seen.setdefault(name, describe_bad_file(name))
+
+    def all(self):
+        with self._lock:
+            return dict(self._seen)
+
+    def new_since_last_call(self):
+        with self._lock:
+            names = list(self._seen)[self._reported:]
+            self._reported = len(self._seen)
+            return {n: self._seen[n] for n in names}
+
+
+def describe_bad_file(name):
+    """Why a file could not be used, told from its bytes (folder sources)."""
+    if not os.path.isfile(name):
+        return "could not be decoded"
+    with open(name, "rb") as f:
+        content = f.read()
+    if not content:
+        return "empty file"
+    if content[:2] == b"\xff\xd8":
+        return ("truncated JPEG (no end-of-image marker)" if b"\xff\xd9" not in content[-64:]
+                else "corrupt JPEG data")
+    if content[:8] == b"\x89PNG\r\n\x1a\n" or content[:3] == b"GIF" or content[:2] == b"BM":
+        return "corrupt image data"
+    return "not an image"
+
+
+def _robust(load):
+    """Wraps an element -> (image, label) function so a failing element becomes a flagged
+    placeholder instead of an error: (image, label, ok, name).
+
+    Each element goes through its own one-element dataset whose errors are ignored; if it
+    yields nothing, a placeholder with ok=False follows it instead. This names every bad
+    file (tf.data's own `ignore_errors` drops elements without saying which).
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.resize(image, [resize_size, resize_size])
-    if training:
-        image = tf.image.random_crop(image, [crop_size, crop_size, 3], seed=seed)
-        image = tf.image.random_flip_left_right(image, seed=seed)
-    else:
-        offset = (resize_size - crop_size) // 2
-        image = image[offset:offset + crop_size, offset:offset + crop_size, :]
-    image = (image - tf.constant(mean_rgb, tf.float32)) * scale
-    return image, label
+    def wrapped(element, seed):
+        good = tf.data.Dataset.from_tensors((element, seed)).map(
+            lambda e, s: (load(e, s), e["label"], True, e["name"])).ignore_errors()
+        return good.concatenate(tf.data.Dataset.from_tensors(
+            (tf.zeros(load.output_shape, tf.uint8), element["label"], False,
+             element["name"]))).take(1)
+    return wrapped
 
 
-def make_dataset(root, subset, class_indices, data_config, input_size, batch_size, *,
-                 training, seed=0, classes=None):
+def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
+                 mean_rgb, scale=1.0, training, seed=0, deterministic=False, bad_files=None,
+                 input_context=None):
     """A batched tf.data.Dataset of (image, label) for the chosen classes.
 
     Args:
-      root: dataset folder.
-      subset: "train" or "val".
-      class_indices: sorted original class indices of the half to read.
-      data_config: the `config.dataset` block (resize_size, mean_rgb).
-      input_size: side of the crop fed to the network (`config.model.input_size`).
-      batch_size: global batch size.
+      source: a Source.
+      subset: "train", or "val" (the source's validation split).
+      class_indices: original class indices of the half, in the split's order.
+      resize_size, crop_size: the paper's 256 and 227 (or smaller for CPU configs).
+      batch_size: global batch size; split across replicas by `input_context`.
+      mean_rgb, scale: input = (pixel - mean_rgb) * scale.
       training: shuffle, repeat, random crop and mirror; else one ordered pass.
-      seed: shuffle/augmentation seed.
-      classes: class folder names (listed from root when omitted).
+      seed: shuffle and augmentation seed.
+      deterministic: the same order and crops every time (tests); else parallel elements
+        may finish out of order, which is faster.
+      bad_files: a BadFiles that records skipped files (default: a fresh one).
+      input_context: tf.distribute.InputContext: this pipeline reads only its share.
 
     Returns:
-      (dataset, number of examples).
+      The dataset (for a folder source of a training run: infinite).
     """
-    classes = classes or list_classes(root)
-    paths, labels = list_files(root, subset, classes, class_indices)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    bad_files = bad_files if bad_files is not None else BadFiles()
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    if source.kind == "folder":
+        folder_subset = subset if subset == "train" else source.val_split
+        paths, labels = list_files(source.root, folder_subset, source.classes, class_indices)
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"image": paths, "label": np.array(labels, np.int64), "name": paths})
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if training:
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        read = tf.io.read_file
+    else:
+        tfds_split = "train" if subset == "train" else source.val_split
+        ds = tfds_source.read(source.builder, tfds_split, class_indices, training=training,
+                              seed=seed, input_context=input_context)
+        if training:
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        read = tf.identity
     if training:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(
-        lambda x, y: preprocess(x, y, training=training, resize_size=data_config.resize_size,
-                                crop_size=input_size,
-                                mean_rgb=list(data_config.mean_rgb),
-                                scale=data_config.get("scale", 1.0)),
-        num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
-    return ds, len(paths)
+        ds = ds.repeat()
+    # A stateless seed per element: crops and mirrors do not depend on thread timing.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2) if training else \
+        tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+    ds = tf.data.Dataset.zip(ds, seeds)
+
+    def load(element, element_seed):
+        return images.decode_crop(read(element["image"]), element_seed, training=training,
+                                  resize_size=resize_size, crop_size=crop_size)
+    load.output_shape = (crop_size, crop_size, 3)
+
+    ds = ds.interleave(_robust(load), cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=deterministic or not training)
+
+    def keep(image, label, ok, name):
+        def record():
+            return tf.py_function(lambda n: bad_files.add(n.numpy().decode()) or False,
+                                  [name], tf.bool)
+        return tf.cond(ok, lambda: tf.constant(True), record)
+
+    ds = ds.filter(keep).map(lambda image, label, ok, name: (image, label))
+    ds = ds.batch(batch_size, drop_remainder=training)
+    ds = ds.map(lambda x, y: (images.normalize(x, mean_rgb, scale), y),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic or not training
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy, make):
+    """`make(input_context)` per input pipeline, through the strategy: each worker reads
+    its own share and the global batch is split across replicas."""
+    return strategy.distribute_datasets_from_function(make)

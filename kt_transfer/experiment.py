@@ -19,7 +19,7 @@ import zlib
 import keras
 import tensorflow as tf
 
-from kt_transfer import (atomic, data, embedded, export, layer_logging, splits, train,
+from kt_transfer import (atomic, data, embedded, export, layer_logging, mean, splits, train,
                          transfer)
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
@@ -30,31 +30,49 @@ NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile",
 
 @dataclasses.dataclass
 class Dataset:
-    """A resolved image folder and the class split applied to it."""
+    """A resolved image source and the class split applied to it."""
 
-    name: str
-    root: str
-    classes: list
+    name: str  # embedded, folder, or the TFDS name: the first level under the workdir
+    source: data.Source
     split: splits.Split
+
+    @property
+    def classes(self):
+        return self.source.classes
 
 
 def resolve_dataset(config, log=print):
-    """Finds (or, for the embedded dataset, generates) the images and the split."""
+    """Finds (or, for the embedded dataset, generates) the images and the split.
+
+    Raises (before any training), naming the flag or file to fix:
+      FileNotFoundError: no such folder, no train/ in it, a class of the split without
+        train or val images, imagenet2012's tar files missing from TFDS's manual dir.
+      ValueError: unknown dataset or split.
+    """
     dc = config.dataset
+    groups = None
     if dc.name == "embedded":
         spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
         root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
+        source, name = data.folder_source(root), "embedded"
     elif dc.name == "folder":
         if not dc.data_dir or not os.path.isdir(dc.data_dir):
             raise FileNotFoundError(
                 f"dataset folder {dc.data_dir!r} does not exist: set "
                 "--config.dataset.data_dir to an ImageNet-style folder (train/, val/)")
-        root = dc.data_dir
+        source, name = data.folder_source(dc.data_dir), "folder"
+    elif dc.name == "tfds":
+        source = data.tfds_source_from_config(dc, log)
+        name = dc.tfds_name.replace("/", "_")
     else:
-        raise ValueError(f"unknown --config.dataset.name={dc.name!r}; use embedded or folder")
-    classes = data.list_classes(root)
-    groups = _read_groups(root, len(classes))
-    return Dataset(dc.name, root, classes, splits.make_split(config.split, len(classes), groups))
+        raise ValueError(f"unknown --config.dataset.name={dc.name!r}; use embedded, folder "
+                         "or tfds (with --config.dataset.tfds_name)")
+    if source.kind == "folder":
+        groups = _read_groups(source.root, len(source.classes))
+    split = splits.make_split(config.split, len(source.classes), groups)
+    for half in ("A", "B"):
+        data.check_readable(source, split.half(half))
+    return Dataset(name, source, split)
 
 
 def _read_groups(root, num_classes):
@@ -178,20 +196,25 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
         model, plans = transfer.build_model(treatment, config.model, len(half), base,
                                             config.train.copied_lr_mult)
         train.compile_model(model, config.train, plans)
-    train_ds, val_ds = make_datasets(config, dataset, half)
+    mean_rgb = mean.run_mean(config, dataset, treatment, log)
+    bad_files = data.BadFiles()
+    train_ds, val_ds, probe = make_datasets(config, dataset, half, mean_rgb, strategy,
+                                            bad_files)
     log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
         f"for {config.train.total_steps} steps -> {out}")
     hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
                "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
     logger = layer_logging.LayerLogger(
-        os.path.join(out, "logs"), next(iter(val_ds)),  # a fixed probe batch
+        os.path.join(out, "logs"), probe,  # a fixed validation batch
         {p.name: p.lr_mult for p in plans if p.trainable}, config.train, hparams)
     metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
-                                     verbose=config.verbose, log=log, extra_callbacks=[logger])
+                                     verbose=config.verbose, log=log,
+                                     extra_callbacks=[logger, train.BadFileReport(bad_files, out, log)])
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name,
-                   copied_lr_mult=float(config.train.copied_lr_mult),
+                   copied_lr_mult=float(config.train.copied_lr_mult), mean_rgb=mean_rgb,
+                   bad_files=len(bad_files.all()),
                    base_model=config.base_model if external_base(config, treatment) else None)
     if metrics["status"] == "finished":
         tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
@@ -202,11 +225,19 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     return metrics
 
 
-def make_datasets(config, dataset, class_indices):
-    """(train, val) tf.data pipelines of one half."""
-    kwargs = dict(data_config=config.dataset, input_size=config.model.input_size,
-                  batch_size=config.train.batch_size, seed=config.train.seed,
-                  classes=dataset.classes)
-    train_ds, _ = data.make_dataset(dataset.root, "train", class_indices, training=True, **kwargs)
-    val_ds, _ = data.make_dataset(dataset.root, "val", class_indices, training=False, **kwargs)
-    return train_ds, val_ds
+def make_datasets(config, dataset, class_indices, mean_rgb, strategy, bad_files):
+    """(train, val) pipelines of one half, distributed over the strategy's replicas, and
+    an undistributed validation batch (the per-layer logger's fixed probe)."""
+    dc = config.dataset
+    kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
+                  batch_size=config.train.batch_size, mean_rgb=mean_rgb, scale=dc.scale,
+                  seed=config.train.seed, deterministic=dc.deterministic, bad_files=bad_files)
+
+    def pipeline(subset, training):
+        return data.distributed_dataset(strategy, lambda ctx: data.make_dataset(
+            dataset.source, subset, class_indices, training=training, input_context=ctx,
+            **kwargs))
+
+    probe = next(iter(data.make_dataset(dataset.source, "val", class_indices, training=False,
+                                        **kwargs)))
+    return pipeline("train", True), pipeline("val", False), probe

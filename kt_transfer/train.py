@@ -1,11 +1,13 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
 import functools
+import warnings
 import math
 import os
 
 import keras
 
+from kt_transfer import atomic
 from kt_transfer import optimizer as optimizer_lib
 
 
@@ -73,6 +75,33 @@ class PeriodicBackup(keras.callbacks.Callback):
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous backup intact
 
 
+class BadFileReport(keras.callbacks.Callback):
+    """Names the files the input pipeline skipped, at the end of the epoch they turned up
+    in, and keeps the full list in <run>/bad_files.tsv (training goes on regardless)."""
+
+    FILE = "bad_files.tsv"
+
+    def __init__(self, bad_files, run_dir, log=print):
+        super().__init__()
+        self.bad_files, self.run_dir, self.log = bad_files, run_dir, log
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._report(f"epoch {epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        self._report("end of training")
+
+    def _report(self, when):
+        new = self.bad_files.new_since_last_call()
+        if not new:
+            return
+        self.log(f"Skipped {len(new)} unreadable file(s) ({when}); training continues:")
+        for name, reason in new.items():
+            self.log(f"  {name}: {reason}")
+        rows = "".join(f"{n}\t{r}\n" for n, r in sorted(self.bad_files.all().items()))
+        atomic.write_text(os.path.join(self.run_dir, self.FILE), "file\treason\n" + rows)
+
+
 def restore_backup(model, path):
     """Loads a backup into a compiled model; returns the steps already done (0 if none)."""
     if not os.path.exists(path):
@@ -116,6 +145,9 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
     epoch, into_epoch = divmod(done, steps_per_epoch)
     fit = functools.partial(model.fit, train_ds, validation_data=val_ds, callbacks=callbacks,
                             verbose=verbose, shuffle=False)  # tf.data shuffles
+    # Validation is one pass of a dataset whose length tf.data cannot know in advance (bad
+    # files are filtered out); Keras warns when such a pass ends. Training data repeats.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     if into_epoch:  # finish the interrupted epoch first, then whole epochs
         fit(initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps_per_epoch - into_epoch)
         epoch += 1

@@ -1,0 +1,83 @@
+"""One image: decode, resize, crop, mirror (uint8); then per batch: subtract the mean.
+
+The paper's (Caffe's) preprocessing: every image resized to 256x256, a random 227x227 crop
+and a random horizontal mirror when training, the centre crop when validating, and the
+per-channel mean subtracted. Caffe resized once, offline, to 8-bit pixels; here the resize
+happens on the fly and is rounded to uint8 the same way, so crops, mirrors and batching
+move 4x fewer bytes than float32 would. The mean subtraction and scaling are done on whole
+batches (`normalize`), where they vectorize.
+
+Where it is exact, decoding and cropping are fused: a JPEG already stored at the resize
+size (the embedded dataset, a pre-resized copy of ImageNet) is decoded only inside its
+crop window (`tf.io.decode_and_crop_jpeg`), bit-identical to decoding it whole and cropping
+(tested for 4:4:4, 4:2:2 and 4:2:0 chroma). Any other image (another size, or a PNG,
+GIF or BMP, whatever its file name says) is decoded whole, with 1 or 4 channels (grayscale,
+CMYK) converted to RGB, and resized.
+"""
+
+import tensorflow as tf
+
+
+def crop_offsets(seed, *, training, resize_size, crop_size):
+    """(top, left) of the crop: uniform from a stateless seed, or the centre."""
+    if not training:
+        centre = (resize_size - crop_size) // 2
+        return tf.constant(centre), tf.constant(centre)
+    offsets = tf.random.stateless_uniform([2], seed, 0, resize_size - crop_size + 1, tf.int32)
+    return offsets[0], offsets[1]
+
+
+def _resize_to_uint8(image, size):
+    resized = tf.image.resize(image, [size, size])  # bilinear, half-pixel centres
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
+    """Encoded image -> uint8 [crop_size, crop_size, 3]: resized, cropped, maybe mirrored.
+
+    Args:
+      image_bytes: scalar string tensor, the encoded file.
+      seed: int64 [2] stateless seed (crop position and mirror); unused when not training.
+      training: random crop and mirror; else the centre crop.
+    Raises (as a tf.data element error, see data.py): the file is not a decodable image.
+    """
+    top, left = crop_offsets(seed, training=training, resize_size=resize_size,
+                             crop_size=crop_size)
+    is_jpeg = tf.io.is_jpeg(image_bytes)
+
+    def fused():  # exact: no resize needed, so crop-then-decode == decode-then-crop
+        # One column more than the crop where there is one: at a window's right edge
+        # libjpeg upsamples subsampled chroma from fewer neighbours than a full decode
+        # does; with the extra column the crop matches the full decode bit for bit.
+        width = tf.minimum(crop_size + 1, resize_size - left)
+        window = tf.stack([top, left, crop_size, width])
+        return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)[:, :crop_size, :]
+
+    def general():
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        image = tf.cond(tf.reduce_all(shape[:2] == resize_size),
+                        lambda: image, lambda: _resize_to_uint8(image, resize_size))
+        return image[top:top + crop_size, left:left + crop_size, :]
+
+    stored_size = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(image_bytes)[:2],
+                          lambda: tf.constant([-1, -1]))
+    image = tf.cond(tf.reduce_all(stored_size == resize_size), fused, general)
+    image = tf.ensure_shape(image, [crop_size, crop_size, 3])
+    if training:
+        mirror = tf.random.stateless_uniform([], seed + 1) < 0.5
+        image = tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    return image
+
+
+def normalize(images, mean_rgb, scale=1.0):
+    """uint8 batch -> float32 (pixel - mean) * scale, the network's input."""
+    return (tf.cast(images, tf.float32) - tf.constant(mean_rgb, tf.float32)) * scale
+
+
+def preprocess(image_bytes, *, training, resize_size, crop_size, mean_rgb, scale=1.0,
+               seed=(0, 0)):
+    """One image all the way to the network's input (eager use, tests, serving docs)."""
+    image = decode_crop(image_bytes, tf.constant(seed, tf.int64), training=training,
+                        resize_size=resize_size, crop_size=crop_size)
+    return normalize(image, mean_rgb, scale)

@@ -1,0 +1,214 @@
+"""The input pipeline: class-split reading, the paper's crops and mirrors, determinism,
+per-worker shares, bad files, and clear errors, on real image files."""
+
+import hashlib
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kt_transfer import data, embedded, experiment, images, transfer
+
+SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
+KW = dict(resize_size=72, crop_size=67, mean_rgb=(0.0, 0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return embedded.ensure_dataset(SPEC, cache_dir=str(tmp_path_factory.mktemp("ds")),
+                                   log=lambda *_: None)
+
+
+def _encode(image, fmt, **kwargs):
+    out = io.BytesIO()
+    image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def _ramp(height, width):
+    """An image whose every pixel tells its position: R = row, G = column."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([y, x, np.full_like(y, 7)], axis=-1).astype(np.uint8)
+
+
+def _batches(ds):
+    return [(x.numpy(), y.numpy()) for x, y in ds]
+
+
+def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
+    source = data.folder_source(tiny_root)
+    half = (4, 1, 5)  # the split's order, not sorted
+    paths, labels = data.list_files(tiny_root, "train", source.classes, half)
+    assert {os.path.basename(os.path.dirname(p)) for p in paths} == {source.classes[i] for i in half}
+    for path, label in zip(paths, labels):
+        assert os.path.basename(os.path.dirname(path)) == source.classes[half[label]]
+    ds = data.make_dataset(source, "val", half, batch_size=4, training=False, **KW)
+    xs, ys = zip(*_batches(ds))
+    assert sorted(np.concatenate(ys).tolist()) == [0, 0, 1, 1, 2, 2]
+    assert xs[0].shape[1:] == (67, 67, 3) and xs[0].dtype == np.float32
+
+
+def test_centre_crop_and_random_crop_mirror_eager_and_in_map():
+    ramp = _encode(_ramp(72, 72), "PNG")  # lossless, already at the resize size
+    centre = images.preprocess(ramp, training=False, **KW).numpy()
+    np.testing.assert_array_equal(centre, _ramp(72, 72)[2:69, 2:69])
+    seen_mirrored = set()
+    for seed in range(12):
+        crop = images.preprocess(ramp, training=True, seed=(seed, 1), **KW).numpy()
+        top, rows = int(crop[0, 0, 0]), crop[:, :, 0]
+        columns = crop[0, :, 1]
+        mirrored = columns[0] > columns[-1]
+        seen_mirrored.add(bool(mirrored))
+        left = int(columns.min())
+        window = _ramp(72, 72)[top:top + 67, left:left + 67]
+        expected = window[:, ::-1] if mirrored else window
+        np.testing.assert_array_equal(crop, expected)
+        assert 0 <= top <= 5 and 0 <= left <= 5 and rows.shape == (67, 67)
+        in_map = next(iter(tf.data.Dataset.from_tensors(ramp).map(
+            lambda b: images.preprocess(b, training=True, seed=(seed, 1), **KW)))).numpy()
+        np.testing.assert_array_equal(in_map, crop)
+    assert seen_mirrored == {True, False}
+
+
+def test_fused_jpeg_crop_is_exact_and_other_sizes_are_resized():
+    photo = np.random.default_rng(0).integers(0, 255, (72, 72, 3), dtype=np.uint8)
+    jpeg = _encode(photo, "JPEG", quality=90)
+    full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+    seed = tf.constant([3, 4], tf.int64)
+    fused = images.decode_crop(jpeg, seed, training=True, resize_size=72, crop_size=67).numpy()
+    top, left = [int(v) for v in images.crop_offsets(seed, training=True, resize_size=72,
+                                                     crop_size=67)]
+    window = full[top:top + 67, left:left + 67]
+    assert np.array_equal(fused, window) or np.array_equal(fused, window[:, ::-1])
+    big = _encode(_ramp(100, 90), "PNG")
+    resized = tf.cast(tf.round(tf.image.resize(_ramp(100, 90), [72, 72])), tf.uint8).numpy()
+    out = images.decode_crop(big, seed, training=False, resize_size=72, crop_size=67).numpy()
+    np.testing.assert_array_equal(out, resized[2:69, 2:69])
+
+
+def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
+    source = data.folder_source(tiny_root)
+
+    def first_batches(seed):
+        ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
+                               seed=seed, deterministic=True, **KW)
+        return _batches(ds.take(3))
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+
+
+def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
+    source = data.folder_source(tiny_root)
+
+    def digests(worker):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                             num_replicas_in_sync=2)
+        ds = data.make_dataset(source, "val", range(6), batch_size=4, training=False,
+                               input_context=context, **KW)
+        batches = _batches(ds)
+        assert max(len(x) for x, _ in batches) == 2  # global batch 4 over 2 replicas
+        return [hashlib.sha1(image.tobytes()).hexdigest() for x, _ in batches for image in x]
+
+    first, second = digests(0), digests(1)
+    assert len(first) == len(second) == 6
+    assert not set(first) & set(second) and len(set(first) | set(second)) == 12
+
+
+def _write_bad_and_odd_files(folder):
+    """Every bad-file case of a real dataset, next to odd but valid files."""
+    good = _encode(np.random.default_rng(1).integers(0, 255, (90, 80, 3), dtype=np.uint8),
+                   "JPEG")
+    header_broken = bytearray(good)
+    header_broken[400:420] = b"\x00\xff" * 10
+    bad = {"truncated.JPEG": good[:len(good) // 2], "corrupt.JPEG": bytes(header_broken),
+           "not_an_image.JPEG": b"<html>404 not found</html>\n" * 20, "empty.JPEG": b""}
+    rgb = np.random.default_rng(2).integers(0, 255, (90, 80, 3), dtype=np.uint8)
+    odd = {"png_named.JPEG": _encode(rgb, "PNG"),
+           "cmyk.JPEG": _encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+           "gray.JPEG": _encode(rgb[:, :, 0], "JPEG")}
+    for name, content in {**bad, **odd}.items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(content)
+    return sorted(os.path.join(folder, n) for n in bad), sorted(odd)
+
+
+def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path):
+    root = str(tmp_path / "ds")
+    shutil.copytree(tiny_root, root)
+    source = data.folder_source(root)
+    bad, _ = _write_bad_and_odd_files(os.path.join(root, "val", source.classes[0]))
+    bad_files = data.BadFiles()
+    ds = data.make_dataset(source, "val", (0, 1), batch_size=3, training=False,
+                           bad_files=bad_files, **KW)
+    labels = np.concatenate([y for _, y in _batches(ds)])
+    assert sorted(labels.tolist()) == [0] * (2 + 3) + [1] * 2  # the 3 odd files decoded
+    assert sorted(bad_files.all()) == bad
+    reasons = {os.path.basename(k): v for k, v in bad_files.all().items()}
+    assert reasons["truncated.JPEG"].startswith("truncated JPEG")
+    assert reasons["empty.JPEG"] == "empty file"
+    assert reasons["not_an_image.JPEG"] == "not an image"
+
+
+def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path):
+    log = []
+    dataset = experiment.resolve_dataset(tiny_config, log=log.append)
+    root = str(tmp_path / "ds")
+    shutil.copytree(dataset.source.root, root)
+    tiny_config.dataset.name, tiny_config.dataset.data_dir = "folder", root
+    dataset = experiment.resolve_dataset(tiny_config, log=log.append)
+    first_of_a = dataset.classes[dataset.split.half("A")[0]]
+    bad, _ = _write_bad_and_odd_files(os.path.join(root, "train", first_of_a))
+    bad_val, _ = _write_bad_and_odd_files(os.path.join(root, "val", first_of_a))
+    metrics, out = experiment.run_treatment(tiny_config, dataset,
+                                            transfer.parse_treatment("baseA"), log=log.append)
+    assert metrics["status"] == "finished" and metrics["steps"] == tiny_config.train.total_steps
+    text = "\n".join(log)
+    assert "unreadable file(s)" in text and all(path in text for path in bad_val)
+    assert metrics["bad_files"] >= len(bad_val)
+    listed = [line.split("\t")[0] for line in
+              open(os.path.join(out, "bad_files.tsv")).read().splitlines()[1:]]
+    assert set(bad_val) <= set(listed) <= set(bad) | set(bad_val)  # no good file listed
+
+
+def test_missing_or_empty_classes_fail_before_training(tmp_path, tiny_root, tiny_config):
+    tiny_config.dataset.name = "folder"
+    tiny_config.dataset.data_dir = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="--config.dataset.data_dir"):
+        experiment.resolve_dataset(tiny_config)
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_root, root)
+    tiny_config.dataset.data_dir = str(root)
+    tiny_config.dataset.embedded.num_classes = 6
+    classes = sorted(os.listdir(root / "train"))
+    for name in os.listdir(root / "train" / classes[2]):  # an empty class folder
+        os.remove(root / "train" / classes[2] / name)
+    with pytest.raises(FileNotFoundError, match=f"{classes[2]}.*no images"):
+        experiment.resolve_dataset(tiny_config)
+    shutil.rmtree(root / "train" / classes[2])
+    shutil.rmtree(root / "val" / classes[4])  # val without one of train's classes
+    with pytest.raises(FileNotFoundError, match=f"{classes[4]}.*val/ must hold a folder"):
+        experiment.resolve_dataset(tiny_config)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0 chroma
+def test_fused_decode_and_crop_equals_decode_then_crop(subsampling):
+    photo = np.random.default_rng(subsampling).integers(0, 255, (72, 72, 3), dtype=np.uint8)
+    jpeg = _encode(photo, "JPEG", quality=90, subsampling=subsampling)
+    full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+    for seed in range(16):
+        seed = tf.constant([seed, 0], tf.int64)
+        top, left = [int(v) for v in images.crop_offsets(seed, training=True, resize_size=72,
+                                                         crop_size=67)]
+        window = full[top:top + 67, left:left + 67]
+        fused = images.decode_crop(jpeg, seed, training=True, resize_size=72,
+                                   crop_size=67).numpy()
+        assert np.array_equal(fused, window) or np.array_equal(fused, window[:, ::-1])
