@@ -193,8 +193,9 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
     keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
+        base_half = dataset.split.half(treatment.source) if treatment.base_mode else ()
         model, plans = transfer.build_model(treatment, config.model, len(half), base,
-                                            config.train.copied_lr_mult)
+                                            config.train.copied_lr_mult, len(base_half))
         train.compile_model(model, config.train, plans)
     mean_rgb = mean.run_mean(config, dataset, treatment, log)
     bad_files = data.BadFiles()

@@ -127,11 +127,12 @@ def load_base_weights(path):
                      "directory (one holding saved_model.pb)")
 
 
-def check_compatible(base_weights, model, layer_names):
+def check_compatible(base_weights, model, layer_names, base_num_classes=None):
     """Raises BaseMismatchError naming the first layer whose weights differ in shape.
 
     Args:
       base_weights: {layer name: [arrays]} of the base network (see layer_weights).
+      base_num_classes: classes of the half the base was trained on, if known.
     """
     for name in layer_names:
         if name not in base_weights:
@@ -144,14 +145,18 @@ def check_compatible(base_weights, model, layer_names):
                 f"base network does not match at layer {name!r}: base weights have shapes "
                 f"{have}, this network needs {want}. Train the base with the same "
                 "--config.model (width, input_size) and dataset/split (classes).")
-    # fc8's shape encodes the class count; compare it even when fc8 is not copied.
-    if "fc8" in base_weights and base_weights["fc8"][0].shape[-1] != model.output_shape[-1]:
+    # fc8's shape encodes the class count of the base's half; compare it even when fc8
+    # is not copied (a base trained on another split or dataset fails here).
+    base_classes = base_weights["fc8"][0].shape[-1] if "fc8" in base_weights else None
+    if base_num_classes is not None and base_classes != base_num_classes:
         raise BaseMismatchError(
-            f"base network does not match at layer 'fc8': {base_weights['fc8'][0].shape[-1]} "
-            f"classes in the base, {model.output_shape[-1]} here; use the same split")
+            f"base network does not match at layer 'fc8': {base_classes} classes in the "
+            f"base, but its half of this split has {base_num_classes}; use the base's "
+            "dataset and split")
 
 
-def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0):
+def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0,
+                base_num_classes=None):
     """The network of a treatment: copy layers 1..n by name, set `trainable` per layer.
 
     Args:
@@ -161,6 +166,7 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
       base: the trained base network, for treatments that copy from one: a Keras model
         or its {layer name: [arrays]} (see load_base_weights).
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
+      base_num_classes: classes of the base's half (checked against the base's fc8).
 
     Returns:
       (model, plans): the Keras model (uncompiled) and its LayerPlans.
@@ -173,7 +179,7 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
         if base is None:
             raise ValueError(f"{treatment.run_name} copies {copied} but no base network was given")
         base_weights = base if isinstance(base, dict) else layer_weights(base)
-        check_compatible(base_weights, model, copied)
+        check_compatible(base_weights, model, copied, base_num_classes)
         for name in copied:
             model.get_layer(name).set_weights(base_weights[name])
     for plan in plans:
