@@ -65,12 +65,14 @@ def get_config():
     config.train.lr_gamma = 0.1
     config.train.total_steps = 900
     config.train.steps_per_epoch = 150  # validation interval
+    config.train.budget_epochs = 0  # >0: stop after this many epochs (Hyperband trials)
     config.train.backup_every_steps = 50  # a killed run resumes from its last backup
     config.train.log_every_steps = 50  # per-layer TensorBoard curves
     config.train.momentum = 0.9
     config.train.weight_decay = 5e-4
     config.train.bias_lr_mult = 2.0
     config.train.copied_lr_mult = 1.0  # lr multiplier of copied layers in "+" treatments
+    config.train.copied_fc_lr_mult = -1.0  # copied fc6/fc7 if >= 0; else copied_lr_mult
     config.train.seed = 0
     # Speed switches for GPUs: "mixed_float16" (V100/T4 and newer) or "mixed_bfloat16"
     # (A100/H100, TPUs) halve activation memory and use tensor cores; XLA fuses the
@@ -88,4 +90,14 @@ def get_config():
     # left by a dead process on the same machine is taken over at once).
     config.grid.claim_timeout_s = 120.0
     config.grid.paper_overlay = True  # draw the published numbers on random splits
+
+    # --mode=tune --n=4: keras-tuner searches the lr multiplier of the copied layers.
+    config.tune = ml_collections.ConfigDict()
+    config.tune.treatment = "AnB+"  # or BnB+ (BnA+, AnA+)
+    config.tune.tuner = "random"  # random | bayesian | hyperband
+    config.tune.max_trials = 6
+    config.tune.copied_lr_mults = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
+    config.tune.copied_fc_lr_mults = ()  # e.g. (1.0, 0.1): copied fc6/fc7 apart (n >= 6)
+    config.tune.hyperband_factor = 3
+    config.tune.seed = 0
     return config

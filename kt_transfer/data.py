@@ -133,27 +133,47 @@ def describe_bad_file(name):
     return "not an image"
 
 
-def _robust(load):
-    """Wraps an element -> (image, label) function so a failing element becomes a flagged
-    placeholder instead of an error: (image, label, ok, name).
+CHUNK = 16  # elements decoded per error-isolated group
 
-    Each element goes through its own one-element dataset whose errors are ignored; if it
-    yields nothing, a placeholder with ok=False follows it instead. This names every bad
-    file (tf.data's own `ignore_errors` drops elements without saying which).
+
+def _decode_chunk(load, bad_files):
+    """Decodes a chunk of elements, skipping (and naming) those that fail.
+
+    The chunk's elements go through a dataset of their own whose errors are ignored;
+    its survivors, batched, are compared by name with the chunk to find the files that
+    failed, which are recorded in `bad_files`. (tf.data's `ignore_errors` alone drops
+    elements without saying which.) Doing this per chunk rather than per element keeps
+    its cost small.
     """
-    def wrapped(element, seed):
-        good = tf.data.Dataset.from_tensors((element, seed)).map(
-            lambda e, s: (load(e, s), e["label"], True, e["name"])).ignore_errors()
-        return good.concatenate(tf.data.Dataset.from_tensors(
-            (tf.zeros(load.output_shape, tf.uint8), element["label"], False,
-             element["name"]))).take(1)
-    return wrapped
+    def record(names):
+        for name in names.numpy():
+            bad_files.add(name.decode())
+        return len(names.numpy())
+
+    def decode(chunk, seeds):
+        survivors = tf.data.Dataset.from_tensor_slices((chunk, seeds)).map(
+            lambda e, s: (load(e, s), e["label"], e["name"])).ignore_errors()
+        nothing = tf.data.Dataset.from_tensors((
+            tf.zeros((0, *load.output_shape), tf.uint8), tf.zeros([0], tf.int64),
+            tf.zeros([0], tf.string)))
+        decoded = survivors.batch(CHUNK).concatenate(nothing).take(1)
+
+        def name_failures(images, labels, names):
+            failed = tf.reduce_all(chunk["name"][:, None] != names[None, :], axis=1)
+            failed_names = tf.boolean_mask(chunk["name"], failed)
+            count = tf.cond(tf.size(failed_names) > 0,
+                            lambda: tf.py_function(record, [failed_names], tf.int64),
+                            lambda: tf.constant(0, tf.int64))
+            with tf.control_dependencies([count]):
+                return tf.identity(images), labels
+
+        return decoded.map(name_failures).unbatch()
+    return decode
 
 
 def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
-                 mean_rgb, scale=1.0, training, seed=0, deterministic=False, bad_files=None,
-                 input_context=None):
-    """A batched tf.data.Dataset of (image, label) for the chosen classes.
+                 training, seed=0, deterministic=False, bad_files=None, input_context=None):
+    """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
 
     Args:
       source: a Source.
@@ -161,7 +181,6 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
       class_indices: original class indices of the half, in the split's order.
       resize_size, crop_size: the paper's 256 and 227 (or smaller for CPU configs).
       batch_size: global batch size; split across replicas by `input_context`.
-      mean_rgb, scale: input = (pixel - mean_rgb) * scale.
       training: shuffle, repeat, random crop and mirror; else one ordered pass.
       seed: shuffle and augmentation seed.
       deterministic: the same order and crops every time (tests); else parallel elements
@@ -197,26 +216,17 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     # A stateless seed per element: crops and mirrors do not depend on thread timing.
     seeds = tf.data.Dataset.random(seed=seed).batch(2) if training else \
         tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
-    ds = tf.data.Dataset.zip(ds, seeds)
+    ds = tf.data.Dataset.zip(ds, seeds).batch(CHUNK)
 
     def load(element, element_seed):
         return images.decode_crop(read(element["image"]), element_seed, training=training,
                                   resize_size=resize_size, crop_size=crop_size)
     load.output_shape = (crop_size, crop_size, 3)
 
-    ds = ds.interleave(_robust(load), cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.interleave(_decode_chunk(load, bad_files), cycle_length=2 * (os.cpu_count() or 2),
+                       block_length=CHUNK, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=deterministic or not training)
-
-    def keep(image, label, ok, name):
-        def record():
-            return tf.py_function(lambda n: bad_files.add(n.numpy().decode()) or False,
-                                  [name], tf.bool)
-        return tf.cond(ok, lambda: tf.constant(True), record)
-
-    ds = ds.filter(keep).map(lambda image, label, ok, name: (image, label))
     ds = ds.batch(batch_size, drop_remainder=training)
-    ds = ds.map(lambda x, y: (images.normalize(x, mean_rgb, scale), y),
-                num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic or not training
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -21,10 +21,12 @@ import tensorflow as tf
 
 from kt_transfer import (atomic, data, embedded, export, layer_logging, mean, splits, train,
                          transfer)
+from kt_transfer import model as model_lib
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
 # Training settings that do not change what a base network is.
-NOT_DEFINING_A_BASE = ("copied_lr_mult", "backup_every_steps", "jit_compile",
+NOT_DEFINING_A_BASE = ("copied_lr_mult", "copied_fc_lr_mult", "budget_epochs",
+                       "backup_every_steps", "jit_compile",
                        "log_every_steps")
 
 
@@ -103,10 +105,22 @@ def run_dir(config, dataset, treatment):
     name = treatment.run_name
     if treatment.fine_tune and config.train.copied_lr_mult != 1.0:
         name += f"_lr{config.train.copied_lr_mult:g}"
+    fc_mult = copied_fc_lr_mult(config, treatment)
+    if fc_mult is not None:
+        name += f"_fc{fc_mult:g}"
+    if config.train.get("budget_epochs", 0) > 0:  # a Hyperband trial's shorter budget
+        name += f"_e{train.num_epochs(config.train)}"
     if external_base(config, treatment):
         path = os.path.abspath(config.base_model)
         name += "_base-" + hashlib.sha1(path.encode()).hexdigest()[:8]
     return os.path.join(experiment_dir(config, dataset), name)
+
+
+def copied_fc_lr_mult(config, treatment):
+    """The separate multiplier of copied fc layers, or None (they use copied_lr_mult)."""
+    mult = config.train.get("copied_fc_lr_mult", -1.0)
+    copies_fc = treatment.n > model_lib.LAYER_NAMES.index("fc6")
+    return float(mult) if mult >= 0 and treatment.fine_tune and copies_fc else None
 
 
 def external_base(config, treatment):
@@ -190,21 +204,23 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
     half = dataset.split.half(treatment.target)
+    mean_rgb = mean.run_mean(config, dataset, treatment, log)
     # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
     keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
         base_half = dataset.split.half(treatment.source) if treatment.base_mode else ()
-        model, plans = transfer.build_model(treatment, config.model, len(half), base,
-                                            config.train.copied_lr_mult, len(base_half))
+        model, plans = transfer.build_model(
+            treatment, config.model, len(half), base, config.train.copied_lr_mult,
+            len(base_half), mean_rgb=mean_rgb, scale=config.dataset.scale,
+            copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
-    mean_rgb = mean.run_mean(config, dataset, treatment, log)
     bad_files = data.BadFiles()
-    train_ds, val_ds, probe = make_datasets(config, dataset, half, mean_rgb, strategy,
-                                            bad_files)
+    train_ds, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
     log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
-        f"for {config.train.total_steps} steps -> {out}")
+        f"for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps -> {out}")
     hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
+               "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
                "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
     logger = layer_logging.LayerLogger(
         os.path.join(out, "logs"), probe,  # a fixed validation batch
@@ -226,13 +242,12 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     return metrics
 
 
-def make_datasets(config, dataset, class_indices, mean_rgb, strategy, bad_files):
+def make_datasets(config, dataset, class_indices, strategy, bad_files):
     """(train, val) pipelines of one half, distributed over the strategy's replicas, and
     an undistributed validation batch (the per-layer logger's fixed probe)."""
     dc = config.dataset
     kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
-                  batch_size=config.train.batch_size, mean_rgb=mean_rgb, scale=dc.scale,
-                  seed=config.train.seed, deterministic=dc.deterministic, bad_files=bad_files)
+                  batch_size=config.train.batch_size, seed=config.train.seed, deterministic=dc.deterministic, bad_files=bad_files)
 
     def pipeline(subset, training):
         return data.distributed_dataset(strategy, lambda ctx: data.make_dataset(

@@ -1,10 +1,10 @@
 """SavedModel export of a trained network, for reuse outside Keras.
 
-The serving signature takes a batch of preprocessed images, float32
-[batch, input_size, input_size, 3] = (RGB pixel in 0..255, resized and centre-cropped, minus
-`dataset.mean_rgb`) * `dataset.scale`, exactly as the validation pipeline feeds the
-network, and returns class probabilities over the half's classes (label i = i-th class
-of the half in sorted order; see tools/split_info.py).
+The serving signature takes a batch of images, float32 [batch, input_size, input_size, 3]
+holding RGB pixels in 0..255, resized to `dataset.resize_size` and centre-cropped, exactly
+as the validation pipeline feeds the network (the network subtracts its own mean), and
+returns class probabilities over the half's classes (label i = the half's i-th class in
+the split's order; see tools/split_info.py).
 """
 
 import os

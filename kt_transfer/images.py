@@ -1,11 +1,11 @@
-"""One image: decode, resize, crop, mirror (uint8); then per batch: subtract the mean.
+"""One image: decode, resize, crop, mirror, to 8-bit RGB (the network subtracts the mean).
 
 The paper's (Caffe's) preprocessing: every image resized to 256x256, a random 227x227 crop
 and a random horizontal mirror when training, the centre crop when validating, and the
-per-channel mean subtracted. Caffe resized once, offline, to 8-bit pixels; here the resize
-happens on the fly and is rounded to uint8 the same way, so crops, mirrors and batching
-move 4x fewer bytes than float32 would. The mean subtraction and scaling are done on whole
-batches (`normalize`), where they vectorize.
+per-channel mean subtracted. Here the resize happens on the fly and, as in Caffe's offline
+resize, is rounded to 8 bits (after the crop, where it costs least), so mirrors, batching
+and prefetching move 4x fewer bytes than float32 would. The mean subtraction and scaling
+are the network's first layer (model.PixelNormalization), on the accelerator.
 
 Where it is exact, decoding and cropping are fused: a JPEG already stored at the resize
 size (the embedded dataset, a pre-resized copy of ImageNet) is decoded only inside its
@@ -25,11 +25,6 @@ def crop_offsets(seed, *, training, resize_size, crop_size):
         return tf.constant(centre), tf.constant(centre)
     offsets = tf.random.stateless_uniform([2], seed, 0, resize_size - crop_size + 1, tf.int32)
     return offsets[0], offsets[1]
-
-
-def _resize_to_uint8(image, size):
-    resized = tf.image.resize(image, [size, size])  # bilinear, half-pixel centres
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
 def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
@@ -55,10 +50,17 @@ def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
 
     def general():
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-        shape = tf.shape(image)
-        image = tf.cond(tf.reduce_all(shape[:2] == resize_size),
-                        lambda: image, lambda: _resize_to_uint8(image, resize_size))
-        return image[top:top + crop_size, left:left + crop_size, :]
+
+        def resize_crop():
+            resized = tf.image.resize(image, [resize_size, resize_size])  # bilinear
+            crop = resized[top:top + crop_size, left:left + crop_size, :]
+            # Bilinear weights are convex, so values stay in [0, 255]: +0.5 then truncate
+            # rounds to nearest without a clip.
+            return tf.cast(crop + 0.5, tf.uint8)
+
+        return tf.cond(tf.reduce_all(tf.shape(image)[:2] == resize_size),
+                       lambda: image[top:top + crop_size, left:left + crop_size, :],
+                       resize_crop)
 
     stored_size = tf.cond(is_jpeg, lambda: tf.io.extract_jpeg_shape(image_bytes)[:2],
                           lambda: tf.constant([-1, -1]))
@@ -70,14 +72,7 @@ def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
     return image
 
 
-def normalize(images, mean_rgb, scale=1.0):
-    """uint8 batch -> float32 (pixel - mean) * scale, the network's input."""
-    return (tf.cast(images, tf.float32) - tf.constant(mean_rgb, tf.float32)) * scale
-
-
-def preprocess(image_bytes, *, training, resize_size, crop_size, mean_rgb, scale=1.0,
-               seed=(0, 0)):
-    """One image all the way to the network's input (eager use, tests, serving docs)."""
-    image = decode_crop(image_bytes, tf.constant(seed, tf.int64), training=training,
-                        resize_size=resize_size, crop_size=crop_size)
-    return normalize(image, mean_rgb, scale)
+def preprocess(image_bytes, *, training, resize_size, crop_size, seed=(0, 0)):
+    """One image to the network's input, eagerly (tests, serving clients)."""
+    return decode_crop(image_bytes, tf.constant(seed, tf.int64), training=training,
+                       resize_size=resize_size, crop_size=crop_size)

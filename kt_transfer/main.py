@@ -4,6 +4,7 @@
     python -m kt_transfer.main --config=configs/imagenet_paper.py \
         --config.dataset.data_dir=/data/imagenet --mode=BnB+ --n=3
     python -m kt_transfer.main --mode=grid     # every treatment and n; run several at once
+    python -m kt_transfer.main --mode=tune --n=4   # keras-tuner: copied layers' lr scale
 
 Every value of the config file can be overridden, e.g. --config.train.total_steps=400;
 a misspelled key is an error.
@@ -21,7 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
 flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
                     "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
-                    "whole experiment, config.grid). Overrides config.mode.")
+                    "whole experiment, config.grid); or tune (keras-tuner searches the copied "
+                    "layers' lr scale, config.tune, with --n). Overrides config.mode.")
 flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
 flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
@@ -60,12 +62,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config = resolve_config()
     # Validate the cheap things before any long work (dataset generation, training).
-    from kt_transfer import grid, train, transfer
+    from kt_transfer import grid, train, transfer, tune
     try:
         train.num_epochs(config.train)  # total_steps must be whole epochs
+        treatment = None
         if config.mode == "grid":
-            treatment = None
             grid.cells(config.grid)
+        elif config.mode == "tune":
+            tune.treatment_of(config)
         else:
             treatment = transfer.parse_treatment(config.mode, config.n)
             check_base_model(config, treatment)
@@ -79,8 +83,11 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     try:
-        if treatment is None:
+        if config.mode == "grid":
             grid.run_grid(config, dataset, strategy=strategy)
+            return
+        if config.mode == "tune":
+            tune.run_sweep(config, dataset, strategy=strategy)
             return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
     except (RuntimeError, transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base

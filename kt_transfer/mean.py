@@ -21,8 +21,7 @@ BATCH = 64
 def compute_mean(source, class_indices, resize_size, max_images, seed=0):
     """Mean R, G, B (0..255) over up to max_images training images of the classes."""
     ds = data.make_dataset(source, "train", class_indices, resize_size=resize_size,
-                           crop_size=resize_size, batch_size=BATCH, mean_rgb=(0, 0, 0),
-                           training=True, seed=seed, deterministic=True)
+                           crop_size=resize_size, batch_size=BATCH, training=True, seed=seed, deterministic=True)
     total, count = np.zeros(3), 0
     for images, _ in ds.take(math.ceil(max_images / BATCH)):
         batch = images.numpy().astype(np.float64)

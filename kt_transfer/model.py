@@ -15,6 +15,25 @@ LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 @keras.saving.register_keras_serializable(package="kt_transfer")
+class PixelNormalization(keras.layers.Layer):
+    """(pixel - mean_rgb) * scale, inside the network: the input pipeline hands over 8-bit
+    RGB crops (4x fewer bytes to batch and copy to the accelerator), and the mean the
+    network was trained with travels with the saved model."""
+
+    def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mean_rgb = [float(v) for v in mean_rgb]
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return (inputs - ops.convert_to_tensor(self.mean_rgb, self.compute_dtype)) * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "mean_rgb": self.mean_rgb, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="kt_transfer")
 class LocalResponseNormalization(keras.layers.Layer):
     """Caffe's across-channel LRN: x / (k + alpha/size * sum_window x^2) ** beta.
 
@@ -90,7 +109,7 @@ def _width(channels, width):
 
 
 def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="paper",
-                   name="caffenet"):
+                   name="caffenet", mean_rgb=(0.0, 0.0, 0.0), scale=1.0):
     """Builds the paper's network as a functional Keras model.
 
     Args:
@@ -100,6 +119,8 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
       dropout: dropout rate after fc6 and fc7.
       init: "paper" (Gaussian std 0.01, 0.005 for fc6/fc7) or "he" (He-normal kernels).
       name: model name.
+      mean_rgb, scale: the input is RGB pixels in 0..255 (any dtype, e.g. uint8); the
+        network first computes (pixel - mean_rgb) * scale.
 
     Returns:
       A keras.Model whose weight layers are named as in LAYER_NAMES, initialized as in
@@ -115,7 +136,8 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     _init = functools.partial(_initializers, init)
     L = keras.layers
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(inputs)
+    x = PixelNormalization(mean_rgb, scale, name="pixel_normalization")(inputs)
+    x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(x)
     x = L.MaxPooling2D(3, 2, name="pool1")(x)
     x = LocalResponseNormalization(name="norm1")(x)
     x = GroupedConv2D(w(256), 5, padding="same", groups=2, activation="relu", name="conv2",
@@ -138,7 +160,8 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_from_config(model_config, num_classes, name="caffenet"):
+def build_from_config(model_config, num_classes, name="caffenet", mean_rgb=(0.0, 0.0, 0.0),
+                      scale=1.0):
     """build_caffenet with the fields of a `config.model` block."""
     return build_caffenet(
         num_classes,
@@ -147,4 +170,6 @@ def build_from_config(model_config, num_classes, name="caffenet"):
         dropout=model_config.dropout,
         init=model_config.get("init", "paper"),
         name=name,
+        mean_rgb=mean_rgb,
+        scale=scale,
     )

@@ -33,7 +33,9 @@ def num_epochs(train_config):
             f"train.total_steps={train_config.total_steps} is not a multiple of "
             f"train.steps_per_epoch={train_config.steps_per_epoch}; change either "
             "(--config.train.total_steps / --config.train.steps_per_epoch)")
-    return train_config.total_steps // train_config.steps_per_epoch
+    epochs = train_config.total_steps // train_config.steps_per_epoch
+    budget = train_config.get("budget_epochs", 0)
+    return min(budget, epochs) if budget > 0 else epochs
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -141,7 +143,8 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
     done = restore_backup(model, backup_path)
     if done:
-        log(f"Resuming from the backup at step {done} of {train_config.total_steps}")
+        log(f"Resuming from the backup at step {done} of "
+            f"{num_epochs(train_config) * steps_per_epoch}")
     epoch, into_epoch = divmod(done, steps_per_epoch)
     fit = functools.partial(model.fit, train_ds, validation_data=val_ds, callbacks=callbacks,
                             verbose=verbose, shuffle=False)  # tf.data shuffles

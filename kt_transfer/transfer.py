@@ -51,8 +51,12 @@ class Treatment:
         """The base network this treatment copies from, or None."""
         return f"base{self.source}" if self.source in ("A", "B") else None
 
-    def layer_plans(self, copied_lr_mult=1.0):
-        """One LayerPlan per weight layer, in order."""
+    def layer_plans(self, copied_lr_mult=1.0, copied_fc_lr_mult=None):
+        """One LayerPlan per weight layer, in order.
+
+        copied_fc_lr_mult, if given, is the multiplier of copied fully-connected layers
+        (fc6, fc7) in "+" treatments; the copied conv layers use copied_lr_mult.
+        """
         plans = []
         for i, name in enumerate(model_lib.LAYER_NAMES):
             if i >= self.n:
@@ -60,7 +64,9 @@ class Treatment:
             elif self.source == "R":
                 plans.append(LayerPlan(name, "random", False, 0.0))
             elif self.fine_tune:
-                plans.append(LayerPlan(name, "copied", True, copied_lr_mult))
+                fc = name.startswith("fc") and copied_fc_lr_mult is not None
+                plans.append(LayerPlan(name, "copied", True,
+                                       copied_fc_lr_mult if fc else copied_lr_mult))
             else:
                 plans.append(LayerPlan(name, "copied", False, 0.0))
         return plans
@@ -156,7 +162,8 @@ def check_compatible(base_weights, model, layer_names, base_num_classes=None):
 
 
 def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0,
-                base_num_classes=None):
+                base_num_classes=None, mean_rgb=(0.0, 0.0, 0.0), scale=1.0,
+                copied_fc_lr_mult=None):
     """The network of a treatment: copy layers 1..n by name, set `trainable` per layer.
 
     Args:
@@ -167,13 +174,16 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
         or its {layer name: [arrays]} (see load_base_weights).
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
       base_num_classes: classes of the base's half (checked against the base's fc8).
+      mean_rgb, scale: input normalization built into the network (see model.py).
+      copied_fc_lr_mult: multiplier of copied fc layers, if different (see layer_plans).
 
     Returns:
       (model, plans): the Keras model (uncompiled) and its LayerPlans.
     """
-    plans = treatment.layer_plans(copied_lr_mult)
+    plans = treatment.layer_plans(copied_lr_mult, copied_fc_lr_mult)
     model = model_lib.build_from_config(
-        model_config, num_classes, name=treatment.run_name.replace("+", "_plus"))
+        model_config, num_classes, name=treatment.run_name.replace("+", "_plus"),
+        mean_rgb=mean_rgb, scale=scale)
     copied = [p.name for p in plans if p.origin == "copied"]
     if copied:
         if base is None:

@@ -66,3 +66,20 @@ def test_config_round_trip():
         with pytest.raises(AttributeError):
             config.train.learning_rat  # a typo is an error, not a silent default
     assert config_files.load("imagenet_paper").model.input_size == 227
+
+
+def test_the_network_takes_8bit_pixels_and_subtracts_its_own_mean(tmp_path):
+    model = model_lib.build_caffenet(5, 67, width=0.0625, init="he",
+                                     mean_rgb=(100.0, 110.0, 120.0), scale=0.5)
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 67, 67, 3)).astype("uint8")
+    normalized = model.get_layer("pixel_normalization")(pixels)
+    expected = (pixels.astype("float32") - [100.0, 110.0, 120.0]) * 0.5
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(normalized), expected, rtol=1e-6)
+    from_uint8 = keras.ops.convert_to_numpy(model(pixels, training=False))
+    from_float = keras.ops.convert_to_numpy(model(pixels.astype("float32"), training=False))
+    np.testing.assert_allclose(from_uint8, from_float, rtol=1e-6)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert reloaded.get_layer("pixel_normalization").mean_rgb == [100.0, 110.0, 120.0]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(pixels, training=False)),
+                               from_uint8, rtol=1e-5)

@@ -14,7 +14,7 @@ from PIL import Image
 from kt_transfer import data, embedded, experiment, images, transfer
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
-KW = dict(resize_size=72, crop_size=67, mean_rgb=(0.0, 0.0, 0.0))
+KW = dict(resize_size=72, crop_size=67)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
     ds = data.make_dataset(source, "val", half, batch_size=4, training=False, **KW)
     xs, ys = zip(*_batches(ds))
     assert sorted(np.concatenate(ys).tolist()) == [0, 0, 1, 1, 2, 2]
-    assert xs[0].shape[1:] == (67, 67, 3) and xs[0].dtype == np.float32
+    assert xs[0].shape[1:] == (67, 67, 3) and xs[0].dtype == np.uint8
 
 
 def test_centre_crop_and_random_crop_mirror_eager_and_in_map():

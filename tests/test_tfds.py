@@ -78,7 +78,7 @@ def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, t
         assert dataset.source.val_split == "test" or dataset.source.val_split == "validation"
         assert len(dataset.classes) == 100 and len(dataset.split.half("B")) == 50
         ds = data.make_dataset(dataset.source, "train", dataset.split.half("B"),
-                               resize_size=32, crop_size=28, batch_size=4, mean_rgb=(0, 0, 0),
+                               resize_size=32, crop_size=28, batch_size=4,
                                training=True, seed=0)
         images, labels = next(iter(ds))
         assert images.shape == (4, 28, 28, 3) and 0 <= int(tf.reduce_min(labels))

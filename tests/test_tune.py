@@ -1,0 +1,96 @@
+"""The keras-tuner sweep of the copied layers' learning-rate scale: in one process, after
+a restart, and distributed (a chief and two workers on 127.0.0.1)."""
+
+import collections
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from kt_transfer import experiment, transfer, tune
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+def _sweep_config(tiny_config):
+    tiny_config.mode, tiny_config.n = "tune", 2
+    tiny_config.tune.copied_lr_mults = (1.0, 0.1, 0.0)
+    tiny_config.tune.max_trials = 3
+    return tiny_config
+
+
+def test_a_sweep_runs_each_scale_once_and_resumes_without_rerunning(tiny_config):
+    config = _sweep_config(tiny_config)
+    dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+    log = []
+    rows = tune.run_sweep(config, dataset, log=log.append)
+    assert sorted(r["scales"] for r in rows) == ["copied_lr_mult=0", "copied_lr_mult=0.1",
+                                                 "copied_lr_mult=1"]
+    assert rows[0]["top1"] == max(r["top1"] for r in rows)
+    assert {os.path.basename(r["run"]) for r in rows} == {"A2B+", "A2B+_lr0.1", "A2B+_lr0"}
+    for row in rows:
+        metrics = experiment.read_metrics(row["run"])
+        assert metrics["status"] == "finished" and metrics["top1"] == row["top1"]
+    best = json.load(open(os.path.join(tune.tune_dir(config, dataset, tune.treatment_of(config)),
+                                       "best.json")))
+    assert os.path.exists(os.path.join(best["run"], "saved_model", "saved_model.pb"))
+    trained = [m for m in log if m.startswith("Training A2B+")]
+    assert len(trained) == 3
+    again = []
+    assert len(tune.run_sweep(config, dataset, log=again.append)) == 3
+    assert not [m for m in again if m.startswith("Training")]  # nothing trained again
+
+
+def test_the_sweep_refuses_what_it_cannot_tune(tiny_config):
+    config = _sweep_config(tiny_config)
+    config.tune.treatment = "AnB"
+    with pytest.raises(ValueError, match="AnB\\+ or BnB\\+"):
+        tune.treatment_of(config)
+    config.tune.treatment = "BnB+"
+    config.tune.copied_fc_lr_mults = (1.0, 0.1)
+    with pytest.raises(ValueError, match="n >= 6"):
+        tune.treatment_of(config)
+    config.n = 7
+    assert tune.treatment_of(config).run_name == "B7B+"
+    plans = transfer.parse_treatment("BnB+", 7).layer_plans(0.1, 1.0)
+    assert [p.lr_mult for p in plans] == [0.1] * 5 + [1.0, 1.0, 1.0]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_distributed_sweep_with_a_chief_and_two_workers(tmp_path, data_cache):
+    port = _free_port()
+    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=tune",
+            "--n=2", "--config.tune.copied_lr_mults=(1.0, 0.3, 0.1, 0.0)",
+            "--config.tune.max_trials=4", f"--workdir={tmp_path / 'wd'}",
+            f"--config.dataset.data_dir={data_cache}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+           "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    procs = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        log = open(tmp_path / f"{tuner_id}.log", "w")
+        procs[tuner_id] = subprocess.Popen(args, env={**env, "KERASTUNER_TUNER_ID": tuner_id},
+                                           stdout=log, stderr=subprocess.STDOUT)
+    for tuner_id, proc in procs.items():
+        assert proc.wait(timeout=600) == 0, open(tmp_path / f"{tuner_id}.log").read()[-3000:]
+    logs = {t: open(tmp_path / f"{t}.log").read() for t in procs}
+    trained = collections.Counter(
+        name for t in ("tuner0", "tuner1") for name in
+        re.findall(r"^Training (A2B\+\S*) on half", logs[t], re.M))
+    assert trained == collections.Counter(["A2B+", "A2B+_lr0.3", "A2B+_lr0.1", "A2B+_lr0"])
+    assert "Training" not in logs["chief"]  # the chief only runs the oracle
+    runs = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path / "wd") for d in dirs
+            if d.startswith("tune_A2B+")]
+    best = json.load(open(os.path.join(runs[0], "best.json")))
+    assert os.path.exists(os.path.join(best["run"], "saved_model", "saved_model.pb"))
+    assert "Best: copied_lr_mult=" in logs["chief"]
