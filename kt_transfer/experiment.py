@@ -216,7 +216,7 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()
     train_ds, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
-    log(f"Training {treatment.run_name} on half {treatment.target} ({len(half)} classes) "
+    log(f"Training {os.path.basename(out)} on half {treatment.target} ({len(half)} classes) "
         f"for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps -> {out}")
     hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),

@@ -15,6 +15,7 @@ the others, all with KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT) the chief 
 oracle and the others run trials; each trial can itself use MirroredStrategy.
 """
 
+import json
 import os
 
 import keras_tuner
@@ -170,4 +171,20 @@ def write_table(config, dataset, treatment, tuner, log=print):
     atomic.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
     for line in lines[2:]:
         log(line)
+    write_summary(os.path.dirname(out))
     return rows
+
+
+def write_summary(experiment_path):
+    """tune_summary.md: for every sweep run in the experiment, the scale that won."""
+    lines = ["| treatment | n | best scales | val top-1 | run |", "|---|---|---|---|---|"]
+    for name in sorted(os.listdir(experiment_path)):
+        best_path = os.path.join(experiment_path, name, "best.json")
+        if name.startswith("tune_") and os.path.exists(best_path):
+            with open(best_path) as f:
+                best = json.load(f)
+            treatment = name[len("tune_"):]
+            n = "".join(c for c in treatment if c.isdigit())
+            lines.append(f"| {treatment} | {n} | {best['scales']} | {best['top1']:.4f} | "
+                         f"{best['run']} |")
+    atomic.write_text(os.path.join(experiment_path, "tune_summary.md"), "\n".join(lines) + "\n")

@@ -94,3 +94,5 @@ def test_a_distributed_sweep_with_a_chief_and_two_workers(tmp_path, data_cache):
     best = json.load(open(os.path.join(runs[0], "best.json")))
     assert os.path.exists(os.path.join(best["run"], "saved_model", "saved_model.pb"))
     assert "Best: copied_lr_mult=" in logs["chief"]
+    summary = open(os.path.join(os.path.dirname(runs[0]), "tune_summary.md")).read()
+    assert "| A2B+ | 2 |" in summary
