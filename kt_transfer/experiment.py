@@ -123,6 +123,16 @@ def copied_fc_lr_mult(config, treatment):
     return float(mult) if mult >= 0 and treatment.fine_tune and copies_fc else None
 
 
+def full_budget(config):
+    """The config without a trial's shorter step budget (train.budget_epochs)."""
+    if config.train.get("budget_epochs", 0) <= 0:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.train.budget_epochs = 0
+    return config
+
+
 def external_base(config, treatment):
     """True when the treatment copies from --base_model rather than the workdir's base."""
     return bool(config.get("base_model")) and treatment.base_mode is not None
@@ -178,12 +188,13 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
         base = transfer.load_base_weights(config.base_model)
     elif treatment.base_mode:
         base = transfer.parse_treatment(treatment.base_mode)
-        base_out = run_dir(config, dataset, base)
+        base_config = full_budget(config)  # a short Hyperband trial still copies a full base
+        base_out = run_dir(base_config, dataset, base)
         base_metrics = read_metrics(base_out)
         if base_metrics is None:
             log(f"{treatment.run_name} copies layers from {base.run_name}, which is not "
                 f"trained yet under this config: training {base.run_name} first.")
-            base_metrics, _ = run_treatment(config, dataset, base, log, strategy)
+            base_metrics, _ = run_treatment(base_config, dataset, base, log, strategy)
         if base_metrics["status"] != "finished":
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")

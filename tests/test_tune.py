@@ -96,3 +96,19 @@ def test_a_distributed_sweep_with_a_chief_and_two_workers(tmp_path, data_cache):
     assert "Best: copied_lr_mult=" in logs["chief"]
     summary = open(os.path.join(os.path.dirname(runs[0]), "tune_summary.md")).read()
     assert "| A2B+ | 2 |" in summary
+
+
+def test_a_hyperband_trial_has_its_own_run_but_copies_the_full_base(tiny_config):
+    config = _sweep_config(tiny_config)
+    config.tune.tuner = "hyperband"
+    dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+    hp = tune.search_space(config.tune)
+    hp.values["tuner/epochs"] = 1
+    trial = tune.trial_config(config, hp)
+    assert experiment.run_dir(trial, dataset, transfer.parse_treatment("AnB+", 2)).endswith(
+        "A2B+_e1")
+    base = transfer.parse_treatment("baseA")
+    assert experiment.run_dir(experiment.full_budget(trial), dataset, base) == \
+        experiment.run_dir(config, dataset, base)
+    oracle = tune.make_oracle(config)
+    assert oracle.max_epochs == 2  # the config's 4 steps at 2 per epoch
