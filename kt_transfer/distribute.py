@@ -2,13 +2,15 @@
 
     auto          MirroredStrategy over all local GPUs; the default strategy without GPUs
     mirrored      MirroredStrategy over local GPUs, or over logical CPU devices
-    multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG: refused for now, see below
+    multi_worker  MultiWorkerMirroredStrategy from TF_CONFIG (several machines)
     one_device    OneDeviceStrategy on the first GPU, else the CPU
 
 `logical_cpus=N` splits the host CPU into N logical devices so that mirroring runs (and is
 tested) without GPUs. It must happen before TensorFlow initializes its devices.
 The config's batch size is the global batch; each of R replicas gets batch / R.
 """
+
+import os
 
 import tensorflow as tf
 
@@ -39,13 +41,15 @@ def make_strategy(distribute_config):
     if distribute_config.logical_cpus > 1:
         split_cpu(distribute_config.logical_cpus)
     if name == "multi_worker":
-        # Keras 3's model.fit fails under MultiWorkerMirroredStrategy ("Attempt to convert
-        # a value (PerReplica ...)", keras-team/keras#20585, seen here with Keras 3.15 and
-        # TF 2.21 on two workers on 127.0.0.1). Fail before any work instead of mid-run.
-        raise ValueError(
-            "--config.distribute.strategy=multi_worker is not supported yet: Keras 3's "
-            "model.fit cannot train under MultiWorkerMirroredStrategy (keras-team/keras"
-            "#20585). Use mirrored (all GPUs of one machine) instead.")
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--config.distribute.strategy=multi_worker needs TF_CONFIG (the cluster's "
+                "workers and this process's task), e.g. TF_CONFIG='{\"cluster\": {\"worker\": "
+                "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", "
+                "\"index\": 0}}'; see README")
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _patch_keras_for_multi_worker()
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
@@ -54,3 +58,41 @@ def make_strategy(distribute_config):
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
 
+
+
+def is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._in_multi_worker_mode()
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: the chief, or worker 0 without one."""
+    if strategy is None or not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _patch_keras_for_multi_worker():
+    """Works around Keras 3's multi-worker reduction of scalar logs (keras-team/keras#20585).
+
+    Keras reduces each per-replica log value across workers with `axis=0`, which fails for
+    scalars (loss, top-1); a mean over replicas (`axis=None`) is what is meant.
+    """
+    from keras.src.backend.tensorflow import trainer
+    if getattr(trainer.reduce_per_replica, "kt_transfer_patched", False):
+        return
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if isinstance(v, tf.distribute.DistributedValues) else v, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.kt_transfer_patched = True
+    trainer.reduce_per_replica = reduce_per_replica

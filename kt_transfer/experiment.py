@@ -14,13 +14,15 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import zlib
 
 import keras
 import tensorflow as tf
 
-from kt_transfer import (atomic, data, embedded, export, layer_logging, mean, splits, train,
-                         transfer)
+from kt_transfer import (atomic, data, distribute, embedded, export, layer_logging, mean,
+                         splits, train, transfer)
 from kt_transfer import model as model_lib
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
@@ -199,16 +201,31 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
         base = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    if not distribute.is_chief(strategy):
+        # Every worker trains (the steps are collective), but only the chief writes the
+        # run; this one writes to a scratch directory, removed afterwards, and resumes from
+        # the chief's backup.
+        os.makedirs(config.workdir, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".tmp-worker-", dir=config.workdir)
+        try:
+            return _train_run(config, dataset, treatment, base, scratch, log, strategy,
+                              run_path=out), out
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     with run_lock(out):
         stored = read_metrics(out)  # another process may have finished it meanwhile
         if stored is not None:
             return stored, out
-        return _train_run(config, dataset, treatment, base, out, log,
-                          strategy or tf.distribute.get_strategy()), out
+        return _train_run(config, dataset, treatment, base, out, log, strategy), out
 
 
-def _train_run(config, dataset, treatment, base, out, log, strategy):
-    """Builds, trains, evaluates and stores one run; the caller holds its lock."""
+def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=None):
+    """Builds, trains, evaluates and stores one run in `out`; the caller holds its lock.
+
+    run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
+    """
+    run_path = run_path or out
     atomic.write_json(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
@@ -227,8 +244,9 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()
     train_ds, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
-    log(f"Training {os.path.basename(out)} on half {treatment.target} ({len(half)} classes) "
-        f"for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps -> {out}")
+    log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
+        f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
+        f"-> {run_path}")
     hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
                "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
@@ -236,9 +254,11 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     logger = layer_logging.LayerLogger(
         os.path.join(out, "logs"), probe,  # a fixed validation batch
         {p.name: p.lr_mult for p in plans if p.trainable}, config.train, hparams)
-    metrics = train.fit_and_evaluate(model, train_ds, val_ds, out, config.train,
-                                     verbose=config.verbose, log=log,
-                                     extra_callbacks=[logger, train.BadFileReport(bad_files, out, log)])
+    metrics = train.fit_and_evaluate(
+        model, train_ds, val_ds, out, config.train, verbose=config.verbose, log=log,
+        extra_callbacks=[logger, train.BadFileReport(bad_files, out, log)],
+        restore_dir=run_path)
+    log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name,
                    copied_lr_mult=float(config.train.copied_lr_mult), mean_rgb=mean_rgb,
@@ -253,12 +273,21 @@ def _train_run(config, dataset, treatment, base, out, log, strategy):
     return metrics
 
 
+def weights_fingerprint(model):
+    """sha1 of all weights: equal on every worker of a multi-worker run, or they diverged."""
+    digest = hashlib.sha1()
+    for weight in model.weights:
+        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def make_datasets(config, dataset, class_indices, strategy, bad_files):
     """(train, val) pipelines of one half, distributed over the strategy's replicas, and
     an undistributed validation batch (the per-layer logger's fixed probe)."""
     dc = config.dataset
     kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
-                  batch_size=config.train.batch_size, seed=config.train.seed, deterministic=dc.deterministic, bad_files=bad_files)
+                  batch_size=config.train.batch_size, seed=config.train.seed,
+                  deterministic=dc.deterministic, bad_files=bad_files)
 
     def pipeline(subset, training):
         return data.distributed_dataset(strategy, lambda ctx: data.make_dataset(

@@ -64,11 +64,24 @@ class LayerLogger(keras.callbacks.Callback):
         self.writer.flush()
 
     def _gradients(self):
+        """Gradients of the probe loss per trained layer. Under a strategy the variables
+        are distributed and only differentiable in a replica: computed in each (on the
+        same probe batch) and taken from the first."""
         variables = [self.model.get_layer(n).kernel for n in self.lr_mults]
-        with tf.GradientTape() as tape:
-            logits = self.model(self.probe_x, training=False)
-            loss = self.model.loss(self.probe_y, logits)
-        return dict(zip(self.lr_mults, tape.gradient(loss, variables)))
+
+        def gradients():
+            with tf.GradientTape() as tape:
+                logits = self.model(self.probe_x, training=False)
+                loss = self.model.compute_loss(y=self.probe_y, y_pred=logits)
+            return tape.gradient(loss, variables)
+
+        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+            strategy = tf.distribute.get_strategy()
+            per_replica = strategy.run(gradients)
+            grads = [strategy.experimental_local_results(g)[0] for g in per_replica]
+        else:
+            grads = gradients()
+        return dict(zip(self.lr_mults, grads))
 
     def log_layers(self, step):
         grads = self._gradients()

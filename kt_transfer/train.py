@@ -1,5 +1,6 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
+import contextlib
 import functools
 import warnings
 import math
@@ -113,8 +114,21 @@ def restore_backup(model, path):
     return int(model.optimizer.iterations.numpy())
 
 
+def _distribution_context(model):
+    """Where fit/evaluate run. Under MultiWorkerMirroredStrategy, Keras 3 builds the model
+    from an eagerly all-reduced first batch, which fails across workers (keras-team/keras
+    #20585); the model is already built, so Keras is told no strategy and instead runs
+    inside the strategy's scope, where it finds the same strategy for its steps."""
+    from kt_transfer import distribute
+    strategy = model.distribute_strategy
+    if not distribute.is_multi_worker(strategy):
+        return contextlib.nullcontext()
+    model._distribute_strategy = None
+    return strategy.scope()
+
+
 def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, log=print,
-                     extra_callbacks=()):
+                     extra_callbacks=(), restore_dir=None):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
@@ -126,6 +140,8 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
       verbose: Keras verbosity (progress bars by default).
       log: where the resume message goes.
       extra_callbacks: more Keras callbacks (e.g. the per-layer logger).
+      restore_dir: the run directory whose backup to resume from (default run_dir); a
+        non-chief worker writes to a scratch run_dir but resumes from the chief's backup.
 
     Returns:
       {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
@@ -133,6 +149,7 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
     """
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     backup_path = os.path.join(run_dir, "checkpoints", "backup.weights.h5")
+    restore_path = os.path.join(restore_dir or run_dir, "checkpoints", "backup.weights.h5")
     non_finite = StopOnNonFiniteLoss()
     callbacks = [
         PeriodicBackup(backup_path, train_config.backup_every_steps),
@@ -141,7 +158,7 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
         *extra_callbacks,
     ]
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
-    done = restore_backup(model, backup_path)
+    done = restore_backup(model, restore_path)
     if done:
         log(f"Resuming from the backup at step {done} of "
             f"{num_epochs(train_config) * steps_per_epoch}")
@@ -151,15 +168,17 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
     # Validation is one pass of a dataset whose length tf.data cannot know in advance (bad
     # files are filtered out); Keras warns when such a pass ends. Training data repeats.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    if into_epoch:  # finish the interrupted epoch first, then whole epochs
-        fit(initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps_per_epoch - into_epoch)
-        epoch += 1
-    if epoch < epochs and non_finite.failed_step is None:
-        fit(initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    steps = int(model.optimizer.iterations.numpy())
-    if non_finite.failed_step is not None:
-        return {"status": "failed", "steps": non_finite.failed_step,
-                "reason": f"loss became NaN or infinite at step {non_finite.failed_step}"}
-    result = model.evaluate(val_ds, return_dict=True, verbose=0)
+    with _distribution_context(model):
+        if into_epoch:  # finish the interrupted epoch first, then whole epochs
+            fit(initial_epoch=epoch, epochs=epoch + 1,
+                steps_per_epoch=steps_per_epoch - into_epoch)
+            epoch += 1
+        if epoch < epochs and non_finite.failed_step is None:
+            fit(initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch)
+        steps = int(model.optimizer.iterations.numpy())
+        if non_finite.failed_step is not None:
+            return {"status": "failed", "steps": non_finite.failed_step,
+                    "reason": f"loss became NaN or infinite at step {non_finite.failed_step}"}
+        result = model.evaluate(val_ds, return_dict=True, verbose=0)
     return {"status": "finished", "top1": float(result["top1"]),
             "top5": float(result["top5"]), "loss": float(result["loss"]), "steps": steps}

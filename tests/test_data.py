@@ -1,11 +1,8 @@
 import os
 
-import numpy as np
 import pytest
-import tensorflow as tf
 
-from kt_transfer import data, embedded, experiment, splits
-from kt_transfer import config_files
+from kt_transfer import data, embedded, splits
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 

@@ -1,6 +1,9 @@
 """Real tf.distribute strategies on the host CPU split into logical devices."""
 
+import json
 import os
+import re
+import socket
 import subprocess
 import sys
 
@@ -8,6 +11,9 @@ from ml_collections import ConfigDict
 import pytest
 
 from kt_transfer import distribute
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
 
 # Runs in a fresh process: the CPU can only be split before TensorFlow initializes.
 MIRRORED_VS_DEFAULT = r"""
@@ -64,6 +70,47 @@ def test_auto_without_gpus_is_the_default_strategy():
     assert strategy is tf.distribute.get_strategy()
 
 
-def test_multi_worker_is_refused_before_any_work():
-    with pytest.raises(ValueError, match="20585"):
+def test_multi_worker_without_tf_config_says_what_to_set(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="needs TF_CONFIG"):
         distribute.make_strategy(ConfigDict(dict(strategy="multi_worker", logical_cpus=0)))
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path, data_cache):
+    """Two real worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy."""
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workdir = tmp_path / "wd"
+    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=AnB",
+            "--n=2", f"--workdir={workdir}", f"--config.dataset.data_dir={data_cache}",
+            "--config.distribute.strategy=multi_worker"]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        log = open(tmp_path / f"worker{index}.log", "w")
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+    for index, proc in enumerate(procs):
+        assert proc.wait(timeout=600) == 0, open(tmp_path / f"worker{index}.log").read()[-3000:]
+    logs = [open(tmp_path / f"worker{i}.log").read() for i in range(2)]
+    fingerprints = [dict(re.findall(r"^(\S+): weights fingerprint (\w+)$", log, re.M))
+                    for log in logs]
+    assert set(fingerprints[0]) == {"baseA", "A2B"}
+    assert fingerprints[0] == fingerprints[1]  # the same weights on both workers
+    written = [os.path.relpath(os.path.join(root, name), workdir)
+               for root, _, names in os.walk(workdir) for name in names]
+    assert sorted(p for p in written if p.endswith("metrics.json"))  # written ...
+    assert len([p for p in written if p.endswith("metrics.json")]) == 2  # ... once per run
+    assert len([p for p in written if p.endswith("model.keras")]) == 2
+    assert not [p for p in written if ".tmp-worker-" in p]  # scratch copies removed
+    assert "== A2B (AnB, n=2)" in logs[0] and "== A2B (AnB, n=2)" in logs[1]
