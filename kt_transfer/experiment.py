@@ -262,6 +262,7 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=No
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name,
                    copied_lr_mult=float(config.train.copied_lr_mult), mean_rgb=mean_rgb,
+                   num_classes=len(half),
                    bad_files=len(bad_files.all()),
                    base_model=config.base_model if external_base(config, treatment) else None)
     if metrics["status"] == "finished":

@@ -14,7 +14,7 @@ import os
 from kt_transfer import atomic
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
-           "base_top1")
+           "base_top1", "note")
 TREATMENTS = {  # mode -> (label, colour, marker)
     "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
     "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
@@ -37,7 +37,8 @@ def gather(workdir):
         rows.append({"dataset": os.path.basename(dataset_dir), "split": split,
                      "experiment": experiment, "run": run, "mode": metrics.get("mode", run),
                      "n": metrics.get("n", 0), "status": metrics.get("status", "finished"),
-                     "top1": metrics.get("top1"), "top5": metrics.get("top5")})
+                     "top1": metrics.get("top1"), "top5": metrics.get("top5"),
+                     "note": _note(metrics)})
     bases = {(r["experiment"], r["mode"]): r["top1"] for r in rows if r["mode"].startswith("base")}
     for row in rows:  # the base of the half the run was trained on, for comparison
         target = row["mode"].rstrip("+")[-1]  # baseA -> A, AnB+ -> B
@@ -46,6 +47,14 @@ def gather(workdir):
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["experiment"],
                              order.get(r["mode"], 99), r["n"], r["run"]))
     return rows
+
+
+def _note(metrics):
+    """Flags a finished network that stayed at chance (its fresh layers died early)."""
+    classes, top1 = metrics.get("num_classes"), metrics.get("top1")
+    if classes and top1 is not None and top1 <= 1.5 / classes:
+        return "at chance: did not learn"
+    return ""
 
 
 def _fmt(value):
@@ -142,6 +151,7 @@ def write_report(workdir, out_dir=None, paper=False):
     """Writes results.csv, results.md and one results_<dataset>_<split>_<id>.png per
     experiment that has runs; returns the paths written."""
     out_dir = out_dir or workdir
+    os.makedirs(out_dir, exist_ok=True)
     rows = gather(workdir)
     if not rows:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {workdir!r}; "

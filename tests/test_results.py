@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _write_run(workdir, split, run, mode, n, top1, status="finished"):
     run_dir = os.path.join(workdir, "embedded", split, "abcd1234", run)
     os.makedirs(run_dir)
-    metrics = {"mode": mode, "n": n, "status": status}
+    metrics = {"mode": mode, "n": n, "status": status, "num_classes": 50}
     if status == "finished":
         metrics.update(top1=top1, top5=min(1.0, top1 * 2))
     else:
@@ -32,21 +32,25 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
         _write_run(workdir, "random0", f"A{n}B", "AnB", n, 0.30 - 0.02 * n)
         _write_run(workdir, "random0", f"A{n}B+", "AnB+", n, 0.33)
         _write_run(workdir, "random0", f"B{n}B", "BnB", n, 0.31)
-        _write_run(workdir, "random0", f"R{n}B", "RnB", n, 0.2 - 0.05 * n)
+        _write_run(workdir, "random0", f"R{n}B", "RnB", n, 0.2 - 0.09 * n)  # R2B: 0.02
     _write_run(workdir, "random0", "B3B+", "BnB+", 3, None, status="failed")
     _write_run(workdir, "natman", "baseB", "baseB", 0, 0.4)
     _write_run(workdir, "natman", "A1B", "AnB", 1, 0.35)
     out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_results.py"),
-                          f"--workdir={workdir}", "--paper"], capture_output=True, text=True)
+                          f"--workdir={workdir}", "--paper", f"--out={tmp_path / 'report'}"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = list(csv.DictReader(io.StringIO(open(tmp_path / "results.csv").read())))
+    report = tmp_path / "report"  # created by the tool
+    rows = list(csv.DictReader(io.StringIO(open(report / "results.csv").read())))
     assert len(rows) == 13
     a2b = next(r for r in rows if r["run"] == "A2B" and r["split"] == "random0")
     assert (a2b["mode"], a2b["n"], a2b["top1"], a2b["base_top1"]) == ("AnB", "2", "0.2600", "0.3200")
     assert next(r for r in rows if r["run"] == "B3B+")["status"] == "failed"
-    assert "| AnB+ | 1 | finished | 0.3300" in open(tmp_path / "results.md").read()
+    notes = {r["run"]: r["note"] for r in rows if r["split"] == "random0"}
+    assert notes["R2B"] == "at chance: did not learn" and notes["R1B"] == ""
+    assert "| AnB+ | 1 | finished | 0.3300" in open(report / "results.md").read()
     for split in ("random0", "natman"):
-        with open(tmp_path / f"results_embedded_{split}_abcd1234.png", "rb") as f:
+        with open(report / f"results_embedded_{split}_abcd1234.png", "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
