@@ -66,6 +66,11 @@ def main(argv):
     try:
         train.num_epochs(config.train)  # total_steps must be whole epochs
         treatment = None
+        if config.mode in ("grid", "tune") and config.distribute.strategy == "multi_worker":
+            raise ValueError(
+                f"--mode={config.mode} spreads whole runs over its workers; "
+                "--config.distribute.strategy=multi_worker spreads one run over machines. "
+                "Give each grid or tuner worker mirrored (or auto) instead")
         if config.mode == "grid":
             grid.cells(config.grid)
         elif config.mode == "tune":

@@ -98,3 +98,10 @@ def test_base_model_flag_is_checked_before_any_work(tmp_path):
     assert "SavedModel" in result.stderr and not (tmp_path / "w").exists()
     result = run_cli("--mode=baseB", f"--base_model={tmp_path}", f"--workdir={tmp_path}/w")
     assert result.returncode != 0 and "copies none" in result.stderr
+
+
+def test_grid_with_a_multi_worker_strategy_is_refused_up_front(tmp_path):
+    result = run_cli("--mode=grid", "--config.distribute.strategy=multi_worker",
+                     f"--workdir={tmp_path}/w")
+    assert result.returncode != 0 and "whole runs over its workers" in result.stderr
+    assert not (tmp_path / "w").exists()
