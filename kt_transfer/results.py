@@ -116,6 +116,11 @@ def plot(rows, path, title, paper=False):
         points = sorted((r["n"], r["top1"]) for r in finished if r["mode"] == mode)
         if points:
             ax.plot(*zip(*points), marker=marker, color=colour, label=label)
+    collapsed = [(r["n"], r["top1"]) for r in finished
+                 if r.get("note") and r["mode"] in TREATMENTS]
+    if collapsed:
+        ax.plot(*zip(*collapsed), linestyle="none", marker="x", markersize=10, color="black",
+                label="did not learn (at chance)")
     base = [r["top1"] for r in finished if r["mode"] == "baseB"]
     if base:
         ax.axhline(base[0], color="black", linestyle="--", label="baseB (target base)")
