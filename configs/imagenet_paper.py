@@ -27,4 +27,5 @@ def get_config():
     config.train.total_steps = 450_000
     config.train.steps_per_epoch = 5_000  # the paper validated far more rarely; cheap here
     config.train.backup_every_steps = 1_000
+    config.train.warmup_steps = 0  # the paper's solver has none
     return config

@@ -33,10 +33,29 @@ class CaffeSGD(keras.optimizers.SGD):
         return config
 
 
-def step_schedule(base_lr, step_size, gamma):
-    """Caffe's "step" policy: base_lr * gamma ** floor(iteration / step_size)."""
-    return keras.optimizers.schedules.ExponentialDecay(
-        base_lr, decay_steps=step_size, decay_rate=gamma, staircase=True)
+@keras.saving.register_keras_serializable(package="kt_transfer")
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Caffe's "step" policy, base_lr * gamma ** floor(iteration / step_size), optionally
+    ramped up linearly over the first `warmup_steps` iterations (not in the paper)."""
+
+    def __init__(self, base_lr, step_size, gamma, warmup_steps=0):
+        self.base_lr, self.step_size, self.gamma = base_lr, step_size, gamma
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = self.base_lr * ops.power(self.gamma, ops.floor(step / self.step_size))
+        if self.warmup_steps:
+            lr = lr * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "step_size": self.step_size, "gamma": self.gamma,
+                "warmup_steps": self.warmup_steps}
+
+
+def step_schedule(base_lr, step_size, gamma, warmup_steps=0):
+    return StepSchedule(base_lr, step_size, gamma, warmup_steps)
 
 
 def make_optimizer(train_config, layer_lr_mults):
@@ -58,7 +77,8 @@ def make_optimizer(train_config, layer_lr_mults):
             groups[key] = CaffeSGD(
                 l2_decay=decay, momentum=train_config.momentum,
                 learning_rate=step_schedule(train_config.base_lr * lr_mult,
-                                            train_config.lr_step_size, train_config.lr_gamma),
+                                            train_config.lr_step_size, train_config.lr_gamma,
+                                            train_config.get("warmup_steps", 0)),
                 name=f"sgd_lr{lr_mult:g}_wd{decay:g}")
         return groups[key]
 

@@ -74,3 +74,11 @@ def test_caffe_sgd_serializes():
     opt = optimizer_lib.CaffeSGD(l2_decay=5e-4, momentum=0.9, learning_rate=0.01)
     again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
     assert isinstance(again, optimizer_lib.CaffeSGD) and again.l2_decay == 5e-4
+
+
+def test_warmup_ramps_up_then_follows_the_step_policy():
+    schedule = optimizer_lib.step_schedule(0.01, step_size=100, gamma=0.1, warmup_steps=10)
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 4, 9, 50, 100)],
+                               [0.001, 0.005, 0.01, 0.01, 0.001], rtol=1e-5)
+    again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert isinstance(again, optimizer_lib.StepSchedule) and again.warmup_steps == 10
