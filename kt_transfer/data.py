@@ -230,9 +230,3 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     options = tf.data.Options()
     options.deterministic = deterministic or not training
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
-def distributed_dataset(strategy, make):
-    """`make(input_context)` per input pipeline, through the strategy: each worker reads
-    its own share and the global batch is split across replicas."""
-    return strategy.distribute_datasets_from_function(make)

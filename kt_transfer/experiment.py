@@ -291,7 +291,8 @@ def make_datasets(config, dataset, class_indices, strategy, bad_files):
                   deterministic=dc.deterministic, bad_files=bad_files)
 
     def pipeline(subset, training):
-        return data.distributed_dataset(strategy, lambda ctx: data.make_dataset(
+        # Each input pipeline (worker) reads its share; replicas split the global batch.
+        return strategy.distribute_datasets_from_function(lambda ctx: data.make_dataset(
             dataset.source, subset, class_indices, training=training, input_context=ctx,
             **kwargs))
 

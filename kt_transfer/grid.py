@@ -19,14 +19,9 @@ import socket
 import threading
 import time
 
-from kt_transfer import atomic, experiment, results, transfer
+from kt_transfer import experiment, results, splits, transfer
 
 CLAIMS_DIR = ".claims"
-
-
-def swap_halves(mode):
-    """AnB -> BnA, BnB+ -> AnA+, RnB -> RnA: the same treatment in the other direction."""
-    return mode.translate(str.maketrans("AB", "BA"))
 
 
 def cells(grid_config):
@@ -39,7 +34,7 @@ def cells(grid_config):
         raise ValueError(f"--config.grid.direction={grid_config.direction!r}; use AtoB or BtoA")
     if not grid_config.ns:
         raise ValueError("--config.grid.ns is empty; give the n values, e.g. '(1, 2, 3)'")
-    flip = swap_halves if grid_config.direction == "BtoA" else (lambda mode: mode)
+    flip = splits.swap_halves if grid_config.direction == "BtoA" else (lambda mode: mode)
     treatments = [transfer.parse_treatment("baseA"), transfer.parse_treatment("baseB")]
     for n in grid_config.ns:
         for mode in grid_config.treatments:
@@ -253,12 +248,7 @@ def _write_results(config, dataset, exp_dir, log):
     rows = [r for r in results.gather(config.workdir)
             if os.path.join(config.workdir, r["dataset"], r["split"], r["experiment"])
             == exp_dir]
-    written = []
-    for name, text in (("results.csv", results.to_csv(rows)),
-                       ("results.md", results.to_markdown(rows))):
-        path = os.path.join(exp_dir, name)
-        atomic.write_text(path, text)
-        written.append(path)
+    written = results.write_tables(rows, exp_dir)
     figure = os.path.join(exp_dir, "results.png")
     results.plot(rows, figure, results.figure_title(dataset.name, dataset.split.name),
                  paper=dataset.split.name.startswith("random") and config.grid.paper_overlay)

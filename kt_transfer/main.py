@@ -44,17 +44,13 @@ def resolve_config():
 
 def check_base_model(config, treatment):
     """--base_model: an existing .keras file or SavedModel dir, for a copying treatment."""
-    import os
-    path = config.base_model
-    if not path:
+    from kt_transfer import transfer
+    if not config.base_model:
         return
     if treatment.base_mode is None:
         raise ValueError(f"--base_model is for treatments that copy layers from a base (AnB, "
                          f"AnB+, BnB, ...); --mode={treatment.mode} copies none")
-    if not (path.endswith(".keras") and os.path.isfile(path)) and not os.path.isfile(
-            os.path.join(path, "saved_model.pb")):
-        raise ValueError(f"--base_model={path!r} is not a .keras file or a SavedModel "
-                         "directory (one holding saved_model.pb)")
+    transfer.base_model_format(config.base_model)
 
 
 def main(argv):
@@ -78,7 +74,7 @@ def main(argv):
         else:
             treatment = transfer.parse_treatment(config.mode, config.n)
             check_base_model(config, treatment)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     # TensorFlow loads here, after validation; the strategy first, before any TF op.
     from kt_transfer import distribute, experiment, report

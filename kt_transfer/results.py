@@ -11,7 +11,7 @@ import io
 import json
 import os
 
-from kt_transfer import atomic
+from kt_transfer import atomic, splits
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
            "base_top1", "note")
@@ -91,7 +91,7 @@ def _as_target_b(mode):
 
     The figure is drawn in the paper's A -> B terms; a B -> A grid is its mirror image.
     """
-    return mode.translate(str.maketrans("AB", "BA")) if mode.rstrip("+")[-1] == "A" else mode
+    return splits.swap_halves(mode) if mode.rstrip("+")[-1] == "A" else mode
 
 
 def plot(rows, path, title, paper=False):
@@ -152,6 +152,16 @@ def plot(rows, path, title, paper=False):
     os.replace(tmp, path)
 
 
+def write_tables(rows, out_dir):
+    """results.csv and results.md in out_dir (atomically); returns their paths."""
+    written = []
+    for name, text in (("results.csv", to_csv(rows)), ("results.md", to_markdown(rows))):
+        path = os.path.join(out_dir, name)
+        atomic.write_text(path, text)
+        written.append(path)
+    return written
+
+
 def write_report(workdir, out_dir=None, paper=False):
     """Writes results.csv, results.md and one results_<dataset>_<split>_<id>.png per
     experiment that has runs; returns the paths written."""
@@ -161,11 +171,7 @@ def write_report(workdir, out_dir=None, paper=False):
     if not rows:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {workdir!r}; "
                                 "check --workdir")
-    written = []
-    for name, text in (("results.csv", to_csv(rows)), ("results.md", to_markdown(rows))):
-        path = os.path.join(out_dir, name)
-        atomic.write_text(path, text)
-        written.append(path)
+    written = write_tables(rows, out_dir)
     for key in sorted({(r["dataset"], r["split"], r["experiment"]) for r in rows}):
         group = [r for r in rows if (r["dataset"], r["split"], r["experiment"]) == key]
         path = os.path.join(out_dir, "results_{}_{}_{}.png".format(*key))

@@ -43,6 +43,11 @@ class Split:
         return self.A if which == "A" else self.B
 
 
+def swap_halves(mode):
+    """AnB -> BnA, BnB+ -> AnA+, RnB -> RnA: the same treatment in the other direction."""
+    return mode.translate(str.maketrans("AB", "BA"))
+
+
 def index_md5(indices):
     """md5 of the index list written as "%d\\n" per class (the reference's checksum)."""
     return hashlib.md5("".join(f"{i}\n" for i in indices).encode()).hexdigest()

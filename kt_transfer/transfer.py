@@ -109,11 +109,8 @@ def layer_weights(base_model):
     return weights
 
 
-def load_base_weights(path):
-    """The weight layers of an exported base network: a `.keras` file or a SavedModel.
-
-    A SavedModel (e.g. a run's saved_model/) is read through its variables, named
-    "<layer>/kernel" and "<layer>/bias" by Keras, so no Keras code is needed to load it.
+def base_model_format(path):
+    """"keras" or "saved_model": what --base_model points to, checked before any work.
 
     Raises:
       FileNotFoundError / ValueError naming --base_model and what it accepts.
@@ -122,15 +119,26 @@ def load_base_weights(path):
         raise FileNotFoundError(f"--base_model={path!r} does not exist; give a .keras file "
                                 "or a SavedModel directory (a run's model.keras or saved_model/)")
     if os.path.isfile(path) and path.endswith(".keras"):
-        return layer_weights(keras.saving.load_model(path, safe_mode=True, compile=False))
+        return "keras"
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
-        import tensorflow as tf  # only here: SavedModels are a TensorFlow format
-        by_name = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
-        return {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
-                for name in model_lib.LAYER_NAMES
-                if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
+        return "saved_model"
     raise ValueError(f"--base_model={path!r} is neither a .keras file nor a SavedModel "
                      "directory (one holding saved_model.pb)")
+
+
+def load_base_weights(path):
+    """The weight layers of an exported base network: a `.keras` file or a SavedModel.
+
+    A SavedModel (e.g. a run's saved_model/) is read through its variables, named
+    "<layer>/kernel" and "<layer>/bias" by Keras, so no Keras code is needed to load it.
+    """
+    if base_model_format(path) == "keras":
+        return layer_weights(keras.saving.load_model(path, safe_mode=True, compile=False))
+    import tensorflow as tf  # only here: SavedModels are a TensorFlow format
+    by_name = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
+    return {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
+            for name in model_lib.LAYER_NAMES
+            if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
 
 
 def check_compatible(base_weights, model, layer_names, base_num_classes=None):
