@@ -172,6 +172,7 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
     timeout_s = config.grid.claim_timeout_s
     poll_s = poll_s or min(10.0, timeout_s / 2)
     progress = Progress(len(grid_cells))
+    started_grid = time.monotonic()
     errors = {}
     last_line = None
     while True:
@@ -206,11 +207,19 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
         finally:
             claim.release()
             _free_memory()
+    log(f"grid: this worker ran {len(progress.durations)} cell(s) in "
+        f"{_format_duration(time.monotonic() - started_grid)}; the grid's cells trained "
+        f"for {_format_duration(_training_seconds(status))} in all")
     written = _write_results(config, dataset, exp_dir, log)
     if errors:
         raise RuntimeError("grid cells could not run: " + "; ".join(
             f"{name}: {reason}" for name, reason in errors.items()))
     return written
+
+
+def _training_seconds(status):
+    """Sum of the cells' recorded training wall times (all workers, all resumed parts)."""
+    return sum(m.get("seconds", 0.0) for m in status.values() if m is not None)
 
 
 def _claim_next(pending, status, config, dataset, claims_dir, owner, timeout_s, errors):

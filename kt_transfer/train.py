@@ -2,9 +2,11 @@
 
 import contextlib
 import functools
-import warnings
+import json
 import math
 import os
+import time
+import warnings
 
 import keras
 
@@ -58,12 +60,18 @@ class PeriodicBackup(keras.callbacks.Callback):
 
     Unlike keras.callbacks.BackupAndRestore, which resumes at the start of the interrupted
     epoch, the optimizer's iteration count is the resume point, so a resumed run ends with
-    exactly the planned number of steps.
+    exactly the planned number of steps. Beside the weights, a small JSON file keeps the
+    training time spent so far, so that a resumed run still reports its whole wall time.
     """
 
-    def __init__(self, path, every_steps):
+    def __init__(self, path, every_steps, seconds_before=0.0):
         super().__init__()
         self.path, self.every_steps = path, every_steps
+        self.seconds_before, self.started = seconds_before, time.monotonic()
+
+    def seconds(self):
+        """Training wall time of this run: earlier processes' part and this one's."""
+        return self.seconds_before + time.monotonic() - self.started
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
@@ -76,6 +84,22 @@ class PeriodicBackup(keras.callbacks.Callback):
         tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
         self.model.save_weights(tmp)
         os.replace(tmp, self.path)  # a kill mid-save leaves the previous backup intact
+        atomic.write_json(_backup_time_path(self.path),
+                          {"step": int(self.model.optimizer.iterations.numpy()),
+                           "seconds": round(self.seconds(), 1)})
+
+
+def _backup_time_path(backup_path):
+    return backup_path.replace(".weights.h5", ".time.json")
+
+
+def backup_seconds(backup_path):
+    """Training seconds recorded with a backup (0 if none, or from before this field)."""
+    try:
+        with open(_backup_time_path(backup_path)) as f:
+            return float(json.load(f)["seconds"])
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0.0
 
 
 class BadFileReport(keras.callbacks.Callback):
@@ -145,20 +169,24 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
 
     Returns:
       {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
-      or {"status": "failed", "reason", "steps"} if the loss stopped being finite.
+      or {"status": "failed", "reason", "steps"} if the loss stopped being finite; both
+      with "seconds" (training wall time, summed over the processes that trained it) and
+      "resumed_from_step" (0 for a run trained in one go).
     """
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     backup_path = os.path.join(run_dir, "checkpoints", "backup.weights.h5")
     restore_path = os.path.join(restore_dir or run_dir, "checkpoints", "backup.weights.h5")
     non_finite = StopOnNonFiniteLoss()
+    done = restore_backup(model, restore_path)
+    backup = PeriodicBackup(backup_path, train_config.backup_every_steps,
+                            seconds_before=backup_seconds(restore_path) if done else 0.0)
     callbacks = [
-        PeriodicBackup(backup_path, train_config.backup_every_steps),
+        backup,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         non_finite,
         *extra_callbacks,
     ]
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
-    done = restore_backup(model, restore_path)
     if done:
         log(f"Resuming from the backup at step {done} of "
             f"{num_epochs(train_config) * steps_per_epoch}")
@@ -177,8 +205,11 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
             fit(initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch)
         steps = int(model.optimizer.iterations.numpy())
         if non_finite.failed_step is not None:
-            return {"status": "failed", "steps": non_finite.failed_step,
-                    "reason": f"loss became NaN or infinite at step {non_finite.failed_step}"}
-        result = model.evaluate(val_ds, return_dict=True, verbose=0)
-    return {"status": "finished", "top1": float(result["top1"]),
-            "top5": float(result["top5"]), "loss": float(result["loss"]), "steps": steps}
+            outcome = {"status": "failed", "steps": non_finite.failed_step, "reason":
+                       f"loss became NaN or infinite at step {non_finite.failed_step}"}
+        else:
+            result = model.evaluate(val_ds, return_dict=True, verbose=0)
+            outcome = {"status": "finished", "top1": float(result["top1"]),
+                       "top5": float(result["top5"]), "loss": float(result["loss"]),
+                       "steps": steps}
+    return {**outcome, "seconds": round(backup.seconds(), 1), "resumed_from_step": done}

@@ -1,6 +1,7 @@
 """The grid: cells, atomic claims, and two real worker processes sharing one grid."""
 
 import collections
+import json
 import os
 import re
 import signal
@@ -120,3 +121,9 @@ def test_two_workers_run_every_cell_once_and_a_killed_worker_resumes(tmp_path, d
     table = open(os.path.join(exp_dirs[0], "results.csv")).read().splitlines()
     assert len(table) == 1 + 12 and all(",finished," in row for row in table[1:])
     assert not [n for n in os.listdir(os.path.join(exp_dirs[0], grid.CLAIMS_DIR))]
+    # Each cell records its training wall time; the grid reports their sum at the end.
+    seconds = [json.load(open(os.path.join(exp_dirs[0], c, "metrics.json")))["seconds"]
+               for c in cells]
+    assert all(s > 0 for s in seconds)
+    assert re.search(r"grid: this worker ran \d+ cell\(s\) in .*; the grid's cells trained "
+                     r"for .* in all", outputs[1] + outputs[2])

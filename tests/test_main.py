@@ -78,6 +78,7 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"), recursive=True)
+    before_kill = json.load(open(backups[0].replace(".weights.h5", ".time.json")))
 
     second = subprocess.run(args, env=env, cwd=str(tmp_path), capture_output=True, text=True,
                             timeout=600)
@@ -89,6 +90,9 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
     metrics = json.load(open(glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"),
                                        recursive=True)[0]))
     assert metrics["status"] == "finished" and metrics["steps"] == 300
+    # The reported wall time is the whole run's: the killed process's part is kept.
+    assert metrics["resumed_from_step"] == step
+    assert metrics["seconds"] > before_kill["seconds"] > 0
 
 
 def test_base_model_flag_is_checked_before_any_work(tmp_path):
