@@ -172,7 +172,8 @@ def _decode_chunk(load, bad_files):
 
 
 def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
-                 training, seed=0, deterministic=False, bad_files=None, input_context=None):
+                 training, seed=0, deterministic=False, bad_files=None, input_context=None,
+                 skip_steps=0):
     """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
 
     Args:
@@ -187,11 +188,18 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         may finish out of order, which is faster.
       bad_files: a BadFiles that records skipped files (default: a fresh one).
       input_context: tf.distribute.InputContext: this pipeline reads only its share.
+      skip_steps: training steps already done (a resumed run): the stream starts where an
+        uninterrupted run would be, files and augmentation seeds alike. Skipping happens
+        before decoding, so it costs only the file names. Exact in deterministic mode
+        unless files were skipped as unreadable.
 
     Returns:
       The dataset (for a folder source of a training run: infinite).
     """
     bad_files = bad_files if bad_files is not None else BadFiles()
+    # Elements this pipeline feeds per step: its share of the global batch.
+    elements_per_step = batch_size // (input_context.num_input_pipelines
+                                       if input_context is not None else 1)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     if source.kind == "folder":
@@ -216,7 +224,10 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     # A stateless seed per element: crops and mirrors do not depend on thread timing.
     seeds = tf.data.Dataset.random(seed=seed).batch(2) if training else \
         tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
-    ds = tf.data.Dataset.zip(ds, seeds).batch(CHUNK)
+    ds = tf.data.Dataset.zip(ds, seeds)
+    if training and skip_steps:
+        ds = ds.skip(skip_steps * elements_per_step)
+    ds = ds.batch(CHUNK)
 
     def load(element, element_seed):
         return images.decode_crop(read(element["image"]), element_seed, training=training,

@@ -243,7 +243,7 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=No
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()
-    train_ds, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
+    train_data, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
     log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
         f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
         f"-> {run_path}")
@@ -255,7 +255,7 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=No
         os.path.join(out, "logs"), probe,  # a fixed validation batch
         {p.name: p.lr_mult for p in plans if p.trainable}, config.train, hparams)
     metrics = train.fit_and_evaluate(
-        model, train_ds, val_ds, out, config.train, verbose=config.verbose, log=log,
+        model, train_data, val_ds, out, config.train, verbose=config.verbose, log=log,
         extra_callbacks=[logger, train.BadFileReport(bad_files, out, log)],
         restore_dir=run_path)
     log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
@@ -283,19 +283,22 @@ def weights_fingerprint(model):
 
 
 def make_datasets(config, dataset, class_indices, strategy, bad_files):
-    """(train, val) pipelines of one half, distributed over the strategy's replicas, and
-    an undistributed validation batch (the per-layer logger's fixed probe)."""
+    """The data of one half: a function of the steps already done giving the training
+    pipeline (a resumed run continues the stream), the validation pipeline, both
+    distributed over the strategy's replicas, and an undistributed validation batch (the
+    per-layer logger's fixed probe)."""
     dc = config.dataset
     kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
                   batch_size=config.train.batch_size, seed=config.train.seed,
                   deterministic=dc.deterministic, bad_files=bad_files)
 
-    def pipeline(subset, training):
+    def pipeline(subset, training, skip_steps=0):
         # Each input pipeline (worker) reads its share; replicas split the global batch.
         return strategy.distribute_datasets_from_function(lambda ctx: data.make_dataset(
             dataset.source, subset, class_indices, training=training, input_context=ctx,
-            **kwargs))
+            skip_steps=skip_steps, **kwargs))
 
     probe = next(iter(data.make_dataset(dataset.source, "val", class_indices, training=False,
                                         **kwargs)))
-    return pipeline("train", True), pipeline("val", False), probe
+    return (lambda steps_done: pipeline("train", True, steps_done), pipeline("val", False),
+            probe)

@@ -1,7 +1,6 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -151,13 +150,14 @@ def _distribution_context(model):
     return strategy.scope()
 
 
-def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, log=print,
+def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1, log=print,
                      extra_callbacks=(), restore_dir=None):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
       model: compiled Keras model.
-      train_ds: repeated training dataset.
+      train_data: function of the steps already done giving the repeated training
+        dataset from that point (a resumed run continues the data stream).
       val_ds: one pass over the validation set.
       run_dir: where checkpoints/ and logs/ go.
       train_config: the `config.train` block.
@@ -191,18 +191,21 @@ def fit_and_evaluate(model, train_ds, val_ds, run_dir, train_config, verbose=1, 
         log(f"Resuming from the backup at step {done} of "
             f"{num_epochs(train_config) * steps_per_epoch}")
     epoch, into_epoch = divmod(done, steps_per_epoch)
-    fit = functools.partial(model.fit, train_ds, validation_data=val_ds, callbacks=callbacks,
-                            verbose=verbose, shuffle=False)  # tf.data shuffles
+    def fit(first_step, **kwargs):  # each fit reads the stream from its own first step
+        model.fit(train_data(first_step), validation_data=val_ds, callbacks=callbacks,
+                  verbose=verbose, shuffle=False, **kwargs)  # tf.data shuffles
+
     # Validation is one pass of a dataset whose length tf.data cannot know in advance (bad
     # files are filtered out); Keras warns when such a pass ends. Training data repeats.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
     with _distribution_context(model):
         if into_epoch:  # finish the interrupted epoch first, then whole epochs
-            fit(initial_epoch=epoch, epochs=epoch + 1,
+            fit(done, initial_epoch=epoch, epochs=epoch + 1,
                 steps_per_epoch=steps_per_epoch - into_epoch)
             epoch += 1
         if epoch < epochs and non_finite.failed_step is None:
-            fit(initial_epoch=epoch, epochs=epochs, steps_per_epoch=steps_per_epoch)
+            fit(epoch * steps_per_epoch, initial_epoch=epoch, epochs=epochs,
+                steps_per_epoch=steps_per_epoch)
         steps = int(model.optimizer.iterations.numpy())
         if non_finite.failed_step is not None:
             outcome = {"status": "failed", "steps": non_finite.failed_step, "reason":

@@ -106,6 +106,28 @@ def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
     assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
 
 
+def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_root):
+    source = data.folder_source(tiny_root)
+
+    def stream(skip_steps, steps, context=None):
+        ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
+                               seed=3, deterministic=True, input_context=context,
+                               skip_steps=skip_steps, **KW)
+        return _batches(ds.take(steps))
+
+    # 9 training images, batch 4: step 5 lies in the third pass, after reshuffles.
+    whole, resumed = stream(0, 7), stream(5, 2)
+    for (x_whole, y_whole), (x_resumed, y_resumed) in zip(whole[5:], resumed):
+        np.testing.assert_array_equal(x_whole, x_resumed)  # same files, crops and mirrors
+        np.testing.assert_array_equal(y_whole, y_resumed)
+    assert not np.array_equal(whole[0][0], resumed[0][0])
+    # A pipeline of two (multi-worker) skips its share of the global batch per step.
+    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                         num_replicas_in_sync=2)
+    whole, resumed = stream(0, 5, context), stream(3, 2, context)
+    np.testing.assert_array_equal(whole[3][0], resumed[0][0])
+
+
 def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
     source = data.folder_source(tiny_root)
 
