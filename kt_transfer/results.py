@@ -14,7 +14,7 @@ import os
 from kt_transfer import atomic, splits
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
-           "base_top1", "note")
+           "base_top1", "train_seconds", "note")
 TREATMENTS = {  # mode -> (label, colour, marker)
     "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
     "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
@@ -38,6 +38,7 @@ def gather(workdir):
                      "experiment": experiment, "run": run, "mode": metrics.get("mode", run),
                      "n": metrics.get("n", 0), "status": metrics.get("status", "finished"),
                      "top1": metrics.get("top1"), "top5": metrics.get("top5"),
+                     "train_seconds": _whole_seconds(metrics.get("seconds")),
                      "note": _note(metrics)})
     bases = {(r["experiment"], r["mode"]): r["top1"] for r in rows if r["mode"].startswith("base")}
     for row in rows:  # the base of the half the run was trained on, for comparison
@@ -47,6 +48,10 @@ def gather(workdir):
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["experiment"],
                              order.get(r["mode"], 99), r["n"], r["run"]))
     return rows
+
+
+def _whole_seconds(seconds):
+    return None if seconds is None else int(round(seconds))
 
 
 def _note(metrics):

@@ -15,7 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _write_run(workdir, split, run, mode, n, top1, status="finished"):
     run_dir = os.path.join(workdir, "embedded", split, "abcd1234", run)
     os.makedirs(run_dir)
-    metrics = {"mode": mode, "n": n, "status": status, "num_classes": 50}
+    metrics = {"mode": mode, "n": n, "status": status, "num_classes": 50,
+               "seconds": 60.0 + 10 * n + 0.4}
     if status == "finished":
         metrics.update(top1=top1, top5=min(1.0, top1 * 2))
     else:
@@ -45,6 +46,7 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     assert len(rows) == 13
     a2b = next(r for r in rows if r["run"] == "A2B" and r["split"] == "random0")
     assert (a2b["mode"], a2b["n"], a2b["top1"], a2b["base_top1"]) == ("AnB", "2", "0.2600", "0.3200")
+    assert a2b["train_seconds"] == "80"
     assert next(r for r in rows if r["run"] == "B3B+")["status"] == "failed"
     notes = {r["run"]: r["note"] for r in rows if r["split"] == "random0"}
     assert notes["R2B"] == "at chance: did not learn" and notes["R1B"] == ""
