@@ -70,6 +70,9 @@ def get_config():
     config.train.total_steps = 900
     config.train.steps_per_epoch = 150  # validation interval
     config.train.budget_epochs = 0  # >0: stop after this many epochs (Hyperband trials)
+    # >0: train without this seeded part of the training images and report top-1 on it
+    # (set by --mode=tune from tune.holdout_fraction; its runs are named *_ho<fraction>).
+    config.train.holdout_fraction = 0.0
     config.train.backup_every_steps = 50  # a killed run resumes from its last backup
     config.train.log_every_steps = 50  # per-layer TensorBoard curves
     config.train.momentum = 0.9
@@ -103,5 +106,9 @@ def get_config():
     config.tune.copied_lr_mults = (1.0, 0.3, 0.1, 0.03, 0.01, 0.0)
     config.tune.copied_fc_lr_mults = ()  # e.g. (1.0, 0.1): copied fc6/fc7 apart (n >= 6)
     config.tune.hyperband_factor = 3
+    # The sweep's objective: top-1 on this seeded part of the target half's training
+    # images, held out of every trial's training; validation top-1 is reported beside it,
+    # unbiased by the choice. 0: choose on validation top-1 itself (biased upward).
+    config.tune.holdout_fraction = 0.1
     config.tune.seed = 0
     return config

@@ -1,7 +1,22 @@
 """kt_transfer: how transferable are the features of a network, layer by layer.
 
 Reproduces Yosinski, Clune, Bengio, Lipson, "How transferable are features in deep
-neural networks?" (NIPS 2014) with Keras 3 on TensorFlow.
+neural networks?" (NIPS 2014) with Keras 3.
+
+`import kt_transfer` registers every custom Keras object of the package (the network's
+layers, the Caffe solver and its schedule), so a saved `model.keras` loads with
+`keras.saving.load_model(path, safe_mode=True)` after it and nothing else.
 """
 
+import os
+
+from kt_transfer import keras_compat
+
 __version__ = "0.1.0"
+
+# Worker processes that only draw images (embedded.py) set this: they need no Keras.
+if not os.environ.get("_KT_TRANSFER_NO_KERAS"):
+    with keras_compat.quiet_native_stderr():  # TensorFlow's start-up lines, if it loads
+        from kt_transfer import model, optimizer  # noqa: F401  (registers the classes)
+
+        keras_compat.probe_devices()  # CUDA's "no driver" line now, not at some later point

@@ -1,10 +1,9 @@
-"""Class-split tf.data pipelines over an image folder or a TFDS dataset.
+"""Class-split tf.data pipelines over a Source (an image folder or a TFDS dataset).
 
-Folder source: `train/<class>/*`, `val/<class>/*`; class index = position of the class
-folder in sorted order (for ImageNet wnids this is TFDS's labels.txt order, so a split
-selects the same classes from either source). Only the split's class folders are listed,
-and a TFDS dataset is filtered on its label before decoding: the other half costs nothing.
-Within a half, labels are remapped to 0..K-1 in the split's order.
+Where the images are and which classes make a half is sources.py; this module reads
+them. Only the split's class folders are listed, and a TFDS dataset is filtered on its
+label before decoding: the other half costs nothing. Within a half, labels are remapped
+to 0..K-1 in the split's order.
 
 A file that cannot be decoded (truncated or corrupt, not an image at all) never stops
 training: it is skipped, and recorded by name in a `BadFiles` log that the run reports at
@@ -12,87 +11,16 @@ the end of each epoch. PNG, GIF or BMP files named .JPEG, CMYK and grayscale JPE
 decoded (to RGB) like any other.
 """
 
-import dataclasses
+import collections
 import os
 import threading
 
 import numpy as np
 import tensorflow as tf
 
-from kt_transfer import images, tfds_source
+from kt_transfer import images, sources, tfds_source
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-@dataclasses.dataclass
-class Source:
-    """Where the images come from: an image folder, or a prepared TFDS builder."""
-
-    kind: str  # "folder" | "tfds"
-    classes: list  # class names in class-index order
-    root: str = ""  # folder
-    builder: object = None  # tfds
-    val_split: str = "val"
-
-    def describe(self):
-        return self.root if self.kind == "folder" else f"TFDS {self.builder.info.full_name}"
-
-
-def folder_source(root):
-    return Source("folder", list_classes(root), root=root)
-
-
-def tfds_source_from_config(dataset_config, log=print):
-    builder = tfds_source.load_builder(dataset_config.tfds_name, dataset_config.data_dir,
-                                       dataset_config.tfds_manual_dir, log)
-    return Source("tfds", list(builder.info.features["label"].names), builder=builder,
-                  val_split=tfds_source.val_split(builder, dataset_config.tfds_val_split))
-
-
-def list_classes(root):
-    """Sorted class folder names under root/train, with a clear error if there are none."""
-    train_dir = os.path.join(root, "train")
-    if not os.path.isdir(train_dir):
-        raise FileNotFoundError(
-            f"no train/ folder in {root!r}: --config.dataset.data_dir must point to an "
-            "ImageNet-style folder with train/<class>/ and val/<class>/ subfolders")
-    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
-    if not classes:
-        raise FileNotFoundError(f"no class folders in {train_dir!r}")
-    return classes
-
-
-def list_files(root, subset, classes, class_indices):
-    """(paths, labels) of the chosen classes; label = position in class_indices.
-
-    Raises:
-      FileNotFoundError naming the class and folder: a class of the split is missing from
-      `subset`, or has no images.
-    """
-    paths, labels = [], []
-    for label, index in enumerate(class_indices):
-        folder = os.path.join(root, subset, classes[index])
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(
-                f"class {classes[index]!r} of the split has no folder {folder!r}; {subset}/ "
-                "must hold a folder for every class in train/")
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-        if not names:
-            raise FileNotFoundError(
-                f"class {classes[index]!r} has no images in {folder!r} (files ending in "
-                f"{', '.join(IMAGE_EXTENSIONS)}); every class of the split needs images in "
-                "both train/ and val/")
-        paths += [os.path.join(folder, n) for n in names]
-        labels += [label] * len(names)
-    return paths, labels
-
-
-def check_readable(source, class_indices):
-    """Fails before training if a class of the split has no train or val images."""
-    if source.kind == "folder":
-        for subset in ("train", source.val_split):
-            list_files(source.root, subset, source.classes, class_indices)
-
+HOLDOUT_BUCKETS = 10_000
 
 class BadFiles:
     """The files a pipeline skipped, by name, for reporting (thread-safe)."""
@@ -173,7 +101,7 @@ def _decode_chunk(load, bad_files):
 
 def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
                  training, seed=0, deterministic=False, bad_files=None, input_context=None,
-                 skip_steps=0):
+                 skip_steps=0, holdout=None):
     """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
 
     Args:
@@ -192,6 +120,9 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         uninterrupted run would be, files and augmentation seeds alike. Skipping happens
         before decoding, so it costs only the file names. Exact in deterministic mode
         unless files were skipped as unreadable.
+      holdout: None, or (part, fraction, seed): a fixed part of the images, chosen by a
+        seeded hash of each file name (so the same on every run and source order), is
+        set aside; part "rest" reads the others, part "held" only those (see in_holdout).
 
     Returns:
       The dataset (for a folder source of a training run: infinite).
@@ -204,7 +135,8 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     if source.kind == "folder":
         folder_subset = subset if subset == "train" else source.val_split
-        paths, labels = list_files(source.root, folder_subset, source.classes, class_indices)
+        paths, labels = sources.list_files(source.root, folder_subset, source.classes,
+                                           class_indices)
         ds = tf.data.Dataset.from_tensor_slices(
             {"image": paths, "label": np.array(labels, np.int64), "name": paths})
         if input_context is not None:
@@ -219,6 +151,10 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         if training:
             ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
         read = tf.identity
+    if holdout is not None:
+        part, fraction, holdout_seed = holdout
+        ds = ds.filter(lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed),
+                                          part == "held"))
     if training:
         ds = ds.repeat()
     # A stateless seed per element: crops and mirrors do not depend on thread timing.
@@ -241,3 +177,87 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     options = tf.data.Options()
     options.deterministic = deterministic or not training
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def in_holdout(names, fraction, seed):
+    """Whether each file (by its base name) is in the seeded held-out `fraction`.
+
+    A hash of the name, not a random draw: the same files are held out by every run, in
+    any reading order, on any worker; it runs on file names before any decoding.
+    """
+    base = tf.strings.regex_replace(names, r"^.*[/\\]", "")
+    bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([str(int(seed)), ":", base]),
+                                            HOLDOUT_BUCKETS)
+    return bucket < int(round(fraction * HOLDOUT_BUCKETS))
+
+
+def probe_batch(source, class_indices, *, size, resize_size, crop_size):
+    """A fixed validation batch drawn across all classes of the half (round robin).
+
+    The per-layer logger's activations and gradients are computed on it, so it must
+    represent the half, not the first few classes of a class-sorted file list.
+    Returns (uint8 images [k, crop, crop, 3], int64 labels [k]), k <= size.
+    """
+    kwargs = dict(resize_size=resize_size, crop_size=crop_size)
+    if source.kind == "folder":
+        paths, labels = sources.list_files(source.root, source.val_split, source.classes,
+                                           class_indices)
+        by_class = collections.defaultdict(list)
+        for path, label in zip(paths, labels):
+            by_class[label].append(path)
+        round_robin = [(files[rank], label) for rank in range(max(map(len, by_class.values())))
+                       for label, files in sorted(by_class.items()) if rank < len(files)]
+        picked = []
+        for path, label in round_robin:
+            try:
+                image = images.preprocess(tf.io.read_file(path), training=False, **kwargs)
+            except tf.errors.OpError:  # an unreadable file: training reports it
+                continue
+            picked.append((image, label))
+            if len(picked) == size:
+                break
+    else:  # TFDS validation splits are not sorted by class: take the first per class
+        per_class = -(-size // len(class_indices))
+        counts, picked = collections.Counter(), []
+        for image, label in make_dataset(source, "val", class_indices, batch_size=1,
+                                         training=False, **kwargs).unbatch():
+            label = int(label)
+            if counts[label] < per_class:
+                counts[label] += 1
+                picked.append((image, label))
+            if len(picked) == size:
+                break
+    return (tf.stack([image for image, _ in picked]),
+            tf.constant([label for _, label in picked], tf.int64))
+
+
+def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout=None):
+    """The inputs of one run on one half.
+
+    Returns:
+      (train, val, probe): `train(steps_done)` gives the distributed training pipeline
+      from that step on (a resumed run continues the stream); `val` the distributed
+      validation pipeline; `probe` a fixed undistributed validation batch across the
+      half's classes (the per-layer logger's). With `holdout=(fraction, seed)`, training
+      reads all but that part of the training images, and a 4th item is the held-out
+      part as a distributed evaluation pipeline.
+    """
+    dc = config.dataset
+    kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
+                  batch_size=config.train.batch_size, seed=config.train.seed,
+                  deterministic=dc.deterministic, bad_files=bad_files)
+
+    def pipeline(subset, training, skip_steps=0, part=None):
+        # Each input pipeline (worker) reads its share; replicas split the global batch.
+        held = (part, *holdout) if holdout else None
+        return strategy.distribute_datasets_from_function(lambda ctx: make_dataset(
+            dataset.source, subset, class_indices, training=training, input_context=ctx,
+            skip_steps=skip_steps, holdout=held, **kwargs))
+
+    probe = probe_batch(dataset.source, class_indices, size=config.train.batch_size,
+                        resize_size=dc.resize_size, crop_size=config.model.input_size)
+    inputs = (lambda steps_done: pipeline("train", True, steps_done, part="rest"),
+              pipeline("val", False), probe)
+    if holdout:
+        inputs += (pipeline("train", False, part="held"),)
+    return inputs

@@ -14,6 +14,8 @@ import os
 
 import tensorflow as tf
 
+from kt_transfer import keras_compat
+
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 
 
@@ -48,16 +50,16 @@ def make_strategy(distribute_config):
                 "[\"host1:12345\", \"host2:12345\"]}, \"task\": {\"type\": \"worker\", "
                 "\"index\": 0}}'; see README")
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        _patch_keras_for_multi_worker()
+        keras_compat.patch_multi_worker_log_reduction()
         return strategy
-    gpus = tf.config.list_logical_devices("GPU")
+    with keras_compat.quiet_native_stderr():  # CUDA's "no driver" line on CPU machines
+        gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "auto" and not gpus:
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
-
 
 
 def is_multi_worker(strategy):
@@ -74,25 +76,3 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def _patch_keras_for_multi_worker():
-    """Works around Keras 3's multi-worker reduction of scalar logs (keras-team/keras#20585).
-
-    Keras reduces each per-replica log value across workers with `axis=0`, which fails for
-    scalars (loss, top-1); a mean over replicas (`axis=None`) is what is meant.
-    """
-    from keras.src.backend.tensorflow import trainer
-    if getattr(trainer.reduce_per_replica, "kt_transfer_patched", False):
-        return
-    original = trainer.reduce_per_replica
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and is_multi_worker(strategy):
-            return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None)
-                if isinstance(v, tf.distribute.DistributedValues) else v, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.kt_transfer_patched = True
-    trainer.reduce_per_replica = reduce_per_replica

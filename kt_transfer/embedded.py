@@ -272,24 +272,35 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
     log(f"Generating the embedded dataset ({total} images) in {root} (once) ...")
     tmp = tempfile.mkdtemp(prefix=f".{spec.dirname}.tmp-", dir=cache_dir)
     try:
-        # "spawn" workers import only NumPy and PIL, never a forked TensorFlow runtime.
+        # "spawn" workers import only NumPy and PIL, never a forked TensorFlow runtime;
+        # the variable tells the package not to load Keras in them.
         workers = min(len(specs), os.cpu_count() or 1)
-        with concurrent.futures.ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(functools.partial(_write_class, tmp, spec), range(len(specs))))
+        os.environ["_KT_TRANSFER_NO_KERAS"] = "1"
+        try:
+            with concurrent.futures.ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(functools.partial(_write_class, tmp, spec), range(len(specs))))
+        finally:
+            del os.environ["_KT_TRANSFER_NO_KERAS"]
         with open(os.path.join(tmp, "classes.tsv"), "w") as f:
             f.write("class_index\tfolder\tgroup\n")
             f.writelines(f"{i}\t{c.folder}\t{c.group}\n" for i, c in enumerate(specs))
         open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
-        if os.path.exists(os.path.join(root, COMPLETE_MARKER)):
-            shutil.rmtree(tmp)  # another process (e.g. a grid worker) finished it first
-            return root
-        if os.path.exists(root):  # a stale, incomplete copy from an older tool version
-            shutil.rmtree(root)
-        os.rename(tmp, root)  # atomic: readers see all or nothing
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(os.path.join(root, COMPLETE_MARKER)):
-            return root  # another process finished the same dataset first
-        raise
+        _publish(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # ours only; gone already if published
     return root
+
+
+def _publish(tmp, root):
+    """Renames the finished copy into place. Never deletes or moves `root`: a process
+    may be reading it. If another process published first, its copy stays and ours is
+    dropped by the caller."""
+    try:
+        os.rename(tmp, root)  # atomic: readers see all or nothing
+    except OSError:  # root exists (ENOTEMPTY / EEXIST)
+        if os.path.exists(os.path.join(root, COMPLETE_MARKER)):
+            return  # another process finished the same dataset first
+        raise FileExistsError(
+            f"{root} exists but is incomplete (no {COMPLETE_MARKER} file; left by an older "
+            "kt_transfer?): delete that folder and run again") from None

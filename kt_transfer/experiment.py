@@ -9,7 +9,6 @@ written last, atomically: its presence marks a finished (or failed) run.
 """
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,72 +20,14 @@ import zlib
 import keras
 import tensorflow as tf
 
-from kt_transfer import (atomic, data, distribute, embedded, export, layer_logging, mean,
-                         splits, train, transfer)
+from kt_transfer import atomic, data, distribute, export, layer_logging, mean, train, transfer
 from kt_transfer import model as model_lib
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
 # Training settings that do not change what a base network is.
 NOT_DEFINING_A_BASE = ("copied_lr_mult", "copied_fc_lr_mult", "budget_epochs",
-                       "backup_every_steps", "jit_compile",
+                       "holdout_fraction", "backup_every_steps", "jit_compile",
                        "log_every_steps")
-
-
-@dataclasses.dataclass
-class Dataset:
-    """A resolved image source and the class split applied to it."""
-
-    name: str  # embedded, folder, or the TFDS name: the first level under the workdir
-    source: data.Source
-    split: splits.Split
-
-    @property
-    def classes(self):
-        return self.source.classes
-
-
-def resolve_dataset(config, log=print):
-    """Finds (or, for the embedded dataset, generates) the images and the split.
-
-    Raises (before any training), naming the flag or file to fix:
-      FileNotFoundError: no such folder, no train/ in it, a class of the split without
-        train or val images, imagenet2012's tar files missing from TFDS's manual dir.
-      ValueError: unknown dataset or split.
-    """
-    dc = config.dataset
-    groups = None
-    if dc.name == "embedded":
-        spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
-        root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
-        source, name = data.folder_source(root), "embedded"
-    elif dc.name == "folder":
-        if not dc.data_dir or not os.path.isdir(dc.data_dir):
-            raise FileNotFoundError(
-                f"dataset folder {dc.data_dir!r} does not exist: set "
-                "--config.dataset.data_dir to an ImageNet-style folder (train/, val/)")
-        source, name = data.folder_source(dc.data_dir), "folder"
-    elif dc.name == "tfds":
-        source = data.tfds_source_from_config(dc, log)
-        name = dc.tfds_name.replace("/", "_")
-    else:
-        raise ValueError(f"unknown --config.dataset.name={dc.name!r}; use embedded, folder "
-                         "or tfds (with --config.dataset.tfds_name)")
-    if source.kind == "folder":
-        groups = _read_groups(source.root, len(source.classes))
-    split = splits.make_split(config.split, len(source.classes), groups)
-    for half in ("A", "B"):
-        data.check_readable(source, split.half(half))
-    return Dataset(name, source, split)
-
-
-def _read_groups(root, num_classes):
-    """Per-class man-made/natural groups from classes.tsv, if the folder has one."""
-    path = os.path.join(root, "classes.tsv")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rows = [line.rstrip("\n").split("\t") for line in f.readlines()[1:]]
-    return [row[2] for row in rows] if len(rows) == num_classes else None
 
 
 def experiment_dir(config, dataset):
@@ -112,6 +53,8 @@ def run_dir(config, dataset, treatment):
         name += f"_fc{fc_mult:g}"
     if config.train.get("budget_epochs", 0) > 0:  # a Hyperband trial's shorter budget
         name += f"_e{train.num_epochs(config.train)}"
+    if config.train.get("holdout_fraction", 0.0) > 0:  # a tuning trial: trained on less
+        name += f"_ho{config.train.holdout_fraction:g}"
     if external_base(config, treatment):
         path = os.path.abspath(config.base_model)
         name += "_base-" + hashlib.sha1(path.encode()).hexdigest()[:8]
@@ -125,13 +68,16 @@ def copied_fc_lr_mult(config, treatment):
     return float(mult) if mult >= 0 and treatment.fine_tune and copies_fc else None
 
 
-def full_budget(config):
-    """The config without a trial's shorter step budget (train.budget_epochs)."""
-    if config.train.get("budget_epochs", 0) <= 0:
+def base_config(config):
+    """The config a treatment's base is trained under: without a tuning trial's shorter
+    step budget (train.budget_epochs) or held-out images (train.holdout_fraction)."""
+    if (config.train.get("budget_epochs", 0) <= 0
+            and config.train.get("holdout_fraction", 0.0) <= 0):
         return config
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.train.budget_epochs = 0
+        config.train.holdout_fraction = 0.0
     return config
 
 
@@ -167,11 +113,13 @@ def run_lock(out):
         yield
 
 
-def run_treatment(config, dataset, treatment, log=print, strategy=None):
+def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=None):
     """Trains and evaluates one treatment (its base first, if missing).
 
     Args:
       strategy: tf.distribute strategy to build and train under (default: the current).
+      guard: a Keras callback added to this treatment's training (the grid's claim
+        check, which stops a cell whose claim another worker took over).
 
     Returns:
       (metrics dict, run directory). A finished (or failed) run is not trained again.
@@ -187,20 +135,20 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
     base = None
     if external_base(config, treatment):
         log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
-        base = transfer.load_base_weights(config.base_model)
+        base = transfer.load_base(config.base_model)
     elif treatment.base_mode:
         base = transfer.parse_treatment(treatment.base_mode)
-        base_config = full_budget(config)  # a short Hyperband trial still copies a full base
-        base_out = run_dir(base_config, dataset, base)
+        config_of_base = base_config(config)  # a tuning trial still copies a full base
+        base_out = run_dir(config_of_base, dataset, base)
         base_metrics = read_metrics(base_out)
         if base_metrics is None:
             log(f"{treatment.run_name} copies layers from {base.run_name}, which is not "
                 f"trained yet under this config: training {base.run_name} first.")
-            base_metrics, _ = run_treatment(base_config, dataset, base, log, strategy)
+            base_metrics, _ = run_treatment(config_of_base, dataset, base, log, strategy)
         if base_metrics["status"] != "finished":
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
-        base = keras.saving.load_model(os.path.join(base_out, MODEL_FILE), safe_mode=True)
+        base = transfer.load_base(os.path.join(base_out, MODEL_FILE))
     strategy = strategy or tf.distribute.get_strategy()
     if not distribute.is_chief(strategy):
         # Every worker trains (the steps are collective), but only the chief writes the
@@ -210,17 +158,17 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None):
         scratch = tempfile.mkdtemp(prefix=".tmp-worker-", dir=config.workdir)
         try:
             return _train_run(config, dataset, treatment, base, scratch, log, strategy,
-                              run_path=out), out
+                              guard, run_path=out), out
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     with run_lock(out):
         stored = read_metrics(out)  # another process may have finished it meanwhile
         if stored is not None:
             return stored, out
-        return _train_run(config, dataset, treatment, base, out, log, strategy), out
+        return _train_run(config, dataset, treatment, base, out, log, strategy, guard), out
 
 
-def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=None):
+def _train_run(config, dataset, treatment, base, out, log, strategy, guard, run_path=None):
     """Builds, trains, evaluates and stores one run in `out`; the caller holds its lock.
 
     run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
@@ -243,7 +191,10 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=No
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()
-    train_data, val_ds, probe = make_datasets(config, dataset, half, strategy, bad_files)
+    holdout = config.train.get("holdout_fraction", 0.0)
+    train_data, val_ds, probe, *holdout_ds = data.make_run_inputs(
+        config, dataset, half, strategy, bad_files,
+        holdout=(holdout, config.train.seed) if holdout > 0 else None)
     log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
         f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
         f"-> {run_path}")
@@ -251,13 +202,17 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, run_path=No
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
                "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
                "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
+    counter = train.StepCounter()
     logger = layer_logging.LayerLogger(
-        os.path.join(out, "logs"), probe,  # a fixed validation batch
-        {p.name: p.lr_mult for p in plans if p.trainable}, config.train, hparams)
+        os.path.join(out, "logs"), probe,  # a fixed validation batch across the classes
+        [p.name for p in plans if p.trainable], config.train.log_every_steps, hparams,
+        counter)
     metrics = train.fit_and_evaluate(
         model, train_data, val_ds, out, config.train, verbose=config.verbose, log=log,
-        extra_callbacks=[logger, train.BadFileReport(bad_files, out, log)],
-        restore_dir=run_path)
+        extra_callbacks=[logger, train.BadFileReport(bad_files, out, log),
+                         *([guard] if guard else [])],
+        restore_dir=run_path, counter=counter,
+        holdout_ds=holdout_ds[0] if holdout_ds else None)
     log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
                    split=dataset.split.name, dataset=dataset.name,
@@ -280,25 +235,3 @@ def weights_fingerprint(model):
     for weight in model.weights:
         digest.update(keras.ops.convert_to_numpy(weight).tobytes())
     return digest.hexdigest()[:16]
-
-
-def make_datasets(config, dataset, class_indices, strategy, bad_files):
-    """The data of one half: a function of the steps already done giving the training
-    pipeline (a resumed run continues the stream), the validation pipeline, both
-    distributed over the strategy's replicas, and an undistributed validation batch (the
-    per-layer logger's fixed probe)."""
-    dc = config.dataset
-    kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
-                  batch_size=config.train.batch_size, seed=config.train.seed,
-                  deterministic=dc.deterministic, bad_files=bad_files)
-
-    def pipeline(subset, training, skip_steps=0):
-        # Each input pipeline (worker) reads its share; replicas split the global batch.
-        return strategy.distribute_datasets_from_function(lambda ctx: data.make_dataset(
-            dataset.source, subset, class_indices, training=training, input_context=ctx,
-            skip_steps=skip_steps, **kwargs))
-
-    probe = next(iter(data.make_dataset(dataset.source, "val", class_indices, training=False,
-                                        **kwargs)))
-    return (lambda steps_done: pipeline("train", True, steps_done), pipeline("val", False),
-            probe)

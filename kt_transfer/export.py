@@ -4,16 +4,22 @@ The serving signature takes a batch of images, float32 [batch, input_size, input
 holding RGB pixels in 0..255, resized to `dataset.resize_size` and centre-cropped, exactly
 as the validation pipeline feeds the network (the network subtracts its own mean), and
 returns class probabilities over the half's classes (label i = the half's i-th class in
-the split's order; see tools/split_info.py).
+the split's order; see tools/split_info.py). Beside it, `kt_transfer.json` records the
+input normalization, so a transfer that copies from this SavedModel can check it.
 """
 
+import json
 import os
 import shutil
 import tempfile
 
 import keras
 
+from kt_transfer import atomic, keras_compat
+from kt_transfer import model as model_lib
+
 SAVED_MODEL_DIR = "saved_model"
+METADATA_FILE = "kt_transfer.json"
 
 
 def with_probabilities(model):
@@ -27,10 +33,24 @@ def export_saved_model(model, run_dir):
     target = os.path.join(run_dir, SAVED_MODEL_DIR)
     tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=run_dir)
     try:
-        with_probabilities(model).export(tmp, format="tf_saved_model", verbose=False)
+        with keras_compat.quiet_tensorflow_info():
+            with_probabilities(model).export(tmp, format="tf_saved_model", verbose=False)
+        norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
+        atomic.write_json(os.path.join(tmp, METADATA_FILE), {
+            "mean_rgb": norm.mean_rgb, "scale": norm.scale,
+            "input_size": int(model.input_shape[1]), "num_classes": int(model.output_shape[-1])})
         if os.path.exists(target):
             shutil.rmtree(target)
         os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def read_metadata(saved_model_dir):
+    """What export_saved_model recorded beside a SavedModel, or None if nothing."""
+    path = os.path.join(saved_model_dir, METADATA_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

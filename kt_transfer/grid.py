@@ -3,23 +3,25 @@
     python -m kt_transfer.main --mode=grid            # start as many of these as you like
 
 Any number of worker processes, on one machine or on several sharing the workdir's
-filesystem, work the same grid: each cell is claimed atomically before it is trained, so
-no cell runs twice. A claim is a small file that its worker refreshes (a heartbeat); a
-claim that has not been refreshed for `grid.claim_timeout_s` (its worker died, its machine
-was lost) is taken over, and the cell resumes from its last backup. A claim left by a dead
-process on this same machine is taken over at once. Finished cells are skipped, so running
-the command again after a kill finishes the grid. At the end the results table and the
-paper's figure are written beside the runs.
+filesystem, work the same grid: each cell is claimed exclusively before it is trained
+(claims.py), so no cell is trained by two workers. A claim is kept fresh by a heartbeat;
+one not refreshed for `grid.claim_timeout_s` (its worker died, its machine was lost), or
+left by a dead process on this same machine, is taken over, and the cell resumes from its
+last backup; a worker whose claim was taken over stops that cell. Finished cells are
+skipped, so running the command again after a kill finishes the grid.
+
+A cell that cannot run (its base failed or could not run, an error before training) is
+recorded in the claims directory, so every worker stops waiting for it and for the cells
+that need it. A new grid process tries such cells again. The grid ends with a summary of
+what finished, what failed and why, writes the results table and the paper's figure
+beside the runs, and raises (the CLI exits non-zero) unless every cell finished.
 """
 
-import dataclasses
 import json
 import os
-import socket
-import threading
 import time
 
-from kt_transfer import experiment, results, splits, transfer
+from kt_transfer import atomic, claims, experiment, results, splits, transfer
 
 CLAIMS_DIR = ".claims"
 
@@ -40,90 +42,6 @@ def cells(grid_config):
         for mode in grid_config.treatments:
             treatments.append(transfer.parse_treatment(flip(mode), n))
     return treatments
-
-
-@dataclasses.dataclass
-class Claim:
-    """One worker's hold on one cell, kept alive by a heartbeat thread."""
-
-    path: str
-    owner: str
-    interval_s: float
-
-    def __post_init__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._thread.start()
-
-    def _beat(self):
-        while not self._stop.wait(self.interval_s):
-            try:
-                os.utime(self.path)
-            except FileNotFoundError:  # taken over after a long stall; nothing to refresh
-                return
-
-    def release(self):
-        self._stop.set()
-        self._thread.join()
-        try:
-            if _read_claim(self.path).get("owner") == self.owner:
-                os.remove(self.path)
-        except FileNotFoundError:
-            pass
-
-
-def _read_claim(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_is_stale(path, timeout_s, now=None):
-    """Stale: not refreshed within timeout_s, or left by a dead process on this host."""
-    try:
-        age = (now or time.time()) - os.stat(path).st_mtime
-    except FileNotFoundError:
-        return False
-    if age > timeout_s:
-        return True
-    holder = _read_claim(path)
-    return holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid", 0))
-
-
-def try_claim(claims_dir, cell_name, owner, timeout_s):
-    """Creates the cell's claim file exclusively; returns a Claim, or None if held.
-
-    O_CREAT | O_EXCL makes the claim atomic (also on NFS v3+). A stale claim is first
-    renamed to a name unique to this worker: of several workers taking over the same stale
-    claim, exactly one rename succeeds.
-    """
-    path = os.path.join(claims_dir, cell_name + ".claim")
-    if claim_is_stale(path, timeout_s):
-        try:
-            os.rename(path, f"{path}.stale-{owner}")
-            os.remove(f"{path}.stale-{owner}")
-        except FileNotFoundError:
-            return None  # another worker took it over first
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return None
-    with os.fdopen(fd, "w") as f:
-        host, pid = owner.rsplit(":", 1)
-        json.dump({"owner": owner, "host": host, "pid": int(pid), "since": time.time()}, f)
-    return Claim(path, owner, interval_s=max(timeout_s / 4, 0.05))
 
 
 class Progress:
@@ -154,67 +72,129 @@ def _format_duration(seconds):
 
 
 def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
-    """Works the grid until every cell is finished (or failed).
+    """Works the grid until every cell is finished, failed or could not run.
 
     Cells whose base is not finished yet wait; meanwhile this worker takes other cells.
 
     Returns:
       (rows of the results table, paths of the table and figure files written).
     Raises:
-      RuntimeError: after the table is written, if a cell could not be run (its base
-        failed, or an error in training).
+      GridIncompleteError: after the summary, table and figure, if a cell did not finish.
     """
     grid_cells = cells(config.grid)
     exp_dir = experiment.experiment_dir(config, dataset)
     claims_dir = os.path.join(exp_dir, CLAIMS_DIR)
     os.makedirs(claims_dir, exist_ok=True)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
     timeout_s = config.grid.claim_timeout_s
     poll_s = poll_s or min(10.0, timeout_s / 2)
     progress = Progress(len(grid_cells))
-    started_grid = time.monotonic()
-    errors = {}
+    started_grid, started_at = time.monotonic(), time.time()
     last_line = None
     while True:
-        status = {c.run_name: experiment.read_metrics(experiment.run_dir(config, dataset, c))
-                  for c in grid_cells}
+        status = _status(config, dataset, grid_cells)
+        errors = _errors(claims_dir, started_at)
         done = sum(m is not None for m in status.values())
         pending = [c for c in grid_cells if status[c.run_name] is None
                    and c.run_name not in errors]
-        running = {os.path.basename(p)[:-len(".claim")] for p in os.listdir(claims_dir)
-                   if p.endswith(".claim")} & {c.run_name for c in pending}
+        running = claims.held_cells(claims_dir, timeout_s) & {c.run_name for c in pending}
         line = progress.line(done, running, workers=max(len(running), 1))
         if line != last_line:
             log(line)
             last_line = line
         if not pending:
             break
-        cell, claim = _claim_next(pending, status, config, dataset, claims_dir, owner,
-                                  timeout_s, errors)
+        cell, claim = _claim_next(pending, status, errors, config, dataset, claims_dir,
+                                  timeout_s)
         if cell is None:  # others hold the rest, or it waits for a base someone trains
             time.sleep(poll_s)
             continue
+        finished = False
         started = time.time()
         try:
             metrics, _ = experiment.run_treatment(config, dataset, cell, log=log,
-                                                  strategy=strategy)
+                                                  strategy=strategy,
+                                                  guard=claims.ClaimGuard(claim))
+            finished = True
             progress.durations.append(time.time() - started)
             log(f"grid: {cell.run_name} {metrics['status']}"
                 + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else ""))
+        except experiment.RunBusyError:  # another worker is still training it: wait
+            log(f"grid: {cell.run_name} is being trained by another worker; waiting")
+            time.sleep(poll_s)
+        except claims.ClaimLostError as e:
+            log(f"grid: {e}")
         except (RuntimeError, ValueError) as e:  # keep working the other cells
-            errors[cell.run_name] = str(e)
+            _record_error(claims_dir, cell.run_name, str(e))
             log(f"grid: {cell.run_name} could not run: {e}")
         finally:
-            claim.release()
+            claim.release(finished=finished)
             _free_memory()
     log(f"grid: this worker ran {len(progress.durations)} cell(s) in "
         f"{_format_duration(time.monotonic() - started_grid)}; the grid's cells trained "
         f"for {_format_duration(_training_seconds(status))} in all")
+    summary, incomplete = _summary(grid_cells, status, errors)
+    for summary_line in summary:
+        log(summary_line)
     written = _write_results(config, dataset, exp_dir, log)
-    if errors:
-        raise RuntimeError("grid cells could not run: " + "; ".join(
-            f"{name}: {reason}" for name, reason in errors.items()))
+    if incomplete:
+        raise GridIncompleteError(
+            f"{len(incomplete)} of {len(grid_cells)} grid cells did not finish: "
+            + "; ".join(f"{name}: {reason}" for name, reason in incomplete.items()))
     return written
+
+
+class GridIncompleteError(RuntimeError):
+    """The grid ended with cells that failed or could not run."""
+
+
+def _status(config, dataset, grid_cells):
+    return {c.run_name: experiment.read_metrics(experiment.run_dir(config, dataset, c))
+            for c in grid_cells}
+
+
+def _error_path(claims_dir, cell):
+    return os.path.join(claims_dir, f"{cell}.error")
+
+
+def _record_error(claims_dir, cell, reason):
+    atomic.write_json(_error_path(claims_dir, cell), {"reason": reason, "time": time.time()})
+
+
+def _errors(claims_dir, since):
+    """{cell: reason} of the cells recorded as unable to run since this worker started.
+
+    Older records are ignored: a new grid process tries those cells again (the fault may
+    have been fixed), and records its own error if it persists.
+    """
+    errors = {}
+    for name in os.listdir(claims_dir):
+        if name.endswith(".error"):
+            try:
+                with open(os.path.join(claims_dir, name)) as f:
+                    record = json.load(f)
+            except (FileNotFoundError, ValueError):
+                continue
+            if record["time"] >= since:
+                errors[name[:-len(".error")]] = record["reason"]
+    return errors
+
+
+def _summary(grid_cells, status, errors):
+    """Lines saying what finished and what did not (and why), and {cell: reason} of the
+    cells that did not finish."""
+    incomplete = {}
+    for cell in grid_cells:
+        metrics = status[cell.run_name]
+        if metrics is None:
+            incomplete[cell.run_name] = "could not run: " + errors.get(cell.run_name,
+                                                                      "not trained")
+        elif metrics.get("status", "finished") != "finished":
+            incomplete[cell.run_name] = f"failed: {metrics.get('reason', '')}"
+    finished = len(grid_cells) - len(incomplete)
+    lines = [f"grid: summary: {finished} of {len(grid_cells)} cells finished"
+             + (f", {len(incomplete)} did not:" if incomplete else "")]
+    lines += [f"grid:   {name}: {reason}" for name, reason in incomplete.items()]
+    return lines, incomplete
 
 
 def _training_seconds(status):
@@ -222,22 +202,32 @@ def _training_seconds(status):
     return sum(m.get("seconds", 0.0) for m in status.values() if m is not None)
 
 
-def _claim_next(pending, status, config, dataset, claims_dir, owner, timeout_s, errors):
-    """The first pending cell whose base is finished and that no one holds, claimed."""
+def _claim_next(pending, status, errors, config, dataset, claims_dir, timeout_s):
+    """The first pending cell whose base is finished and that no one holds, claimed.
+
+    A cell whose base failed or could not run is recorded as unable to run (so no worker
+    waits for it).
+    """
     for cell in pending:
         if cell.base_mode and not experiment.external_base(config, cell):
             base = status.get(cell.base_mode)
+            reason = None
+            if base is None and cell.base_mode in errors:
+                reason = f"its base {cell.base_mode} could not run ({errors[cell.base_mode]})"
+            elif base is not None and base["status"] != "finished":
+                reason = f"its base {cell.base_mode} failed ({base.get('reason', '')})"
+            if reason:
+                _record_error(claims_dir, cell.run_name, reason)
+                errors[cell.run_name] = reason
+                continue
             if base is None:
                 continue  # its base is still to be trained (a base cell comes first)
-            if base["status"] != "finished":
-                errors[cell.run_name] = f"its base {cell.base_mode} failed"
-                continue
-        claim = try_claim(claims_dir, cell.run_name, owner, timeout_s)
+        claim = claims.try_claim(claims_dir, cell.run_name, timeout_s)
         if claim is None:
             continue
         # Finished by another worker between our listing and our claim?
         if experiment.read_metrics(experiment.run_dir(config, dataset, cell)) is not None:
-            claim.release()
+            claim.release(finished=True)
             continue
         return cell, claim
     return None, None

@@ -1,10 +1,11 @@
 """Per-layer TensorBoard curves, the conv1 filter image and the run's HParams.
 
 Every `train.log_every_steps` steps, for each of conv1..fc8: weight norm, gradient norm
-(on a fixed probe batch), update-to-weight ratio, effective learning rate (0 when
-frozen), and on the probe batch the mean activation and the fraction of zeros after ReLU;
-weight histograms. Every epoch: conv1's filters as an image grid. The probe batch is fixed
-so the activation curves compare across steps and runs.
+(on a fixed probe batch), update-to-weight ratio, effective learning rate (the solver's
+own schedule for the layer, warmup included; 0 when frozen), and on the probe batch the
+mean activation and the fraction of zeros after ReLU; weight histograms. Every epoch:
+conv1's filters as an image grid. The probe batch is fixed, and drawn across all classes
+of the half (data.probe_batch), so the curves compare across steps and runs.
 """
 
 import os
@@ -15,6 +16,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from kt_transfer import model as model_lib
+from kt_transfer import optimizer as optimizer_lib
 
 
 def filter_grid(kernel):
@@ -34,14 +36,22 @@ def filter_grid(kernel):
 class LayerLogger(keras.callbacks.Callback):
     """Writes per-layer summaries to <log_dir>/layers and the run's HParams."""
 
-    def __init__(self, log_dir, probe_batch, lr_mults, train_config, hparams):
+    def __init__(self, log_dir, probe_batch, trained_layers, every_steps, hparams, counter):
+        """
+        Args:
+          probe_batch: (images, labels), the fixed batch the curves are computed on.
+          trained_layers: names of the layers the solver updates (the others are frozen).
+          every_steps: logging interval in training steps.
+          hparams: {name: value} for TensorBoard's HParams dashboard.
+          counter: the run's train.StepCounter (the step every curve is logged at).
+        """
         super().__init__()
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
         self.probe_x, self.probe_y = probe_batch
-        self.lr_mults = lr_mults  # layer -> multiplier; missing = frozen
-        self.train_config = train_config
-        self.every = train_config.log_every_steps
+        self.trained_layers = list(trained_layers)
+        self.every = every_steps
         self.hparams = hparams
+        self.counter = counter
         self.previous = {}
 
     def on_train_begin(self, logs=None):
@@ -52,12 +62,12 @@ class LayerLogger(keras.callbacks.Callback):
         self.writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+        step = self.counter.step
         if step % self.every == 0:
             self.log_layers(step)
 
     def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+        step = self.counter.step
         with self.writer.as_default():
             kernel = self.model.get_layer("conv1").kernel.numpy()
             tf.summary.image("conv1/filters", filter_grid(kernel), step=step)
@@ -67,7 +77,7 @@ class LayerLogger(keras.callbacks.Callback):
         """Gradients of the probe loss per trained layer. Under a strategy the variables
         are distributed and only differentiable in a replica: computed in each (on the
         same probe batch) and taken from the first."""
-        variables = [self.model.get_layer(n).kernel for n in self.lr_mults]
+        variables = [self.model.get_layer(n).kernel for n in self.trained_layers]
 
         def gradients():
             with tf.GradientTape() as tape:
@@ -81,13 +91,11 @@ class LayerLogger(keras.callbacks.Callback):
             grads = [strategy.experimental_local_results(g)[0] for g in per_replica]
         else:
             grads = gradients()
-        return dict(zip(self.lr_mults, grads))
+        return dict(zip(self.trained_layers, grads))
 
     def log_layers(self, step):
         grads = self._gradients()
         activations = self.probe(self.probe_x, training=False)
-        schedule_lr = float(self.train_config.base_lr * self.train_config.lr_gamma ** (
-            step // self.train_config.lr_step_size))
         with self.writer.as_default():
             for name, act in zip(model_lib.LAYER_NAMES, activations):
                 kernel = self.model.get_layer(name).kernel.numpy()
@@ -101,8 +109,9 @@ class LayerLogger(keras.callbacks.Callback):
                 tf.summary.scalar(f"{name}/grad_norm",
                                   0.0 if grad is None else float(tf.norm(grad)), step=step)
                 tf.summary.scalar(f"{name}/update_ratio", update, step=step)
-                tf.summary.scalar(f"{name}/effective_lr",
-                                  schedule_lr * self.lr_mults.get(name, 0.0), step=step)
+                tf.summary.scalar(f"{name}/effective_lr", optimizer_lib.layer_learning_rate(
+                    self.model.optimizer, name) if name in self.trained_layers else 0.0,
+                    step=step)
                 tf.summary.scalar(f"{name}/activation_mean", float(act.mean()), step=step)
                 tf.summary.scalar(f"{name}/zero_fraction", float((act <= 0).mean()), step=step)
                 tf.summary.histogram(f"{name}/weights", kernel, step=step)

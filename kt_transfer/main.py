@@ -10,6 +10,7 @@ Every value of the config file can be overridden, e.g. --config.train.total_step
 a misspelled key is an error.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -42,45 +43,24 @@ def resolve_config():
     return config
 
 
-def check_base_model(config, treatment):
-    """--base_model: an existing .keras file or SavedModel dir, for a copying treatment."""
-    from kt_transfer import transfer
-    if not config.base_model:
-        return
-    if treatment.base_mode is None:
-        raise ValueError(f"--base_model is for treatments that copy layers from a base (AnB, "
-                         f"AnB+, BnB, ...); --mode={treatment.mode} copies none")
-    transfer.base_model_format(config.base_model)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config = resolve_config()
-    # Validate the cheap things before any long work (dataset generation, training).
-    from kt_transfer import grid, train, transfer, tune
+    # Every value is checked before any work: no dataset generated, nothing written.
+    from kt_transfer import validate
     try:
-        train.num_epochs(config.train)  # total_steps must be whole epochs
-        treatment = None
-        if config.mode in ("grid", "tune") and config.distribute.strategy == "multi_worker":
-            raise ValueError(
-                f"--mode={config.mode} spreads whole runs over its workers; "
-                "--config.distribute.strategy=multi_worker spreads one run over machines. "
-                "Give each grid or tuner worker mirrored (or auto) instead")
-        if config.mode == "grid":
-            grid.cells(config.grid)
-        elif config.mode == "tune":
-            tune.treatment_of(config)
-        else:
-            treatment = transfer.parse_treatment(config.mode, config.n)
-            check_base_model(config, treatment)
-    except (ValueError, FileNotFoundError) as e:
+        validate.validate(config)
+    except validate.ConfigError as e:
         sys.exit(f"error: {e}")
-    # TensorFlow loads here, after validation; the strategy first, before any TF op.
-    from kt_transfer import distribute, experiment, report
+    _set_output_verbosity(FLAGS.verbosity)
+    from kt_transfer import distribute, experiment, grid, report, sources, transfer, tune
+    treatment = None
+    if config.mode not in ("grid", "tune"):
+        treatment = transfer.parse_treatment(config.mode, config.n)  # validated above
     try:
         strategy = distribute.make_strategy(config.distribute)
-        dataset = experiment.resolve_dataset(config)
+        dataset = sources.resolve_dataset(config)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     try:
@@ -96,6 +76,19 @@ def main(argv):
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
         sys.exit(1)
+
+
+def _set_output_verbosity(verbosity):
+    """kt_transfer's own lines and Keras' progress bars by default; with absl's
+    --verbosity=1 (or KT_TRANSFER_VERBOSE=1) also TensorFlow's INFO lines and native
+    start-up messages."""
+    import logging
+
+    from kt_transfer import keras_compat
+    if verbosity >= 1:
+        os.environ[keras_compat.VERBOSE_ENV] = "1"
+    if not keras_compat.verbose():
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def run():

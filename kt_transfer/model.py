@@ -10,15 +10,19 @@ import functools
 import keras
 from keras import ops
 
+from kt_transfer import architecture
+
 # The weight layers, in order; transfer copies the first n of these by name.
-LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+LAYER_NAMES = architecture.LAYER_NAMES
+NORMALIZATION_LAYER = "pixel_normalization"
 
 
 @keras.saving.register_keras_serializable(package="kt_transfer")
 class PixelNormalization(keras.layers.Layer):
     """(pixel - mean_rgb) * scale, inside the network: the input pipeline hands over 8-bit
     RGB crops (4x fewer bytes to batch and copy to the accelerator), and the mean the
-    network was trained with travels with the saved model."""
+    network was trained with travels with the saved model. Computed in float32 whatever
+    the dtype policy: float16 holds 0..255 only to 1/8, and its result is cast after."""
 
     def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, **kwargs):
         super().__init__(**kwargs)
@@ -26,8 +30,9 @@ class PixelNormalization(keras.layers.Layer):
         self.scale = float(scale)
 
     def call(self, inputs):
-        inputs = ops.cast(inputs, self.compute_dtype)
-        return (inputs - ops.convert_to_tensor(self.mean_rgb, self.compute_dtype)) * self.scale
+        inputs = ops.cast(inputs, "float32")
+        centred = (inputs - ops.convert_to_tensor(self.mean_rgb, "float32")) * self.scale
+        return ops.cast(centred, self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "mean_rgb": self.mean_rgb, "scale": self.scale}
@@ -39,6 +44,8 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     Caffe divides alpha by the window size (unlike tf.nn.local_response_normalization),
     so this is written out with keras.ops rather than borrowed from a backend.
+    Computed in float32 under any dtype policy: squaring float16 activations overflows
+    for |x| > 256 (paper-scale conv1/conv2 outputs reach that), which would zero the output.
     """
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=1.0, **kwargs):
@@ -48,12 +55,13 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def call(self, inputs):
-        channels = inputs.shape[-1]
+        x = ops.cast(inputs, "float32")
+        channels = x.shape[-1]
         half = self.size // 2
-        squared = ops.pad(ops.square(inputs), [[0, 0], [0, 0], [0, 0], [half, half]])
+        squared = ops.pad(ops.square(x), [[0, 0], [0, 0], [0, 0], [half, half]])
         window_sum = sum(squared[..., i : i + channels] for i in range(self.size))
         scale = self.k + (self.alpha / self.size) * window_sum
-        return inputs / ops.power(scale, self.beta)
+        return ops.cast(x / ops.power(scale, self.beta), inputs.dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -126,7 +134,7 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
       A keras.Model whose weight layers are named as in LAYER_NAMES, initialized as in
       the paper (Gaussian std 0.01, 0.005 for fc6/fc7; biases 1 for conv2/4/5, fc6/7).
     """
-    min_size = 67  # smallest input that still leaves a 1x1 map after pool5
+    min_size = architecture.min_input_size()  # pool5 keeps at least a 1x1 map
     if input_size < min_size:
         raise ValueError(
             f"input_size={input_size} is too small for the 8-layer network; use at "
@@ -136,7 +144,7 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     _init = functools.partial(_initializers, init)
     L = keras.layers
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = PixelNormalization(mean_rgb, scale, name="pixel_normalization")(inputs)
+    x = PixelNormalization(mean_rgb, scale, name=NORMALIZATION_LAYER)(inputs)
     x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(x)
     x = L.MaxPooling2D(3, 2, name="pool1")(x)
     x = LocalResponseNormalization(name="norm1")(x)

@@ -88,3 +88,18 @@ def make_optimizer(train_config, layer_lr_mults):
         optimizer_map[f"{name}/kernel"] = group(mult, train_config.weight_decay)
         optimizer_map[f"{name}/bias"] = group(mult * train_config.bias_lr_mult, 0.0)
     return keras.optimizers.MultiOptimizer(optimizer_map)
+
+
+def layer_learning_rate(model_optimizer, layer_name):
+    """The learning rate the solver applies to a layer's kernel now: its group's
+    schedule (warmup and steps included) at the group's own iteration count.
+
+    Args:
+      model_optimizer: a compiled model's optimizer, a MultiOptimizer from
+        make_optimizer, possibly inside Keras' LossScaleOptimizer (mixed_float16).
+    """
+    multi = getattr(model_optimizer, "inner_optimizer", model_optimizer)
+    # MultiOptimizer keeps its OptimizerMap privately; its public `optimizers` list does
+    # not say which variables each one updates.
+    group = multi._optimizer_map[f"{layer_name}/kernel"]
+    return float(keras.ops.convert_to_numpy(group.learning_rate))

@@ -2,10 +2,7 @@
 
 import os
 
-from kt_transfer import experiment, transfer
-
-
-AT_CHANCE = 1.5  # top-1 at most this many times chance: the network did not learn
+from kt_transfer import experiment, results, transfer
 
 
 def summary(config, dataset, treatment, metrics, out):
@@ -17,7 +14,7 @@ def summary(config, dataset, treatment, metrics, out):
     if metrics.get("status", "finished") == "finished":
         lines.append(f"validation top-1 {metrics['top1']:.4f}   top-5 {metrics['top5']:.4f}   "
                      f"(chance top-1 {1 / len(half):.4f})")
-        if metrics["top1"] <= AT_CHANCE / len(half):
+        if results.at_chance(metrics["top1"], len(half)):
             lines.append("WARNING: this network did not learn (validation at chance level): "
                          "its fresh layers likely died early; try a lower "
                          "--config.train.base_lr and run it again in a new --workdir")

@@ -10,11 +10,20 @@ import importlib.resources
 import io
 import json
 import os
+import tempfile
 
 from kt_transfer import atomic, splits
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
            "base_top1", "train_seconds", "note")
+AT_CHANCE = 1.5  # top-1 at most this many times chance: the network did not learn
+
+
+def at_chance(top1, num_classes):
+    """Whether a finished network stayed at chance (its fresh layers died early)."""
+    return bool(num_classes) and top1 is not None and top1 <= AT_CHANCE / num_classes
+
+
 TREATMENTS = {  # mode -> (label, colour, marker)
     "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
     "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
@@ -40,10 +49,14 @@ def gather(workdir):
                      "top1": metrics.get("top1"), "top5": metrics.get("top5"),
                      "train_seconds": _whole_seconds(metrics.get("seconds")),
                      "note": _note(metrics)})
-    bases = {(r["experiment"], r["mode"]): r["top1"] for r in rows if r["mode"].startswith("base")}
+    # Runs of different datasets or splits can share an experiment id (it hashes the
+    # settings, not the split): a base is looked up under all three.
+    bases = {(r["dataset"], r["split"], r["experiment"], r["mode"]): r["top1"]
+             for r in rows if r["mode"].startswith("base") and "_" not in r["run"]}
     for row in rows:  # the base of the half the run was trained on, for comparison
         target = row["mode"].rstrip("+")[-1]  # baseA -> A, AnB+ -> B
-        row["base_top1"] = bases.get((row["experiment"], f"base{target}"))
+        row["base_top1"] = bases.get((row["dataset"], row["split"], row["experiment"],
+                                      f"base{target}"))
     order = {m: i for i, m in enumerate(["baseA", "baseB", *TREATMENTS])}
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["experiment"],
                              order.get(r["mode"], 99), r["n"], r["run"]))
@@ -56,8 +69,7 @@ def _whole_seconds(seconds):
 
 def _note(metrics):
     """Flags a finished network that stayed at chance (its fresh layers died early)."""
-    classes, top1 = metrics.get("num_classes"), metrics.get("top1")
-    if classes and top1 is not None and top1 <= 1.5 / classes:
+    if at_chance(metrics.get("top1"), metrics.get("num_classes")):
         return "at chance: did not learn"
     return ""
 
@@ -151,8 +163,11 @@ def plot(rows, path, title, paper=False):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    tmp = os.path.join(os.path.dirname(path) or ".", ".tmp-" + os.path.basename(path))
-    fig.savefig(tmp, dpi=120, format="png")
+    # A unique temporary name: two workers finishing a grid together may both draw it.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
+                               suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
     os.replace(tmp, path)
 

@@ -1,15 +1,16 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
-import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 
 import keras
 
-from kt_transfer import atomic
+from kt_transfer import atomic, keras_compat
 from kt_transfer import optimizer as optimizer_lib
 
 
@@ -40,32 +41,55 @@ def num_epochs(train_config):
     return min(budget, epochs) if budget > 0 else epochs
 
 
+class StepCounter(keras.callbacks.Callback):
+    """The number of training steps done, resumed parts included: the one step count of
+    a run (backups, resume, the failed step, metrics, per-layer logs).
+
+    Not the optimizer's `iterations`: under mixed_float16, Keras' LossScaleOptimizer
+    skips the update of a step whose gradients overflowed and does not count it, so
+    `iterations` falls behind the steps actually trained.
+    """
+
+    def __init__(self, start=0):
+        super().__init__()
+        self.step = start
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
     """Stops training at the first NaN or infinite loss and remembers the step."""
 
-    def __init__(self):
+    def __init__(self, counter):
         super().__init__()
+        self.counter = counter
         self.failed_step = None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.failed_step = int(self.model.optimizer.iterations.numpy())
+            self.failed_step = self.counter.step
             self.model.stop_training = True
+
+
+BACKUP_PREFIX, WEIGHTS_FILE, STATE_FILE = "backup-", "backup.weights.h5", "state.json"
 
 
 class PeriodicBackup(keras.callbacks.Callback):
     """Saves weights and optimizer state every N steps and at each epoch end, atomically.
 
     Unlike keras.callbacks.BackupAndRestore, which resumes at the start of the interrupted
-    epoch, the optimizer's iteration count is the resume point, so a resumed run ends with
-    exactly the planned number of steps. Beside the weights, a small JSON file keeps the
-    training time spent so far, so that a resumed run still reports its whole wall time.
+    epoch, a backup records its step, so a resumed run ends with exactly the planned
+    number of steps. A backup is a directory `checkpoints/backup-<step>/` holding the
+    weights and `state.json` (step, training seconds so far), renamed into place when
+    complete; older ones are then removed. A kill at any point leaves a complete backup.
     """
 
-    def __init__(self, path, every_steps, seconds_before=0.0):
+    def __init__(self, checkpoints_dir, every_steps, counter, seconds_before=0.0):
         super().__init__()
-        self.path, self.every_steps = path, every_steps
+        self.checkpoints_dir, self.every_steps = checkpoints_dir, every_steps
+        self.counter = counter
         self.seconds_before, self.started = seconds_before, time.monotonic()
 
     def seconds(self):
@@ -73,32 +97,44 @@ class PeriodicBackup(keras.callbacks.Callback):
         return self.seconds_before + time.monotonic() - self.started
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0:
+        # The StepCounter has already counted this step (it is first among the callbacks).
+        if self.counter.step % self.every_steps == 0:
             self.save()
 
     def on_epoch_end(self, epoch, logs=None):
         self.save()
 
     def save(self):
-        tmp = self.path.replace(".weights.h5", ".tmp.weights.h5")
-        self.model.save_weights(tmp)
-        os.replace(tmp, self.path)  # a kill mid-save leaves the previous backup intact
-        atomic.write_json(_backup_time_path(self.path),
-                          {"step": int(self.model.optimizer.iterations.numpy()),
-                           "seconds": round(self.seconds(), 1)})
+        step = self.counter.step
+        final = os.path.join(self.checkpoints_dir, f"{BACKUP_PREFIX}{step:09d}")
+        if os.path.exists(final):  # an epoch end right after an interval backup
+            return
+        tmp = tempfile.mkdtemp(prefix=".tmp-backup-", dir=self.checkpoints_dir)
+        self.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+        atomic.write_json(os.path.join(tmp, STATE_FILE),
+                          {"step": step, "seconds": round(self.seconds(), 1)})
+        os.rename(tmp, final)
+        for older in list_backups(self.checkpoints_dir)[:-1]:
+            shutil.rmtree(older, ignore_errors=True)
 
 
-def _backup_time_path(backup_path):
-    return backup_path.replace(".weights.h5", ".time.json")
+def list_backups(checkpoints_dir):
+    """Complete backup directories, oldest first."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    names = sorted(n for n in os.listdir(checkpoints_dir) if n.startswith(BACKUP_PREFIX))
+    return [os.path.join(checkpoints_dir, n) for n in names]
 
 
-def backup_seconds(backup_path):
-    """Training seconds recorded with a backup (0 if none, or from before this field)."""
-    try:
-        with open(_backup_time_path(backup_path)) as f:
-            return float(json.load(f)["seconds"])
-    except (FileNotFoundError, ValueError, KeyError):
-        return 0.0
+def latest_backup(checkpoints_dir):
+    """(path, {"step", "seconds"}) of the newest complete backup, or (None, None)."""
+    for path in reversed(list_backups(checkpoints_dir)):
+        try:
+            with open(os.path.join(path, STATE_FILE)) as f:
+                return path, json.load(f)
+        except (FileNotFoundError, ValueError):  # removed meanwhile by its writer
+            continue
+    return None, None
 
 
 class BadFileReport(keras.callbacks.Callback):
@@ -128,30 +164,22 @@ class BadFileReport(keras.callbacks.Callback):
         atomic.write_text(os.path.join(self.run_dir, self.FILE), "file\treason\n" + rows)
 
 
-def restore_backup(model, path):
-    """Loads a backup into a compiled model; returns the steps already done (0 if none)."""
-    if not os.path.exists(path):
-        return 0
+def restore_backup(model, checkpoints_dir):
+    """Loads the newest backup into a compiled model.
+
+    Returns:
+      (steps already done, training seconds already spent); (0, 0.0) if no backup.
+    """
+    path, state = latest_backup(checkpoints_dir)
+    if path is None:
+        return 0, 0.0
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(path)
-    return int(model.optimizer.iterations.numpy())
-
-
-def _distribution_context(model):
-    """Where fit/evaluate run. Under MultiWorkerMirroredStrategy, Keras 3 builds the model
-    from an eagerly all-reduced first batch, which fails across workers (keras-team/keras
-    #20585); the model is already built, so Keras is told no strategy and instead runs
-    inside the strategy's scope, where it finds the same strategy for its steps."""
-    from kt_transfer import distribute
-    strategy = model.distribute_strategy
-    if not distribute.is_multi_worker(strategy):
-        return contextlib.nullcontext()
-    model._distribute_strategy = None
-    return strategy.scope()
+    model.load_weights(os.path.join(path, WEIGHTS_FILE))
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
 def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1, log=print,
-                     extra_callbacks=(), restore_dir=None):
+                     extra_callbacks=(), restore_dir=None, counter=None, holdout_ds=None):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
@@ -166,21 +194,29 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
       extra_callbacks: more Keras callbacks (e.g. the per-layer logger).
       restore_dir: the run directory whose backup to resume from (default run_dir); a
         non-chief worker writes to a scratch run_dir but resumes from the chief's backup.
+      counter: the run's StepCounter, when callbacks outside need the step (a fresh one
+        otherwise); it is set to the resumed step here.
+      holdout_ds: held-out training images to evaluate as well (a tuning trial's
+        objective).
 
     Returns:
-      {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures,
-      or {"status": "failed", "reason", "steps"} if the loss stopped being finite; both
-      with "seconds" (training wall time, summed over the processes that trained it) and
-      "resumed_from_step" (0 for a run trained in one go).
+      {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures
+      (and "holdout_top1", "holdout_top5" with a holdout_ds), or {"status": "failed",
+      "reason", "steps"} if the loss stopped being finite; both with "seconds" (training
+      wall time, summed over the processes that trained it) and "resumed_from_step" (0
+      for a run trained in one go).
     """
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    backup_path = os.path.join(run_dir, "checkpoints", "backup.weights.h5")
-    restore_path = os.path.join(restore_dir or run_dir, "checkpoints", "backup.weights.h5")
-    non_finite = StopOnNonFiniteLoss()
-    done = restore_backup(model, restore_path)
-    backup = PeriodicBackup(backup_path, train_config.backup_every_steps,
-                            seconds_before=backup_seconds(restore_path) if done else 0.0)
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    counter = counter or StepCounter()
+    done, seconds_before = restore_backup(
+        model, os.path.join(restore_dir or run_dir, "checkpoints"))
+    counter.step = done
+    non_finite = StopOnNonFiniteLoss(counter)
+    backup = PeriodicBackup(checkpoints, train_config.backup_every_steps, counter,
+                            seconds_before=seconds_before)
     callbacks = [
+        counter,  # first: the others read the step it counts
         backup,
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         non_finite,
@@ -198,7 +234,7 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
     # Validation is one pass of a dataset whose length tf.data cannot know in advance (bad
     # files are filtered out); Keras warns when such a pass ends. Training data repeats.
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    with _distribution_context(model):
+    with keras_compat.multi_worker_fit_context(model):
         if into_epoch:  # finish the interrupted epoch first, then whole epochs
             fit(done, initial_epoch=epoch, epochs=epoch + 1,
                 steps_per_epoch=steps_per_epoch - into_epoch)
@@ -206,7 +242,7 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
         if epoch < epochs and non_finite.failed_step is None:
             fit(epoch * steps_per_epoch, initial_epoch=epoch, epochs=epochs,
                 steps_per_epoch=steps_per_epoch)
-        steps = int(model.optimizer.iterations.numpy())
+        steps = counter.step
         if non_finite.failed_step is not None:
             outcome = {"status": "failed", "steps": non_finite.failed_step, "reason":
                        f"loss became NaN or infinite at step {non_finite.failed_step}"}
@@ -215,4 +251,8 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
             outcome = {"status": "finished", "top1": float(result["top1"]),
                        "top5": float(result["top5"]), "loss": float(result["loss"]),
                        "steps": steps}
+            if holdout_ds is not None:
+                held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
+                outcome.update(holdout_top1=float(held["top1"]),
+                               holdout_top5=float(held["top5"]))
     return {**outcome, "seconds": round(backup.seconds(), 1), "resumed_from_step": done}

@@ -95,18 +95,35 @@ def parse_treatment(mode, n=None):
 
 
 class BaseMismatchError(ValueError):
-    """The base network's architecture does not fit the network being built."""
+    """The base network's architecture or input normalization does not fit the network
+    being built."""
 
 
-def layer_weights(base_model):
-    """{layer name: [kernel, bias]} of a Keras network's weight layers, as numpy arrays."""
+@dataclasses.dataclass
+class BaseNetwork:
+    """What a transfer needs of a base: its weight layers and the input normalization
+    (PixelNormalization's mean and scale) they were trained under."""
+
+    weights: dict  # {layer name: [kernel, bias]} as numpy arrays
+    mean_rgb: tuple | None  # None: not recorded (a SavedModel from an older export)
+    scale: float | None
+    origin: str  # where it was loaded from, for messages
+
+
+def base_network(model, origin="a Keras model"):
+    """The BaseNetwork of an in-memory Keras network."""
     weights = {}
     for name in model_lib.LAYER_NAMES:
         try:
-            weights[name] = [np.array(w) for w in base_model.get_layer(name).get_weights()]
+            weights[name] = [np.array(w) for w in model.get_layer(name).get_weights()]
         except ValueError:  # no such layer: check_compatible names it if it is needed
             pass
-    return weights
+    try:
+        norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
+        mean_rgb, scale = tuple(norm.mean_rgb), norm.scale
+    except ValueError:
+        mean_rgb = scale = None
+    return BaseNetwork(weights, mean_rgb, scale, origin)
 
 
 def base_model_format(path):
@@ -126,34 +143,47 @@ def base_model_format(path):
                      "directory (one holding saved_model.pb)")
 
 
-def load_base_weights(path):
-    """The weight layers of an exported base network: a `.keras` file or a SavedModel.
+def load_base(path):
+    """The base network stored at `path`: a run's `model.keras` or its `saved_model/`.
 
-    A SavedModel (e.g. a run's saved_model/) is read through its variables, named
-    "<layer>/kernel" and "<layer>/bias" by Keras, so no Keras code is needed to load it.
+    The one way every base is loaded (the workdir's own and --base_model alike). A
+    SavedModel is read through its variables, named "<layer>/kernel" and "<layer>/bias"
+    by Keras, and the normalization kt_transfer's export records beside them, so no
+    Keras code is needed to load it.
     """
     if base_model_format(path) == "keras":
-        return layer_weights(keras.saving.load_model(path, safe_mode=True, compile=False))
+        return base_network(keras.saving.load_model(path, safe_mode=True, compile=False),
+                            origin=path)
     import tensorflow as tf  # only here: SavedModels are a TensorFlow format
+
+    from kt_transfer import export
     by_name = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
-    return {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
-            for name in model_lib.LAYER_NAMES
-            if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
+    weights = {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
+               for name in model_lib.LAYER_NAMES
+               if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
+    recorded = export.read_metadata(path)
+    return BaseNetwork(weights, tuple(recorded["mean_rgb"]) if recorded else None,
+                       recorded["scale"] if recorded else None, path)
 
 
-def check_compatible(base_weights, model, layer_names, base_num_classes=None):
-    """Raises BaseMismatchError naming the first layer whose weights differ in shape.
+def _normalization_text(mean_rgb, scale):
+    return f"(pixel - [{', '.join(f'{v:g}' for v in mean_rgb)}]) * {scale:g}"
+
+
+def check_compatible(base, model, layer_names, base_num_classes=None):
+    """Raises BaseMismatchError naming the first layer whose weights differ in shape, or
+    the two input normalizations if the base was trained under another one.
 
     Args:
-      base_weights: {layer name: [arrays]} of the base network (see layer_weights).
+      base: the BaseNetwork.
       base_num_classes: classes of the half the base was trained on, if known.
     """
     for name in layer_names:
-        if name not in base_weights:
-            raise BaseMismatchError(f"base network has no layer {name!r}; it is not a kt_transfer "
-                             "network (see --config.model)")
+        if name not in base.weights:
+            raise BaseMismatchError(f"base network has no layer {name!r}; it is not a "
+                                    "kt_transfer network (see --config.model)")
         want = [tuple(w.shape) for w in model.get_layer(name).weights]
-        have = [tuple(w.shape) for w in base_weights[name]]
+        have = [tuple(w.shape) for w in base.weights[name]]
         if want != have:
             raise BaseMismatchError(
                 f"base network does not match at layer {name!r}: base weights have shapes "
@@ -161,12 +191,25 @@ def check_compatible(base_weights, model, layer_names, base_num_classes=None):
                 "--config.model (width, input_size) and dataset/split (classes).")
     # fc8's shape encodes the class count of the base's half; compare it even when fc8
     # is not copied (a base trained on another split or dataset fails here).
-    base_classes = base_weights["fc8"][0].shape[-1] if "fc8" in base_weights else None
+    base_classes = base.weights["fc8"][0].shape[-1] if "fc8" in base.weights else None
     if base_num_classes is not None and base_classes != base_num_classes:
         raise BaseMismatchError(
             f"base network does not match at layer 'fc8': {base_classes} classes in the "
             f"base, but its half of this split has {base_num_classes}; use the base's "
             "dataset and split")
+    # Copied filters only mean what they meant on inputs normalized the same way.
+    norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
+    if base.mean_rgb is None:
+        raise BaseMismatchError(
+            f"base network {base.origin!r} does not record its input normalization (a "
+            "SavedModel exported before kt_transfer recorded it); use its model.keras")
+    if not (np.allclose(base.mean_rgb, norm.mean_rgb, rtol=1e-4, atol=1e-3)
+            and np.isclose(base.scale, norm.scale, rtol=1e-6)):
+        raise BaseMismatchError(
+            f"base network {base.origin!r} was trained on inputs "
+            f"{_normalization_text(base.mean_rgb, base.scale)}, but this network computes "
+            f"{_normalization_text(norm.mean_rgb, norm.scale)}; set --config.dataset.mean, "
+            "--config.dataset.mean_rgb and --config.dataset.scale to the base's")
 
 
 def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0,
@@ -178,8 +221,8 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
       treatment: a Treatment.
       model_config: the `config.model` block.
       num_classes: classes of the target half.
-      base: the trained base network, for treatments that copy from one: a Keras model
-        or its {layer name: [arrays]} (see load_base_weights).
+      base: the trained base network, for treatments that copy from one: a BaseNetwork
+        (see load_base) or a Keras model.
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
       base_num_classes: classes of the base's half (checked against the base's fc8).
       mean_rgb, scale: input normalization built into the network (see model.py).
@@ -196,10 +239,10 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
     if copied:
         if base is None:
             raise ValueError(f"{treatment.run_name} copies {copied} but no base network was given")
-        base_weights = base if isinstance(base, dict) else layer_weights(base)
-        check_compatible(base_weights, model, copied, base_num_classes)
+        base = base if isinstance(base, BaseNetwork) else base_network(base)
+        check_compatible(base, model, copied, base_num_classes)
         for name in copied:
-            model.get_layer(name).set_weights(base_weights[name])
+            model.get_layer(name).set_weights(base.weights[name])
     for plan in plans:
         model.get_layer(plan.name).trainable = plan.trainable
     return model, plans

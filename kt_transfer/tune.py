@@ -6,7 +6,14 @@ Each trial is an ordinary run of the fine-tuned treatment (AnB+ or BnB+) whose c
 layers learn at `copied_lr_mult` times the base rate (and, with n >= 6, the copied fc
 layers at `copied_fc_lr_mult`), through the same per-layer learning-rate multipliers as
 any run: it is stored, resumed, exported and logged to TensorBoard (with HParams) like
-any run, in `<experiment>/A4B+_lr0.1/` etc. The objective is validation top-1.
+any run, in `<experiment>/A4B+_lr0.1_ho0.1/` etc.
+
+The sweep does not grade itself on its own exam: with `tune.holdout_fraction` > 0 (the
+default 0.1) a fixed, seeded part of the target half's training images is held out, the
+trials train on the rest, and the objective is top-1 on that held-out part. The
+validation top-1 of each trial is reported beside it, untouched by the choice; it is the
+number to quote for the winner. With holdout_fraction = 0 the objective is validation
+top-1 itself, and the winner's figure is biased upward by the selection.
 
 The oracle's state lives in `<experiment>/tune_A4B+/`, so a killed search started again
 reruns no finished trial (an interrupted one resumes from its backup). With keras-tuner's
@@ -20,27 +27,18 @@ import os
 
 import keras_tuner
 
-from kt_transfer import atomic, experiment, train, transfer
+from kt_transfer import atomic, experiment, train, transfer, validate
 
-OBJECTIVE = keras_tuner.Objective("val_top1", direction="max")
-TUNERS = ("random", "bayesian", "hyperband")
+
+
+def objective_name(config):
+    """What the oracle maximizes: held-out training top-1, or validation top-1."""
+    return "holdout_top1" if config.tune.holdout_fraction > 0 else "val_top1"
 
 
 def treatment_of(config):
-    """The fine-tuned treatment whose copied-layer rate is searched, validated."""
-    treatment = transfer.parse_treatment(config.tune.treatment, config.n)
-    if not treatment.fine_tune or treatment.base_mode is None:
-        raise ValueError(f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
-                         "tunes copied layers that learn; use AnB+ or BnB+ (or BnA+, AnA+)")
-    if config.tune.tuner not in TUNERS:
-        raise ValueError(f"--config.tune.tuner={config.tune.tuner!r}; use one of "
-                         f"{', '.join(TUNERS)}")
-    if not config.tune.copied_lr_mults:
-        raise ValueError("--config.tune.copied_lr_mults is empty; give the scales to try")
-    if config.tune.copied_fc_lr_mults and treatment.n < 6:
-        raise ValueError(f"--config.tune.copied_fc_lr_mults needs copied fc layers (n >= 6); "
-                         f"with --n={treatment.n} only conv layers are copied")
-    return treatment
+    """The fine-tuned treatment whose copied-layer rate is searched (see validate)."""
+    return validate.tune_treatment(config)
 
 
 def search_space(tune_config):
@@ -53,7 +51,8 @@ def search_space(tune_config):
 
 def make_oracle(config):
     tc = config.tune
-    common = dict(objective=OBJECTIVE, hyperparameters=search_space(tc), seed=tc.seed)
+    objective = keras_tuner.Objective(objective_name(config), direction="max")
+    common = dict(objective=objective, hyperparameters=search_space(tc), seed=tc.seed)
     if tc.tuner == "random":
         return keras_tuner.oracles.RandomSearchOracle(max_trials=tc.max_trials, **common)
     if tc.tuner == "bayesian":
@@ -65,9 +64,11 @@ def make_oracle(config):
 
 
 def trial_config(config, hp):
-    """The run config of one trial: its learning-rate scales (and Hyperband's budget)."""
+    """The run config of one trial: its learning-rate scales, its held-out images (and
+    Hyperband's budget)."""
     trial = config.copy_and_resolve_references()
     with trial.unlocked():
+        trial.train.holdout_fraction = config.tune.holdout_fraction
         trial.train.copied_lr_mult = hp.get("copied_lr_mult")
         if "copied_fc_lr_mult" in hp.values:
             trial.train.copied_fc_lr_mult = hp.get("copied_fc_lr_mult")
@@ -93,7 +94,10 @@ class CopiedLayerRateTuner(keras_tuner.Tuner):
         if metrics["status"] != "finished":
             raise keras_tuner.errors.FailedTrialError(f"{out}: {metrics['reason']}")
         trial.metrics.update("val_top5", metrics["top5"])
-        return {"val_top1": metrics["top1"], "val_top5": metrics["top5"]}
+        result = {"val_top1": metrics["top1"], "val_top5": metrics["top5"]}
+        if "holdout_top1" in metrics:
+            result["holdout_top1"] = metrics["holdout_top1"]
+        return result
 
     def save_model(self, trial_id, model, step=0):
         """Nothing: every trial's run already stores model.keras and saved_model/."""
@@ -150,23 +154,38 @@ def run_sweep(config, dataset, log=print, strategy=None):
 
 
 def write_table(config, dataset, treatment, tuner, log=print):
-    """tune_<run>/results.md and best.json: every finished trial, best first."""
+    """tune_<run>/results.md and best.json: every finished trial, best objective first.
+
+    Each row has the objective ("objective": held-out top-1, or validation top-1 when
+    nothing is held out) and the validation top-1 ("top1"), which is the figure to report
+    for the chosen trial when the objective was held out.
+    """
+    name = objective_name(config)
     trials = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
-    trials.sort(key=lambda t: -t.metrics.get_best_value("val_top1"))
+    trials.sort(key=lambda t: -t.metrics.get_best_value(name))
     rows = []
     for trial in trials:
         config_of_trial = trial_config(config, trial.hyperparameters)
         rows.append({"trial": trial.trial_id,
                      "scales": describe(trial.hyperparameters.values),
+                     "objective": name, "objective_top1": trial.metrics.get_best_value(name),
                      "top1": trial.metrics.get_best_value("val_top1"),
                      "run": experiment.run_dir(config_of_trial, dataset, treatment)})
     out = tune_dir(config, dataset, treatment)
+    held = name == "holdout_top1"
+    chosen_by = (f"top-1 on {config.tune.holdout_fraction:g} of the training images held out"
+                 if held else "validation top-1 (nothing held out: the best figure is biased "
+                 "upward by the choice)")
     lines = [f"# {treatment.run_name}: learning-rate scale of the copied layers",
-             "", "| trial | scales | val top-1 | run |", "|---|---|---|---|"]
-    lines += [f"| {r['trial']} | {r['scales']} | {r['top1']:.4f} | {r['run']} |" for r in rows]
+             "", f"Chosen by {chosen_by}.", "",
+             "| trial | scales | objective top-1 | val top-1 | run |", "|---|---|---|---|---|"]
+    lines += [f"| {r['trial']} | {r['scales']} | {r['objective_top1']:.4f} | {r['top1']:.4f} "
+              f"| {r['run']} |" for r in rows]
     if rows:
-        lines += ["", f"Best: {rows[0]['scales']} (top-1 {rows[0]['top1']:.4f}); its "
-                  f"exported model: {os.path.join(rows[0]['run'], 'saved_model')}"]
+        lines += ["", f"Best: {rows[0]['scales']} (objective top-1 "
+                  f"{rows[0]['objective_top1']:.4f}; validation top-1 {rows[0]['top1']:.4f}"
+                  f"{', not used to choose' if held else ''}); its exported model: "
+                  f"{os.path.join(rows[0]['run'], 'saved_model')}"]
         atomic.write_json(os.path.join(out, "best.json"), rows[0])
     atomic.write_text(os.path.join(out, "results.md"), "\n".join(lines) + "\n")
     for line in lines[2:]:
@@ -177,7 +196,8 @@ def write_table(config, dataset, treatment, tuner, log=print):
 
 def write_summary(experiment_path):
     """tune_summary.md: for every sweep run in the experiment, the scale that won."""
-    lines = ["| treatment | n | best scales | val top-1 | run |", "|---|---|---|---|---|"]
+    lines = ["| treatment | n | best scales | objective top-1 | val top-1 | run |",
+             "|---|---|---|---|---|---|"]
     for name in sorted(os.listdir(experiment_path)):
         best_path = os.path.join(experiment_path, name, "best.json")
         if name.startswith("tune_") and os.path.exists(best_path):
@@ -185,6 +205,7 @@ def write_summary(experiment_path):
                 best = json.load(f)
             treatment = name[len("tune_"):]
             n = "".join(c for c in treatment if c.isdigit())
-            lines.append(f"| {treatment} | {n} | {best['scales']} | {best['top1']:.4f} | "
-                         f"{best['run']} |")
+            objective = best.get("objective_top1", best["top1"])
+            lines.append(f"| {treatment} | {n} | {best['scales']} | {objective:.4f} | "
+                         f"{best['top1']:.4f} | {best['run']} |")
     atomic.write_text(os.path.join(experiment_path, "tune_summary.md"), "\n".join(lines) + "\n")

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from kt_transfer import data, embedded, splits
+from kt_transfer import data, embedded, sources, splits
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 
@@ -23,7 +23,7 @@ def test_embedded_dataset_is_deterministic_and_imagenet_shaped(tmp_path):
     assert files == _files(second)
     assert len([f for f in files if f.startswith("train/")]) == 6 * 3
     assert len([f for f in files if f.startswith("val/")]) == 6 * 2
-    classes = data.list_classes(first)
+    classes = sources.list_classes(first)
     assert len(classes) == 6 and classes == sorted(classes)
     groups = {line.split("\t")[2].strip() for line in open(os.path.join(first, "classes.tsv"))
               if not line.startswith("class_index")}

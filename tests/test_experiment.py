@@ -5,12 +5,12 @@ import os
 
 import pytest
 
-from kt_transfer import experiment, transfer
+from kt_transfer import experiment, sources, transfer
 
 
 def test_a_diverging_run_is_recorded_as_failed(tiny_config):
     tiny_config.train.base_lr = 1e8  # the loss overflows within a step or two
-    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     treatment = transfer.parse_treatment("baseA")
     metrics, out = experiment.run_treatment(tiny_config, dataset, treatment, log=lambda *_: None)
     assert metrics["status"] == "failed" and "NaN or infinite" in metrics["reason"]
@@ -34,7 +34,7 @@ def test_a_run_directory_in_use_is_refused(tiny_config, tmp_path):
 
 
 def test_experiment_dir_separates_settings_but_not_fine_tuning_scale(tiny_config):
-    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     base_dir = experiment.experiment_dir(tiny_config, dataset)
     tiny_config.train.copied_lr_mult = 0.1
     assert experiment.experiment_dir(tiny_config, dataset) == base_dir
@@ -48,7 +48,7 @@ def test_mixed_precision_and_xla_switches_train(tiny_config):
     import keras
     tiny_config.train.precision = "mixed_bfloat16"
     tiny_config.train.jit_compile = True
-    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     try:
         metrics, out = experiment.run_treatment(tiny_config, dataset,
                                                 transfer.parse_treatment("baseB"),

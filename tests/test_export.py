@@ -8,7 +8,7 @@ import keras
 import pytest
 import numpy as np
 
-from kt_transfer import experiment, export, transfer
+from kt_transfer import experiment, export, sources, transfer
 
 RELOAD = r"""
 import sys, numpy as np, tensorflow as tf
@@ -19,7 +19,7 @@ np.save(sys.argv[3], loaded.serve(tf.constant(x)).numpy())
 
 
 def test_saved_model_matches_keras_in_a_fresh_process(tiny_config, tmp_path):
-    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("baseA"),
                                       log=lambda *_: None)
     model = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE), safe_mode=True)
@@ -43,7 +43,7 @@ def _layer_arrays(model, name):
 def test_transfer_run_copies_from_an_exported_base(tiny_config, tmp_path):
     """--base_model: a SavedModel dir and a .keras file give the same copied layers."""
     quiet = lambda *_: None  # noqa: E731
-    dataset = experiment.resolve_dataset(tiny_config, log=quiet)
+    dataset = sources.resolve_dataset(tiny_config, log=quiet)
     _, base_out = experiment.run_treatment(tiny_config, dataset,
                                            transfer.parse_treatment("baseA"), log=quiet)
     base = keras.saving.load_model(os.path.join(base_out, experiment.MODEL_FILE))

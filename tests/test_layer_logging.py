@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from kt_transfer import experiment, layer_logging, transfer
+from kt_transfer import experiment, layer_logging, sources, transfer
 from kt_transfer import model as model_lib
 
 
@@ -31,7 +31,7 @@ def _get(url, body=None):
 
 @pytest.mark.slow
 def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
-    dataset = experiment.resolve_dataset(tiny_config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("AnB", 3),
                                       log=lambda *_: None)
     logdir = os.path.dirname(out)

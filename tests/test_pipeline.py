@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kt_transfer import data, embedded, experiment, images, transfer
+from kt_transfer import data, embedded, experiment, images, sources, transfer
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 KW = dict(resize_size=72, crop_size=67)
@@ -41,9 +41,9 @@ def _batches(ds):
 
 
 def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
-    source = data.folder_source(tiny_root)
+    source = sources.folder_source(tiny_root)
     half = (4, 1, 5)  # the split's order, not sorted
-    paths, labels = data.list_files(tiny_root, "train", source.classes, half)
+    paths, labels = sources.list_files(tiny_root, "train", source.classes, half)
     assert {os.path.basename(os.path.dirname(p)) for p in paths} == {source.classes[i] for i in half}
     for path, label in zip(paths, labels):
         assert os.path.basename(os.path.dirname(path)) == source.classes[half[label]]
@@ -92,7 +92,7 @@ def test_fused_jpeg_crop_is_exact_and_other_sizes_are_resized():
 
 
 def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
-    source = data.folder_source(tiny_root)
+    source = sources.folder_source(tiny_root)
 
     def first_batches(seed):
         ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
@@ -107,7 +107,7 @@ def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
 
 
 def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_root):
-    source = data.folder_source(tiny_root)
+    source = sources.folder_source(tiny_root)
 
     def stream(skip_steps, steps, context=None):
         ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
@@ -129,7 +129,7 @@ def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_ro
 
 
 def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
-    source = data.folder_source(tiny_root)
+    source = sources.folder_source(tiny_root)
 
     def digests(worker):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
@@ -166,7 +166,7 @@ def _write_bad_and_odd_files(folder):
 def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path):
     root = str(tmp_path / "ds")
     shutil.copytree(tiny_root, root)
-    source = data.folder_source(root)
+    source = sources.folder_source(root)
     bad, _ = _write_bad_and_odd_files(os.path.join(root, "val", source.classes[0]))
     bad_files = data.BadFiles()
     ds = data.make_dataset(source, "val", (0, 1), batch_size=3, training=False,
@@ -182,11 +182,11 @@ def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path
 
 def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path):
     log = []
-    dataset = experiment.resolve_dataset(tiny_config, log=log.append)
+    dataset = sources.resolve_dataset(tiny_config, log=log.append)
     root = str(tmp_path / "ds")
     shutil.copytree(dataset.source.root, root)
     tiny_config.dataset.name, tiny_config.dataset.data_dir = "folder", root
-    dataset = experiment.resolve_dataset(tiny_config, log=log.append)
+    dataset = sources.resolve_dataset(tiny_config, log=log.append)
     first_of_a = dataset.classes[dataset.split.half("A")[0]]
     bad, _ = _write_bad_and_odd_files(os.path.join(root, "train", first_of_a))
     bad_val, _ = _write_bad_and_odd_files(os.path.join(root, "val", first_of_a))
@@ -205,7 +205,7 @@ def test_missing_or_empty_classes_fail_before_training(tmp_path, tiny_root, tiny
     tiny_config.dataset.name = "folder"
     tiny_config.dataset.data_dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="--config.dataset.data_dir"):
-        experiment.resolve_dataset(tiny_config)
+        sources.resolve_dataset(tiny_config)
     root = tmp_path / "copy"
     shutil.copytree(tiny_root, root)
     tiny_config.dataset.data_dir = str(root)
@@ -214,11 +214,11 @@ def test_missing_or_empty_classes_fail_before_training(tmp_path, tiny_root, tiny
     for name in os.listdir(root / "train" / classes[2]):  # an empty class folder
         os.remove(root / "train" / classes[2] / name)
     with pytest.raises(FileNotFoundError, match=f"{classes[2]}.*no images"):
-        experiment.resolve_dataset(tiny_config)
+        sources.resolve_dataset(tiny_config)
     shutil.rmtree(root / "train" / classes[2])
     shutil.rmtree(root / "val" / classes[4])  # val without one of train's classes
     with pytest.raises(FileNotFoundError, match=f"{classes[4]}.*val/ must hold a folder"):
-        experiment.resolve_dataset(tiny_config)
+        sources.resolve_dataset(tiny_config)
 
 
 @pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0 chroma

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from kt_transfer import data, experiment, tfds_source, transfer
+from kt_transfer import data, experiment, sources, tfds_source, transfer
 
 
 def _tfds_config(tiny_config, name, tmp_path):
@@ -22,7 +22,7 @@ def test_imagenet2012_without_its_tar_files_names_them_and_the_directory(tiny_co
     manual = os.path.join(config.dataset.data_dir, "downloads", "manual")
     with tfds.testing.mock_data(num_examples=8):
         with pytest.raises(FileNotFoundError) as error:
-            experiment.resolve_dataset(config, log=lambda *_: None)
+            sources.resolve_dataset(config, log=lambda *_: None)
     message = str(error.value)
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
     assert manual in message and "tfds_manual_dir" in message
@@ -39,7 +39,7 @@ def test_imagenet2012_half_is_filtered_before_decoding_and_remapped(tiny_config,
     config = _tfds_config(tiny_config, "imagenet2012", tmp_path)
     _place_tar_files(config)
     with tfds.testing.mock_data(num_examples=60):
-        dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+        dataset = sources.resolve_dataset(config, log=lambda *_: None)
         assert len(dataset.classes) == 1000 and dataset.classes[0] == "n01440764"
         assert dataset.split.name == "random0" and len(dataset.split.half("A")) == 500
         half = dataset.split.half("A")
@@ -60,7 +60,7 @@ def test_a_transfer_run_trains_on_mocked_imagenet2012(tiny_config, tmp_path):
     _place_tar_files(config)
     config.split = "natman"
     with tfds.testing.mock_data(num_examples=40):
-        dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+        dataset = sources.resolve_dataset(config, log=lambda *_: None)
         metrics, out = experiment.run_treatment(config, dataset,
                                                 transfer.parse_treatment("AnB", 2),
                                                 log=lambda *_: None)
@@ -74,7 +74,7 @@ def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, t
     config.dataset.resize_size, config.model.input_size = 32, 28
     config.dataset.mean, config.dataset.mean_images = "computed", 64
     with tfds.testing.mock_data(num_examples=30):
-        dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+        dataset = sources.resolve_dataset(config, log=lambda *_: None)
         assert dataset.source.val_split == "test" or dataset.source.val_split == "validation"
         assert len(dataset.classes) == 100 and len(dataset.split.half("B")) == 50
         ds = data.make_dataset(dataset.source, "train", dataset.split.half("B"),

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from kt_transfer import experiment, transfer, tune
+from kt_transfer import experiment, sources, transfer, tune
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -26,7 +26,7 @@ def _sweep_config(tiny_config):
 
 def test_a_sweep_runs_each_scale_once_and_resumes_without_rerunning(tiny_config):
     config = _sweep_config(tiny_config)
-    dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(config, log=lambda *_: None)
     log = []
     rows = tune.run_sweep(config, dataset, log=log.append)
     assert sorted(r["scales"] for r in rows) == ["copied_lr_mult=0", "copied_lr_mult=0.1",
@@ -101,7 +101,7 @@ def test_a_distributed_sweep_with_a_chief_and_two_workers(tmp_path, data_cache):
 def test_a_hyperband_trial_has_its_own_run_but_copies_the_full_base(tiny_config):
     config = _sweep_config(tiny_config)
     config.tune.tuner = "hyperband"
-    dataset = experiment.resolve_dataset(config, log=lambda *_: None)
+    dataset = sources.resolve_dataset(config, log=lambda *_: None)
     hp = tune.search_space(config.tune)
     hp.values["tuner/epochs"] = 1
     trial = tune.trial_config(config, hp)

@@ -98,9 +98,9 @@ def measure(pipelines):
 def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kt_transfer import data
+    from kt_transfer import sources
     root = FLAGS.data_dir or generate_images(FLAGS.cache_dir, FLAGS.classes, FLAGS.per_class)
-    source = data.folder_source(root)
+    source = sources.folder_source(root)
     every = list(range(len(source.classes)))
     half = every[::2]
     print(f"{root}: {len(source.classes)} classes; resize {FLAGS.resize}, crop {FLAGS.crop}, "

@@ -2,9 +2,12 @@
 
     python tools/bench_step.py [--steps=30] [--config=configs/embedded.py]
     python tools/bench_step.py --logging_overhead --steps=200
+    python tools/bench_step.py --logging_overhead --input_size=227 --width=1 --batch=32 \
+        --steps=20 --log_every=5                  # the paper-size network
 
-The second form times baseB with and without the per-layer TensorBoard logger at the
-config's train.log_every_steps and prints the overhead.
+The --logging_overhead form times baseB with and without the per-layer TensorBoard
+logger every --log_every steps (default: the config's train.log_every_steps) and prints
+the overhead.
 
 Frozen layers are not trainable, so TensorFlow computes no gradient for them nor for
 anything below them: the backward pass stops at layer n+1. The step time should fall
@@ -26,17 +29,22 @@ flags.DEFINE_string("config", "embedded", "config file path or name in configs/"
 flags.DEFINE_integer("steps", 30, "timed steps per treatment (after warm-up)")
 flags.DEFINE_integer("warmup", 5, "untimed steps (tracing, allocation)")
 flags.DEFINE_bool("logging_overhead", False, "time the per-layer logger instead")
+flags.DEFINE_integer("input_size", 0, "input side (0: the config's model.input_size)")
+flags.DEFINE_float("width", 0, "width multiplier (0: the config's model.width)")
+flags.DEFINE_integer("batch", 0, "batch size (0: the config's train.batch_size)")
+flags.DEFINE_integer("log_every", 0, "logging interval (0: the config's log_every_steps)")
 FLAGS = flags.FLAGS
 
 
 def time_step(config, treatment, base, batch, logdir=None):
     model, plans = transfer.build_model(treatment, config.model, 50, base)
     train.compile_model(model, config.train, plans)
-    callbacks = []
+    counter = train.StepCounter()
+    callbacks = [counter]
     if logdir:
         callbacks.append(layer_logging.LayerLogger(
-            logdir, batch, {p.name: p.lr_mult for p in plans if p.trainable}, config.train,
-            {"mode": treatment.mode}))
+            logdir, batch, [p.name for p in plans if p.trainable],
+            config.train.log_every_steps, {"mode": treatment.mode}, counter))
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
     model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0, shuffle=False,
               callbacks=callbacks)
@@ -49,16 +57,22 @@ def time_step(config, treatment, base, batch, logdir=None):
 def main(argv):
     del argv
     config = config_files.load(FLAGS.config)
+    with config.unlocked():
+        config.model.input_size = FLAGS.input_size or config.model.input_size
+        config.model.width = FLAGS.width or config.model.width
+        config.train.batch_size = FLAGS.batch or config.train.batch_size
+        config.train.log_every_steps = FLAGS.log_every or config.train.log_every_steps
     keras.utils.set_random_seed(0)
     size, batch_size = config.model.input_size, config.train.batch_size
     rng = np.random.default_rng(0)
-    batch = (rng.normal(size=(batch_size, size, size, 3)).astype("float32"),
+    batch = (rng.integers(0, 256, size=(batch_size, size, size, 3), dtype=np.uint8),
              rng.integers(0, 50, batch_size))
     if FLAGS.logging_overhead:
         plain = time_step(config, transfer.parse_treatment("baseB"), None, batch)
         logged = time_step(config, transfer.parse_treatment("baseB"), None, batch,
                            logdir=tempfile.mkdtemp())
-        print(f"baseB {plain * 1e3:.1f} ms/step without, {logged * 1e3:.1f} ms/step with "
+        print(f"input {size}, width {config.model.width}, batch {batch_size}: "
+              f"baseB {plain * 1e3:.1f} ms/step without, {logged * 1e3:.1f} ms/step with "
               f"per-layer logging every {config.train.log_every_steps} steps: overhead "
               f"{100 * (logged / plain - 1):.1f}%")
         return

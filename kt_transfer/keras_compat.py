@@ -1,0 +1,128 @@
+"""Workarounds for the Keras and TensorFlow versions kt_transfer runs on, in one place.
+
+Each is applied only for the versions known to need it. When pyproject.toml's upper bound
+on keras is raised, check each against the new version and widen or drop it.
+
+- keras-team/keras#20585: Keras 3's `fit` under MultiWorkerMirroredStrategy (a) builds an
+  unbuilt model from an eagerly all-reduced first batch, which fails across workers, and
+  (b) reduces scalar logs with `axis=0`. Seen on 3.5 through 3.15 (the newest tested).
+- TensorFlow's own start-up and SavedModel-export INFO lines, which bury kt_transfer's.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+
+MULTI_WORKER_FIT_AFFECTED = ((3, 0), (3, 16))  # [from, to) : keras-team/keras#20585
+
+
+def keras_version():
+    import keras  # here, not above: the package imports this module before Keras loads
+    return tuple(int(part) for part in keras.version().split(".")[:2])
+
+
+def needs_multi_worker_workaround(version=None):
+    low, high = MULTI_WORKER_FIT_AFFECTED
+    return low <= (version or keras_version()) < high
+
+
+def multi_worker_fit_context(model):
+    """Where fit/evaluate run under MultiWorkerMirroredStrategy (keras#20585 (a)).
+
+    The model is already built, so Keras is told no strategy and instead runs inside the
+    strategy's scope, where it finds the same strategy for its steps.
+    """
+    from kt_transfer import distribute
+    strategy = model.distribute_strategy
+    if not (needs_multi_worker_workaround() and distribute.is_multi_worker(strategy)):
+        return contextlib.nullcontext()
+    model._distribute_strategy = None  # private: the only switch Keras offers
+    return strategy.scope()
+
+
+def patch_multi_worker_log_reduction():
+    """Averages scalar logs across workers with axis=None (keras#20585 (b))."""
+    if not needs_multi_worker_workaround():
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    from kt_transfer import distribute
+    if getattr(trainer.reduce_per_replica, "kt_transfer_patched", False):
+        return
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and distribute.is_multi_worker(strategy):
+            return tf.nest.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if isinstance(v, tf.distribute.DistributedValues) else v, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.kt_transfer_patched = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+# --- Quiet output ------------------------------------------------------------------------
+VERBOSE_ENV = "KT_TRANSFER_VERBOSE"  # "1": show TensorFlow's start-up and INFO lines
+
+
+def verbose():
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hides what native code (TensorFlow's C++ start-up: oneDNN, CUDA, CPU features)
+    writes to stderr meanwhile; replays it if the block fails. TF 2.21 prints these
+    before its logging is set up, so TF_CPP_MIN_LOG_LEVEL does not hide them."""
+    if verbose():
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. some notebooks): nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def probe_devices():
+    """Lists TensorFlow's GPUs once (if TensorFlow is the loaded backend), so that the CUDA
+    runtime's start-up messages come out here, under quiet_native_stderr, rather than
+    wherever TensorFlow would first look (even at interpreter exit). Does not fix the
+    logical device configuration, which distribute.split_cpu may still change."""
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].config.list_physical_devices("GPU")
+
+
+@contextlib.contextmanager
+def quiet_tensorflow_info():
+    """Hides TensorFlow's Python INFO lines (SavedModel export) meanwhile."""
+    if verbose():
+        yield
+        return
+    from absl import logging as absl_logging  # TensorFlow's saving code logs through absl
+    logger = logging.getLogger("tensorflow")
+    level, absl_level = logger.level, absl_logging.get_verbosity()
+    logger.setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        absl_logging.set_verbosity(absl_level)

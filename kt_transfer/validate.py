@@ -1,0 +1,260 @@
+"""Every config value checked before any work: one `validate(config)` in front of it all.
+
+main.py calls it first, before the embedded dataset is generated, before a strategy is
+made, before anything is written under the workdir or the data directory. A bad value is
+a `ConfigError` naming the `--config.` key (or flag), what it got and what it accepts.
+Only the config is read here (and whether paths exist): no Keras model, no TensorFlow op.
+"""
+
+import math
+import os
+import re
+
+from kt_transfer import architecture
+
+DATASETS = ("embedded", "folder", "tfds")
+MEANS = ("fixed", "computed")
+INITS = ("paper", "he")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+TUNERS = ("random", "bayesian", "hyperband")
+DIRECTIONS = ("AtoB", "BtoA")
+MAX_EMBEDDED_CLASSES = 100
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which key and what to give."""
+
+
+class _Checker:
+    """Collects the problems of a config, so a user sees all of them at once."""
+
+    def __init__(self, config):
+        self.config = config
+        self.problems = []
+
+    def value(self, key):
+        node = self.config
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    def fail(self, key, accepts, got=None):
+        got = self.value(key) if got is None else got
+        flag = key if key in ("mode", "n", "workdir", "base_model") else f"config.{key}"
+        self.problems.append(f"--{flag}={got!r}: {accepts}")
+
+    def one_of(self, key, choices):
+        if self.value(key) not in choices:
+            self.fail(key, f"use one of {', '.join(choices)}")
+
+    def number(self, key, low=None, high=None, integer=False, low_open=False):
+        """low <= value <= high (low < value with low_open); an int if `integer`."""
+        value = self.value(key)
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or (
+                not integer and not math.isfinite(value)):
+            self.fail(key, f"must be {'an integer' if integer else 'a number'}")
+            return False
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            bounds = (f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+                      f"<= {high:g}" if high is not None else "")
+            self.fail(key, "must be " + " and ".join(b for b in bounds if b))
+            return False
+        return True
+
+    def boolean(self, key):
+        if not isinstance(self.value(key), bool):
+            self.fail(key, "must be True or False")
+
+
+def validate(config):
+    """Checks every value of a resolved config (after the --mode/--n/... shortcuts).
+
+    Raises:
+      ConfigError: listing every problem found, one per line, each naming its key.
+    """
+    check = _Checker(config)
+    _check_run(check, config)
+    _check_dataset(check, config.dataset)
+    _check_model(check, config)
+    _check_train(check, config.train)
+    _check_distribute(check)
+    _check_grid(check, config.grid)
+    _check_tune(check, config)
+    if check.problems:
+        raise ConfigError("\n  ".join(["bad config:"] + check.problems))
+
+
+def _check_run(check, config):
+    from kt_transfer import transfer  # pure Python: the treatment notation
+    check.one_of("verbose", (0, 1, 2))
+    if not isinstance(config.workdir, str) or not config.workdir:
+        check.fail("workdir", "give a directory for the runs")
+    if not isinstance(config.split, str) or not re.fullmatch(r"random\d+|natman",
+                                                                 config.split):
+        check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
+                   "random0..random3) or natman")
+    mode = config.mode
+    if mode in ("grid", "tune"):
+        if config.base_model and mode == "grid":
+            check.fail("base_model", "--mode=grid trains its own bases and copies from "
+                       "them; --base_model is for one transfer run (e.g. --mode=AnB --n=4)")
+        if config.distribute.strategy == "multi_worker":
+            check.fail("distribute.strategy", f"--mode={mode} spreads whole runs over its "
+                       "workers, multi_worker spreads one run over machines: give each grid "
+                       "or tuner worker mirrored (or auto) instead")
+        return
+    try:
+        treatment = transfer.parse_treatment(mode, config.n)
+    except ValueError as e:
+        check.problems.append(str(e))
+        return
+    if config.base_model:
+        if treatment.base_mode is None:
+            check.fail("base_model", f"--base_model is for treatments that copy layers from "
+                       f"a base (AnB, AnB+, BnB, ...); --mode={mode} copies none")
+        else:
+            try:
+                transfer.base_model_format(config.base_model)
+            except (ValueError, FileNotFoundError) as e:
+                check.problems.append(str(e))
+
+
+def _check_dataset(check, dc):
+    check.one_of("dataset.name", DATASETS)
+    if dc.name == "folder" and not (dc.data_dir and os.path.isdir(dc.data_dir)):
+        check.fail("dataset.data_dir", "must be an existing ImageNet-style folder (train/, "
+                   "val/) when --config.dataset.name=folder")
+    if dc.name == "tfds" and not dc.tfds_name:
+        check.fail("dataset.tfds_name", "name a TFDS dataset (imagenet2012, cifar100, ...) "
+                   "when --config.dataset.name=tfds")
+    check.number("dataset.resize_size", low=1, integer=True)
+    check.one_of("dataset.mean", MEANS)
+    mean_rgb = dc.mean_rgb
+    if not (isinstance(mean_rgb, (tuple, list)) and len(mean_rgb) == 3 and all(
+            isinstance(v, (int, float)) and 0 <= v <= 255 for v in mean_rgb)):
+        check.fail("dataset.mean_rgb", "give three numbers in 0..255, e.g. '(123.68, 116.78, "
+                   "103.94)'")
+    check.number("dataset.mean_images", low=1, integer=True)
+    check.boolean("dataset.deterministic")
+    check.number("dataset.scale", low=0, low_open=True)
+    if dc.name == "embedded":
+        check.number("dataset.embedded.num_classes", low=2, high=MAX_EMBEDDED_CLASSES,
+                     integer=True)
+        check.number("dataset.embedded.train_per_class", low=1, integer=True)
+        check.number("dataset.embedded.val_per_class", low=1, integer=True)
+        check.number("dataset.embedded.image_size", low=16, integer=True)
+        check.number("dataset.embedded.seed", low=0, integer=True)
+
+
+def _check_model(check, config):
+    mc = config.model
+    minimum = architecture.min_input_size()
+    if check.number("model.input_size", low=1, integer=True):
+        if mc.input_size < minimum:
+            check.fail("model.input_size", f"the 8-layer network needs at least {minimum} "
+                       "(pool5 must keep a 1x1 map); smaller images can be upscaled with "
+                       f"--config.dataset.resize_size >= {minimum}")
+        elif isinstance(config.dataset.resize_size, int) and \
+                mc.input_size > config.dataset.resize_size:
+            check.fail("model.input_size", f"crops are taken from images resized to "
+                       f"--config.dataset.resize_size={config.dataset.resize_size}; use at "
+                       "most that (or raise the resize size)")
+    check.number("model.width", low=0, low_open=True)
+    check.number("model.dropout", low=0, high=0.99)
+    check.one_of("model.init", INITS)
+
+
+def _check_train(check, tc):
+    for key in ("batch_size", "total_steps", "steps_per_epoch", "lr_step_size",
+                "backup_every_steps", "log_every_steps"):
+        check.number(f"train.{key}", low=1, integer=True)
+    check.number("train.base_lr", low=0, low_open=True)
+    check.number("train.lr_gamma", low=0, low_open=True, high=1)
+    check.number("train.warmup_steps", low=0, integer=True)
+    check.number("train.budget_epochs", low=0, integer=True)
+    check.number("train.momentum", low=0, high=0.999)
+    check.number("train.weight_decay", low=0)
+    check.number("train.bias_lr_mult", low=0)
+    check.number("train.copied_lr_mult", low=0)
+    check.number("train.copied_fc_lr_mult")  # < 0: copied fc layers use copied_lr_mult
+    check.number("train.holdout_fraction", low=0, high=0.5)
+    check.number("train.seed", low=0, integer=True)
+    check.one_of("train.precision", PRECISIONS)
+    check.boolean("train.jit_compile")
+    if isinstance(tc.total_steps, int) and isinstance(tc.steps_per_epoch, int) and \
+            tc.steps_per_epoch > 0 and tc.total_steps % tc.steps_per_epoch:
+        check.fail("train.total_steps", f"must be a multiple of --config.train.steps_per_epoch"
+                   f"={tc.steps_per_epoch} (validation runs after each epoch); change either")
+
+
+def _check_distribute(check):
+    check.one_of("distribute.strategy", STRATEGIES)
+    check.number("distribute.logical_cpus", low=0, integer=True)
+    config = check.config
+    replicas = config.distribute.logical_cpus
+    if (isinstance(replicas, int) and replicas > 1 and isinstance(config.train.batch_size, int)
+            and config.train.batch_size % replicas):
+        check.fail("train.batch_size", f"is the global batch, split over "
+                   f"--config.distribute.logical_cpus={replicas} replicas: give a multiple "
+                   f"of {replicas}")
+
+
+def _check_grid(check, gc):
+    from kt_transfer import transfer
+    check.one_of("grid.direction", DIRECTIONS)
+    check.number("grid.claim_timeout_s", low=0, low_open=True)
+    check.boolean("grid.paper_overlay")
+    if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
+        check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
+    if not gc.treatments:
+        check.fail("grid.treatments", "name the treatments to run, e.g. '(\"AnB\", \"BnB\")'")
+    for mode in gc.treatments:
+        try:
+            treatment = transfer.parse_treatment(mode, 1)
+        except ValueError:
+            treatment = None
+        if treatment is None or treatment.source is None or treatment.target != "B":
+            check.fail("grid.treatments", "name treatments in the A -> B direction (BnB, "
+                       "BnB+, AnB, AnB+, RnB); grid.direction=BtoA runs their mirror images",
+                       got=mode)
+
+
+def _check_tune(check, config):
+    tc = config.tune
+    check.one_of("tune.tuner", TUNERS)
+    check.number("tune.max_trials", low=1, integer=True)
+    check.number("tune.hyperband_factor", low=2, integer=True)
+    check.number("tune.seed", low=0, integer=True)
+    check.number("tune.holdout_fraction", low=0, high=0.5)
+    if not tc.copied_lr_mults or not all(
+            isinstance(v, (int, float)) and v >= 0 for v in tc.copied_lr_mults):
+        check.fail("tune.copied_lr_mults", "give the scales to try, each >= 0, e.g. "
+                   "'(1.0, 0.1, 0.0)'")
+    if not all(isinstance(v, (int, float)) and v >= 0 for v in tc.copied_fc_lr_mults):
+        check.fail("tune.copied_fc_lr_mults", "give scales >= 0, or () to tune them with the "
+                   "conv layers")
+    if config.mode == "tune":
+        try:
+            tune_treatment(config)
+        except ValueError as e:
+            check.problems.append(str(e))
+
+
+def tune_treatment(config):
+    """The fine-tuned treatment whose copied-layer rate --mode=tune searches.
+
+    Raises:
+      ValueError naming --config.tune.treatment, --n or --config.tune.copied_fc_lr_mults.
+    """
+    from kt_transfer import transfer
+    treatment = transfer.parse_treatment(config.tune.treatment, config.n)
+    if not treatment.fine_tune or treatment.base_mode is None:
+        raise ValueError(f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
+                         "tunes copied layers that learn; use AnB+ or BnB+ (or BnA+, AnA+)")
+    if config.tune.copied_fc_lr_mults and treatment.n < 6:
+        raise ValueError(f"--config.tune.copied_fc_lr_mults needs copied fc layers (n >= 6); "
+                         f"with --n={treatment.n} only conv layers are copied")
+    return treatment
