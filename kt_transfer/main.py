@@ -19,8 +19,13 @@ from ml_collections import config_flags
 from kt_transfer import config_files
 
 _DEFAULT_CONFIG = config_files.config_path("embedded")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
+try:  # ml_collections applies the --config.* overrides of sys.argv here, at definition
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
+except (AttributeError, KeyError) as e:
+    sys.exit(f"error: no such config key {e!s}: check the spelling of the --config.* "
+             f"overrides ({' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}) "
+             "against the config file (configs/embedded.py by default)")
 flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
                     "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
                     "whole experiment, config.grid); or tune (keras-tuner searches the copied "
@@ -91,9 +96,22 @@ def _set_output_verbosity(verbosity):
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
+def _parse_flags(argv):
+    """absl's parsing, with a misspelled or mistyped --config.* override reported as an
+    error line naming it rather than as ml_collections' traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --help to see the flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        sys.exit(f"error: a --config.* override does not fit the config file ({e!s}); check "
+                 f"the key's spelling and the value's type among: {' '.join(bad)}")
+
+
 def run():
     """Console-script entry point (`kt-transfer`)."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,63 @@ def test_exported_base_of_another_architecture_is_refused(tiny_config, tmp_path)
     from kt_transfer import model as model_lib
     wide = model_lib.build_caffenet(6, 67, width=0.125, dropout=0.5, init="he")
     export.export_saved_model(wide, str(tmp_path))
-    base = transfer.load_base_weights(str(tmp_path / export.SAVED_MODEL_DIR))
-    assert sorted(base) == sorted(model_lib.LAYER_NAMES)
+    base = transfer.load_base(str(tmp_path / export.SAVED_MODEL_DIR))
+    assert sorted(base.weights) == sorted(model_lib.LAYER_NAMES)
     with pytest.raises(transfer.BaseMismatchError, match="layer 'conv1'.*--config.model"):
         transfer.build_model(transfer.parse_treatment("AnB", 3), tiny_config.model, 6, base)
     with pytest.raises(ValueError, match="neither a .keras file nor a SavedModel"):
-        transfer.load_base_weights(str(tmp_path))
+        transfer.load_base(str(tmp_path))
+
+
+@pytest.mark.parametrize("form", ["keras", "saved_model"])
+def test_a_base_trained_under_another_normalization_is_refused_naming_both(
+        tiny_config, tmp_path, form):
+    from kt_transfer import model as model_lib
+    other = model_lib.build_from_config(tiny_config.model, 6, mean_rgb=(120.0, 110.0, 100.0),
+                                        scale=1 / 32)
+    if form == "keras":
+        path = str(tmp_path / "base.keras")
+        other.save(path)
+    else:
+        path = export.export_saved_model(other, str(tmp_path))
+    base = transfer.load_base(path)
+    assert base.mean_rgb == (120.0, 110.0, 100.0) and base.scale == 1 / 32
+    with pytest.raises(transfer.BaseMismatchError,
+                       match=r"\(pixel - \[120, 110, 100\]\) \* 0.03125.*"
+                             r"\(pixel - \[96, 96, 96\]\) \* 0.015625.*dataset.mean"):
+        transfer.build_model(transfer.parse_treatment("AnB", 3), tiny_config.model, 6, base,
+                             mean_rgb=(96.0, 96.0, 96.0), scale=1 / 64)
+    # The same normalization copies fine.
+    model, _ = transfer.build_model(transfer.parse_treatment("AnB", 3), tiny_config.model, 6,
+                                    base, mean_rgb=(120.0, 110.0, 100.0), scale=1 / 32)
+    np.testing.assert_array_equal(model.get_layer("conv3").kernel.numpy(),
+                                  other.get_layer("conv3").kernel.numpy())
+
+
+FRESH_LOAD = r"""
+import sys, numpy as np
+import kt_transfer, keras
+model = keras.saving.load_model(sys.argv[1], safe_mode=True)
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model(np.load(sys.argv[2]), training=False)))
+print(type(model.optimizer.inner_optimizer if hasattr(model.optimizer, "inner_optimizer")
+           else model.optimizer).__name__)
+"""
+
+
+def test_import_kt_transfer_is_enough_to_load_a_saved_network(tiny_config, tmp_path):
+    """A fresh process that imports only kt_transfer and keras loads model.keras (with its
+    CaffeSGD solver and StepSchedule) with safe_mode=True."""
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("baseA"),
+                                      log=lambda *_: None)
+    model = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE), safe_mode=True)
+    x = np.random.default_rng(1).integers(0, 256, size=(3, 67, 67, 3)).astype("uint8")
+    np.save(tmp_path / "x.npy", x)
+    result = subprocess.run([sys.executable, "-c", FRESH_LOAD,
+                             os.path.join(out, experiment.MODEL_FILE), str(tmp_path / "x.npy"),
+                             str(tmp_path / "y.npy")], capture_output=True, text=True,
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "MultiOptimizer"
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
+                               keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)

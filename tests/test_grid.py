@@ -1,11 +1,11 @@
-"""The grid: cells, atomic claims, and two real worker processes sharing one grid."""
+"""The grid: cells, worker processes sharing one grid, cells that cannot run, and the
+end-of-grid summary."""
 
 import collections
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,45 +29,6 @@ def test_cells_put_bases_first_and_mirror_for_b_to_a():
     config.direction = "sideways"
     with pytest.raises(ValueError, match="grid.direction"):
         grid.cells(config)
-
-
-def test_a_claim_is_exclusive_until_released_or_stale(tmp_path):
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    claim = grid.try_claim(str(tmp_path), "A1B", me, timeout_s=60)
-    assert claim is not None
-    assert grid.try_claim(str(tmp_path), "A1B", "other:1", timeout_s=60) is None
-    claim.release()
-    again = grid.try_claim(str(tmp_path), "A1B", "other:1", timeout_s=60)
-    assert again is not None
-    # A claim nobody refreshes goes stale after the timeout and is taken over.
-    again.release()
-    path = tmp_path / "A1B.claim"
-    path.write_text('{"owner": "far-away:7", "host": "far-away", "pid": 7}')
-    assert grid.try_claim(str(tmp_path), "A1B", me, timeout_s=60) is None
-    old = time.time() - 120
-    os.utime(path, (old, old))
-    taken = grid.try_claim(str(tmp_path), "A1B", me, timeout_s=60)
-    assert taken is not None and grid._read_claim(str(path))["owner"] == me
-    taken.release()
-    assert not os.listdir(tmp_path)
-
-
-def test_a_claim_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
-    host = socket.gethostname()
-    (tmp_path / "B2B.claim").write_text(
-        f'{{"owner": "{host}:{dead}", "host": "{host}", "pid": {dead}}}')
-    claim = grid.try_claim(str(tmp_path), "B2B", f"{host}:{os.getpid()}", timeout_s=3600)
-    assert claim is not None
-    claim.release()
-
-
-def test_the_heartbeat_keeps_a_long_claim_fresh(tmp_path):
-    claim = grid.try_claim(str(tmp_path), "A3B", "elsewhere:1", timeout_s=0.4)
-    time.sleep(1.0)  # longer than the timeout: only the heartbeat keeps it alive
-    assert not grid.claim_is_stale(claim.path, 0.4)
-    claim.release()
 
 
 def _worker(args, log_path):

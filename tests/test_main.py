@@ -42,6 +42,20 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
 
 
 @pytest.mark.parametrize("flags,message", [
+    (["--mode=grid", "--config.model.input_size=60"], "--config.model.input_size=60"),
+    (["--mode=AnB", "--n=2", "--config.train.precision=fp8"], "--config.train.precision='fp8'"),
+    (["--mode=AnB", "--n=2", "--config.model.init=xavier"], "--config.model.init='xavier'"),
+    (["--mode=AnB", "--n=2", "--config.dataset.mean=median"], "use one of fixed, computed"),
+    (["--mode=AnB", "--n=2", "--config.dataset.resize_size=64"], "at most that"),
+    (["--mode=baseA", "--config.split=halves"], "--config.split='halves'"),
+    (["--mode=baseA", "--config.train.batch_size=0"], "--config.train.batch_size=0"),
+    (["--mode=baseA", "--config.distribute.strategy=tpu"], "--config.distribute.strategy"),
+    (["--mode=baseA", "--config.distribute.logical_cpus=3"], "give a multiple of 3"),
+    (["--mode=grid", "--config.grid.treatments=('AnB', 'CnD')"], "--config.grid.treatments"),
+    (["--mode=grid", "--config.grid.ns=(0, 8)"], "--config.grid.ns"),
+    (["--mode=tune", "--n=2", "--config.tune.tuner=grid"], "--config.tune.tuner='grid'"),
+    (["--mode=tune", "--n=2", "--config.tune.holdout_fraction=0.9"], "holdout_fraction"),
+    (["--mode=tune", "--n=2", "--config.tune.treatment=AnB"], "AnB+ or BnB+"),
     (["--mode=AnB", "--n=0"], "--n between 1 and 7"),
     (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
     (["--mode=XnY", "--n=3"], "unknown --mode"),
@@ -51,10 +65,43 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
     (["--mode=baseA", "--config.train.total_steps=5"], "--config.train.steps_per_epoch"),
 ])
 def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
-    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}", *flags)
+    """Checked before any work: no dataset generated, nothing under the workdir."""
+    import time
+    started = time.monotonic()
+    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}/wd",
+                     f"--config.dataset.data_dir={tmp_path}/data", *flags)
+    assert time.monotonic() - started < 30
     assert result.returncode != 0
-    assert message in result.stderr
-    assert not os.listdir(tmp_path)  # nothing was started
+    assert message in result.stderr and "error: " in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not os.listdir(tmp_path)  # nothing was started: no workdir, no data dir
+
+
+def test_every_bad_value_is_named_at_once(tmp_path):
+    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}/wd", "--mode=grid",
+                     "--config.model.input_size=60", "--config.train.precision=fp8",
+                     "--config.model.init=xavier", "--config.dataset.mean=median")
+    assert result.returncode != 0
+    for key in ("model.input_size", "train.precision", "model.init", "dataset.mean"):
+        assert f"--config.{key}=" in result.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_the_main_job_prints_kt_transfers_lines_not_tensorflows(tmp_path, data_cache):
+    """The first screen is kt_transfer's own lines and Keras' progress; TensorFlow's
+    start-up and SavedModel-export INFO lines only with --verbosity=1."""
+    args = [f"--config={TINY}", "--mode=baseA", f"--config.dataset.data_dir={data_cache}"]
+    quiet = run_cli(*args, f"--workdir={tmp_path / 'a'}", cwd=str(tmp_path))
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    output = quiet.stdout + quiet.stderr
+    for noise in ("oneDNN", "cuda", "cpu_feature_guard", "signature_serialization",
+                  "Writing fingerprint", "absl::InitializeLog"):
+        assert noise not in output, output[:3000]
+    assert "Training baseA" in quiet.stdout and "== baseA" in quiet.stdout
+    verbose = run_cli(*args, f"--workdir={tmp_path / 'b'}", "--verbosity=1",
+                      cwd=str(tmp_path))
+    assert verbose.returncode == 0
+    assert "Writing fingerprint" in verbose.stdout + verbose.stderr  # the export's INFO lines
 
 
 @pytest.mark.slow
@@ -71,14 +118,16 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
     deadline = time.time() + 300
     backups = []
     while not backups and time.time() < deadline and first.poll() is None:
-        backups = glob.glob(str(tmp_path / "wd" / "**" / "backup.weights.h5"), recursive=True)
+        backups = glob.glob(str(tmp_path / "wd" / "**" / "backup-*" / "state.json"),
+                            recursive=True)
         time.sleep(0.05)
     assert backups and first.poll() is None, "the run ended before its first backup"
     time.sleep(1.0)  # somewhere mid-epoch, past the first backup
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"), recursive=True)
-    before_kill = json.load(open(backups[0].replace(".weights.h5", ".time.json")))
+    before_kill = json.load(open(glob.glob(
+        str(tmp_path / "wd" / "**" / "backup-*" / "state.json"), recursive=True)[-1]))
 
     second = subprocess.run(args, env=env, cwd=str(tmp_path), capture_output=True, text=True,
                             timeout=600)
@@ -102,6 +151,12 @@ def test_base_model_flag_is_checked_before_any_work(tmp_path):
     assert "SavedModel" in result.stderr and not (tmp_path / "w").exists()
     result = run_cli("--mode=baseB", f"--base_model={tmp_path}", f"--workdir={tmp_path}/w")
     assert result.returncode != 0 and "copies none" in result.stderr
+    # The grid trains and copies its own bases: one --base_model for every cell is refused.
+    (tmp_path / "base.keras").write_text("")
+    result = run_cli("--mode=grid", f"--base_model={tmp_path}/base.keras",
+                     f"--workdir={tmp_path}/w")
+    assert result.returncode != 0 and "--mode=grid trains its own bases" in result.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_grid_with_a_multi_worker_strategy_is_refused_up_front(tmp_path):
