@@ -15,6 +15,7 @@ directory and renames it into place only when complete.
 
 import colorsys
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import math
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -275,13 +277,10 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
         # "spawn" workers import only NumPy and PIL, never a forked TensorFlow runtime;
         # the variable tells the package not to load Keras in them.
         workers = min(len(specs), os.cpu_count() or 1)
-        os.environ["_KT_TRANSFER_NO_KERAS"] = "1"
-        try:
+        with _drawing_workers_skip_keras():
             with concurrent.futures.ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 list(pool.map(functools.partial(_write_class, tmp, spec), range(len(specs))))
-        finally:
-            del os.environ["_KT_TRANSFER_NO_KERAS"]
         with open(os.path.join(tmp, "classes.tsv"), "w") as f:
             f.write("class_index\tfolder\tgroup\n")
             f.writelines(f"{i}\t{c.folder}\t{c.group}\n" for i, c in enumerate(specs))
@@ -290,6 +289,26 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours only; gone already if published
     return root
+
+
+_NO_KERAS_LOCK, _no_keras_users = threading.Lock(), 0
+
+
+@contextlib.contextmanager
+def _drawing_workers_skip_keras():
+    """Sets the variable that spawned workers inherit, for as long as any thread of this
+    process is starting them."""
+    global _no_keras_users
+    with _NO_KERAS_LOCK:
+        _no_keras_users += 1
+        os.environ["_KT_TRANSFER_NO_KERAS"] = "1"
+    try:
+        yield
+    finally:
+        with _NO_KERAS_LOCK:
+            _no_keras_users -= 1
+            if not _no_keras_users:
+                os.environ.pop("_KT_TRANSFER_NO_KERAS", None)
 
 
 def _publish(tmp, root):

@@ -70,3 +70,32 @@ def tiny_root(tmp_path_factory):
                                    log=lambda *_: None)
 
 
+
+
+def test_a_completed_dataset_is_never_deleted_or_moved(tmp_path):
+    """Publishing a finished copy never touches a dataset already in place (a process may
+    be reading it): a complete one wins, an incomplete one is an error naming it."""
+    root = tmp_path / SPEC.dirname
+    (root / "train").mkdir(parents=True)
+    (root / "train" / "in_use.jpg").write_bytes(b"x")
+    (root / embedded.COMPLETE_MARKER).write_text("")
+    mine = tmp_path / "mine"
+    (mine / "train").mkdir(parents=True)
+    embedded._publish(str(mine), str(root))
+    assert (root / "train" / "in_use.jpg").exists()  # the other process's copy stays
+    os.remove(root / embedded.COMPLETE_MARKER)  # an incomplete copy of an older version
+    with pytest.raises(FileExistsError, match="incomplete.*delete that folder"):
+        embedded.ensure_dataset(SPEC, cache_dir=str(tmp_path), log=lambda *_: None)
+    assert (root / "train" / "in_use.jpg").exists()  # not deleted either
+    assert sorted(os.listdir(tmp_path)) == sorted(["mine", SPEC.dirname])  # no temporary
+
+
+def test_concurrent_generations_all_end_with_one_complete_dataset(tmp_path):
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda _: embedded.ensure_dataset(
+            SPEC, cache_dir=str(tmp_path), log=lambda *_: None), range(3)))
+    assert len(set(roots)) == 1 and os.path.exists(os.path.join(roots[0], "COMPLETE"))
+    assert os.listdir(tmp_path) == [SPEC.dirname]
+    count = sum(len(files) for _, _, files in os.walk(roots[0]))
+    assert count == SPEC.num_classes * (SPEC.train_per_class + SPEC.val_per_class) + 2

@@ -88,3 +88,56 @@ def test_two_workers_run_every_cell_once_and_a_killed_worker_resumes(tmp_path, d
     assert all(s > 0 for s in seconds)
     assert re.search(r"grid: this worker ran \d+ cell\(s\) in .*; the grid's cells trained "
                      r"for .* in all", outputs[1] + outputs[2])
+
+
+CANNOT_RUN = r"""
+import sys
+from kt_transfer import config_files, grid, sources
+config = config_files.load(sys.argv[1])
+config.workdir, config.dataset.data_dir = sys.argv[2], sys.argv[3]
+config.verbose = 0
+config.grid.ns, config.grid.treatments = (1,), ("AnB", "BnB")
+config.model.input_size = 60  # no network can be built: every base fails before training
+dataset = sources.resolve_dataset(config, log=lambda *_: None)
+try:
+    grid.run_grid(config, dataset, poll_s=0.2)
+except grid.GridIncompleteError as e:
+    print("INCOMPLETE:", e)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_a_base_that_cannot_run_fails_its_cells_and_the_grid_ends(tmp_path, data_cache):
+    """Called as a library (the CLI's validation would refuse this config), a grid whose
+    bases cannot be built does not wait for ever: every cell is reported, exit non-zero."""
+    result = subprocess.run([sys.executable, "-c", CANNOT_RUN, TINY, str(tmp_path / "wd"),
+                             data_cache], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "grid: baseA could not run" in out and "grid: baseB could not run" in out
+    assert "grid: summary: 0 of 4 cells finished, 4 did not:" in out
+    assert re.search(r"grid:   A1B: could not run: its base baseA could not run \(.*at least 67",
+                     out)
+    assert "INCOMPLETE: 4 of 4 grid cells did not finish" in out
+
+
+@pytest.mark.slow
+def test_a_cell_busy_in_another_process_is_waited_for_not_failed(tmp_path, data_cache):
+    from kt_transfer import experiment, sources, transfer
+    config = config_files.load(TINY)
+    config.workdir, config.dataset.data_dir = str(tmp_path / "wd"), data_cache
+    args = [f"--config={TINY}", "--mode=grid", "--config.grid.ns=(1,)",
+            "--config.grid.treatments=('AnB', 'BnB')", f"--workdir={config.workdir}",
+            f"--config.dataset.data_dir={data_cache}", "--config.grid.claim_timeout_s=2"]
+    dataset = sources.resolve_dataset(config, log=lambda *_: None)
+    base_a = experiment.run_dir(config, dataset, transfer.parse_treatment("baseA"))
+    log = tmp_path / "worker.log"
+    with experiment.run_lock(base_a):  # "another process" is training baseA
+        worker = _worker(args, log)
+        _wait_for(log, r"grid: baseA is being trained by another worker; waiting", worker)
+    assert worker.wait(timeout=300) == 0, open(log).read()[-3000:]
+    text = open(log).read()
+    assert "grid: summary: 4 of 4 cells finished" in text
+    assert "could not run" not in text

@@ -1,4 +1,5 @@
 import json
+import os
 
 import keras
 import numpy as np
@@ -58,14 +59,56 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
     assert clone.count_params() == model.count_params()
 
 
-def test_config_round_trip():
+def test_every_shipped_config_passes_validation_and_builds_its_network():
+    from kt_transfer import validate
     for name in ("embedded", "imagenet_paper", "tiny"):
         config = config_files.load(name)
-        again = json.loads(config.to_json())
-        assert again == json.loads(json.dumps(config.to_dict()))
-        with pytest.raises(AttributeError):
-            config.train.learning_rat  # a typo is an error, not a silent default
-    assert config_files.load("imagenet_paper").model.input_size == 227
+        if config.dataset.name == "folder":
+            config.dataset.data_dir = os.path.dirname(__file__)  # any existing folder
+        validate.validate(config)
+        model = model_lib.build_from_config(config.model, 10)
+        assert model.input_shape[1] == config.model.input_size <= config.dataset.resize_size
+    config = config_files.load("tiny")
+    config.model.input_size = 60
+    with pytest.raises(validate.ConfigError, match="--config.model.input_size=60"):
+        validate.validate(config)
+    with pytest.raises(ValueError, match="at least 67"):
+        model_lib.build_from_config(config.model, 10)  # the same minimum in both places
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_custom_layers_under_mixed_precision_match_float32(policy):
+    """Paper-scale activations (|x| in the hundreds) must not overflow: float16 squares
+    of x > 256 are inf, which would zero LRN's output."""
+    rng = np.random.default_rng(0)
+    activations = rng.uniform(-600, 600, size=(2, 9, 9, 16)).astype("float32")
+    pixels = rng.integers(0, 256, size=(2, 9, 9, 3)).astype("uint8")
+    layers = {
+        "lrn": (lambda: model_lib.LocalResponseNormalization(), activations, 2e-2),
+        "pixels": (lambda: model_lib.PixelNormalization((123.7, 116.8, 103.9), 1.0),
+                   pixels, 1e-2),
+        "grouped_conv": (lambda: model_lib.GroupedConv2D(8, 3, padding="same", groups=2,
+                                                         kernel_initializer="ones"),
+                         activations / 600, 2e-2),
+    }
+    for name, (make, x, rtol) in layers.items():
+        reference_layer = make()
+        want = keras.ops.convert_to_numpy(reference_layer(x)).astype("float32")
+        keras.config.set_dtype_policy(policy)
+        try:
+            layer = make()
+            got = layer(x)
+            if reference_layer.weights:
+                layer.set_weights(reference_layer.get_weights())
+                got = layer(x)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1], name
+        got = keras.ops.convert_to_numpy(keras.ops.cast(got, "float32"))
+        assert np.all(np.isfinite(got)), name
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
+    assert np.abs(want).max() > 0
 
 
 def test_the_network_takes_8bit_pixels_and_subtracts_its_own_mean(tmp_path):

@@ -91,6 +91,18 @@ def test_fused_jpeg_crop_is_exact_and_other_sizes_are_resized():
     np.testing.assert_array_equal(out, resized[2:69, 2:69])
 
 
+def test_the_probe_batch_covers_every_class_of_the_half(tiny_root):
+    """The per-layer logger's fixed batch: round robin over the half's classes, not the
+    first images of a class-sorted list (which would be one or two classes)."""
+    source = sources.folder_source(tiny_root)
+    half = (4, 1, 5, 0)
+    images, labels = data.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
+    assert images.shape == (6, 67, 67, 3) and images.dtype == tf.uint8
+    assert sorted(labels.numpy().tolist()) == [0, 0, 1, 1, 2, 3]
+    again, _ = data.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
+    np.testing.assert_array_equal(images.numpy(), again.numpy())  # fixed
+
+
 def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
     source = sources.folder_source(tiny_root)
 

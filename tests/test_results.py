@@ -56,6 +56,23 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path):
+    """The experiment id hashes the settings, not the split: random0 and random1 runs of
+    the same settings share it, and each must still be compared with its own base."""
+    workdir = str(tmp_path)
+    for split, base_top1, transfer_top1 in (("random0", 0.40, 0.35), ("random1", 0.60, 0.55)):
+        _write_run(workdir, split, "baseB", "baseB", 0, base_top1)
+        _write_run(workdir, split, "A3B", "AnB", 3, transfer_top1)
+    rows = {(r["split"], r["run"]): r for r in results.gather(workdir)}
+    assert rows[("random0", "A3B")]["base_top1"] == 0.40
+    assert rows[("random1", "A3B")]["base_top1"] == 0.60
+    assert rows[("random1", "baseB")]["base_top1"] == 0.60
+    written = results.write_report(workdir, str(tmp_path / "out"))
+    table = list(csv.DictReader(io.StringIO(open(written[0]).read())))
+    bases = {(r["split"], r["run"]): r["base_top1"] for r in table}
+    assert bases[("random0", "A3B")] == "0.4000" and bases[("random1", "A3B")] == "0.6000"
+
+
 def test_empty_workdir_says_what_to_check(tmp_path):
     import pytest
     with pytest.raises(FileNotFoundError, match="--workdir"):

@@ -70,18 +70,21 @@ def test_a_transfer_run_trains_on_mocked_imagenet2012(tiny_config, tmp_path):
 
 
 def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, tmp_path):
+    """README's cifar100 command: 32 px images upscaled to the network's smallest input."""
+    from kt_transfer import validate
     config = _tfds_config(tiny_config, "cifar100", tmp_path)
-    config.dataset.resize_size, config.model.input_size = 32, 28
+    config.dataset.resize_size, config.model.input_size = 72, 67
+    validate.validate(config)  # what the CLI checks first
     config.dataset.mean, config.dataset.mean_images = "computed", 64
     with tfds.testing.mock_data(num_examples=30):
         dataset = sources.resolve_dataset(config, log=lambda *_: None)
         assert dataset.source.val_split == "test" or dataset.source.val_split == "validation"
         assert len(dataset.classes) == 100 and len(dataset.split.half("B")) == 50
         ds = data.make_dataset(dataset.source, "train", dataset.split.half("B"),
-                               resize_size=32, crop_size=28, batch_size=4,
+                               resize_size=72, crop_size=67, batch_size=4,
                                training=True, seed=0)
         images, labels = next(iter(ds))
-        assert images.shape == (4, 28, 28, 3) and 0 <= int(tf.reduce_min(labels))
+        assert images.shape == (4, 67, 67, 3) and 0 <= int(tf.reduce_min(labels))
         assert int(tf.reduce_max(labels)) < 50
         log = []
         from kt_transfer import mean
@@ -90,3 +93,7 @@ def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, t
     assert first == again and len(first) == 3 and all(0 <= v <= 255 for v in first)
     assert len([m for m in log if "Computing the pixel mean" in m]) == 1  # cached after
     assert np.std(first) < 60
+    with tfds.testing.mock_data(num_examples=30):  # and a network trains on it
+        metrics, _ = experiment.run_treatment(config, dataset, transfer.parse_treatment("baseB"),
+                                              log=lambda *_: None)
+    assert metrics["status"] == "finished" and metrics["num_classes"] == 50
