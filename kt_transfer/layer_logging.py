@@ -9,6 +9,7 @@ of the half (data.probe_batch), so the curves compare across steps and runs.
 """
 
 import os
+import zlib
 
 import keras
 import numpy as np
@@ -31,6 +32,20 @@ def filter_grid(kernel):
         r, c = divmod(i, cols)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = f
     return grid[None]
+
+
+HISTOGRAM_SAMPLE = 65_536  # weights per layer in its histogram
+
+
+def histogram_sample(kernel, name):
+    """The kernel's weights for its histogram: all of them, or for a big layer a fixed
+    random subset (the same at every step), so that a paper-size fc6 (38M weights) does
+    not cost a second per logged step. The shape of a distribution needs no more."""
+    flat = kernel.reshape(-1)
+    if flat.size <= HISTOGRAM_SAMPLE:
+        return flat
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return flat[np.sort(rng.choice(flat.size, HISTOGRAM_SAMPLE, replace=False))]
 
 
 class LayerLogger(keras.callbacks.Callback):
@@ -114,5 +129,6 @@ class LayerLogger(keras.callbacks.Callback):
                     step=step)
                 tf.summary.scalar(f"{name}/activation_mean", float(act.mean()), step=step)
                 tf.summary.scalar(f"{name}/zero_fraction", float((act <= 0).mean()), step=step)
-                tf.summary.histogram(f"{name}/weights", kernel, step=step)
+                tf.summary.histogram(f"{name}/weights", histogram_sample(kernel, name),
+                                     step=step)
         self.writer.flush()
