@@ -15,3 +15,11 @@ def write_text(path, text):
 
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True))
+
+
+def read_json(path):
+    """The JSON object stored at `path`, or None if there is no such file."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -88,11 +88,7 @@ def external_base(config, treatment):
 
 def read_metrics(path):
     """The stored metrics of a finished run, or None."""
-    path = os.path.join(path, METRICS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return atomic.read_json(os.path.join(path, METRICS_FILE))
 
 
 class RunBusyError(RuntimeError):

@@ -8,7 +8,6 @@ the split's order; see tools/split_info.py). Beside it, `kt_transfer.json` recor
 input normalization, so a transfer that copies from this SavedModel can check it.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -49,8 +48,4 @@ def export_saved_model(model, run_dir):
 
 def read_metadata(saved_model_dir):
     """What export_saved_model recorded beside a SavedModel, or None if nothing."""
-    path = os.path.join(saved_model_dir, METADATA_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return atomic.read_json(os.path.join(saved_model_dir, METADATA_FILE))

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from kt_transfer import data, embedded, sources, splits
+from kt_transfer import embedded, sources, splits
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 
