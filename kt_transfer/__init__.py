@@ -18,5 +18,3 @@ __version__ = "0.1.0"
 if not os.environ.get("_KT_TRANSFER_NO_KERAS"):
     with keras_compat.quiet_native_stderr():  # TensorFlow's start-up lines, if it loads
         from kt_transfer import model, optimizer  # noqa: F401  (registers the classes)
-
-        keras_compat.probe_devices()  # CUDA's "no driver" line now, not at some later point

@@ -1,7 +1,7 @@
 """The 8-layer network's shape arithmetic, in pure Python (no Keras, no TensorFlow).
 
-Config validation needs the smallest input the network can be built for before any
-framework loads; model.py builds the same layers, so the two cannot disagree.
+Config validation needs the smallest input the network can be built for without building
+it; model.py takes its minimum from here, so the two cannot disagree.
 """
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
@@ -24,6 +24,6 @@ def map_sizes(input_size):
 def min_input_size():
     """The smallest input side that leaves pool5 a map of at least 1x1."""
     size = 11
-    while map_sizes(size)["pool5"] < 1 or min(map_sizes(size).values()) < 1:
+    while min(map_sizes(size).values()) < 1:
         size += 1
     return size

@@ -75,14 +75,20 @@ def _holder_is_dead(holder):
     return _process_start(holder.get("pid", -1)) != holder.get("pid_start")
 
 
-def generations(claims_dir, cell):
-    """{generation: path} of a cell's claim files."""
+def _all_generations(claims_dir):
+    """{cell: {generation: path}} of every claim file in the directory."""
     found = {}
     for name in os.listdir(claims_dir):
         match = CLAIM_PATTERN.match(name)
-        if match and match.group("cell") == cell:
-            found[int(match.group("generation"))] = os.path.join(claims_dir, name)
+        if match:
+            found.setdefault(match.group("cell"), {})[int(match.group("generation"))] = \
+                os.path.join(claims_dir, name)
     return found
+
+
+def generations(claims_dir, cell):
+    """{generation: path} of a cell's claim files."""
+    return _all_generations(claims_dir).get(cell, {})
 
 
 def is_free(path, timeout_s, now=None):
@@ -101,14 +107,8 @@ def is_free(path, timeout_s, now=None):
 
 def held_cells(claims_dir, timeout_s):
     """Names of the cells whose current claim is held (not free)."""
-    top = {}
-    for name in os.listdir(claims_dir):
-        match = CLAIM_PATTERN.match(name)
-        if match:
-            cell, generation = match.group("cell"), int(match.group("generation"))
-            top[cell] = max(top.get(cell, -1), generation)
-    return {cell for cell, generation in top.items()
-            if not is_free(os.path.join(claims_dir, f"{cell}.claim.{generation}"), timeout_s)}
+    return {cell for cell, found in _all_generations(claims_dir).items()
+            if not is_free(found[max(found)], timeout_s)}
 
 
 def try_claim(claims_dir, cell, timeout_s, owner=None):

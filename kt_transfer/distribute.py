@@ -15,8 +15,7 @@ import os
 import tensorflow as tf
 
 from kt_transfer import keras_compat
-
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
+from kt_transfer.validate import STRATEGIES
 
 
 def split_cpu(logical_cpus):
@@ -52,8 +51,7 @@ def make_strategy(distribute_config):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         keras_compat.patch_multi_worker_log_reduction()
         return strategy
-    with keras_compat.quiet_native_stderr():  # CUDA's "no driver" line on CPU machines
-        gpus = tf.config.list_logical_devices("GPU")
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "auto" and not gpus:

@@ -17,11 +17,10 @@ what finished, what failed and why, writes the results table and the paper's fig
 beside the runs, and raises (the CLI exits non-zero) unless every cell finished.
 """
 
-import json
 import os
 import time
 
-from kt_transfer import atomic, claims, experiment, results, splits, transfer
+from kt_transfer import atomic, claims, experiment, results, splits, transfer, validate
 
 CLAIMS_DIR = ".claims"
 
@@ -32,7 +31,7 @@ def cells(grid_config):
     `grid.treatments` are written for the A -> B direction (BnB, AnB+, RnB, ...);
     `grid.direction = "BtoA"` trains the mirror image (AnA, BnA+, RnA, ...).
     """
-    if grid_config.direction not in ("AtoB", "BtoA"):
+    if grid_config.direction not in validate.DIRECTIONS:
         raise ValueError(f"--config.grid.direction={grid_config.direction!r}; use AtoB or BtoA")
     if not grid_config.ns:
         raise ValueError("--config.grid.ns is empty; give the n values, e.g. '(1, 2, 3)'")
@@ -152,12 +151,9 @@ def _status(config, dataset, grid_cells):
             for c in grid_cells}
 
 
-def _error_path(claims_dir, cell):
-    return os.path.join(claims_dir, f"{cell}.error")
-
-
 def _record_error(claims_dir, cell, reason):
-    atomic.write_json(_error_path(claims_dir, cell), {"reason": reason, "time": time.time()})
+    atomic.write_json(os.path.join(claims_dir, f"{cell}.error"),
+                      {"reason": reason, "time": time.time()})
 
 
 def _errors(claims_dir, since):
@@ -169,12 +165,8 @@ def _errors(claims_dir, since):
     errors = {}
     for name in os.listdir(claims_dir):
         if name.endswith(".error"):
-            try:
-                with open(os.path.join(claims_dir, name)) as f:
-                    record = json.load(f)
-            except (FileNotFoundError, ValueError):
-                continue
-            if record["time"] >= since:
+            record = atomic.read_json(os.path.join(claims_dir, name))  # written atomically
+            if record is not None and record["time"] >= since:
                 errors[name[:-len(".error")]] = record["reason"]
     return errors
 

@@ -102,10 +102,9 @@ def quiet_native_stderr():
 
 
 def probe_devices():
-    """Lists TensorFlow's GPUs once (if TensorFlow is the loaded backend), so that the CUDA
-    runtime's start-up messages come out here, under quiet_native_stderr, rather than
-    wherever TensorFlow would first look (even at interpreter exit). Does not fix the
-    logical device configuration, which distribute.split_cpu may still change."""
+    """Lists TensorFlow's GPUs (if TensorFlow is the loaded backend), so that the CUDA
+    runtime's start-up messages come out now, e.g. under quiet_native_stderr. Does not
+    fix the logical device configuration, which distribute.split_cpu may still change."""
     if "tensorflow" in sys.modules:
         sys.modules["tensorflow"].config.list_physical_devices("GPU")
 

@@ -8,6 +8,7 @@ conv1's filters as an image grid. The probe batch is fixed, and drawn across all
 of the half (data.probe_batch), so the curves compare across steps and runs.
 """
 
+import functools
 import os
 import zlib
 
@@ -44,8 +45,14 @@ def histogram_sample(kernel, name):
     flat = kernel.reshape(-1)
     if flat.size <= HISTOGRAM_SAMPLE:
         return flat
+    return flat[_sample_indices(flat.size, name)]
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_indices(size, name):
+    """The sampled positions of a layer's weights, drawn once (seeded by its name)."""
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    return flat[np.sort(rng.choice(flat.size, HISTOGRAM_SAMPLE, replace=False))]
+    return np.sort(rng.choice(size, HISTOGRAM_SAMPLE, replace=False))
 
 
 class LayerLogger(keras.callbacks.Callback):

@@ -52,13 +52,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config = resolve_config()
+    _set_output_verbosity(FLAGS.verbosity)
     # Every value is checked before any work: no dataset generated, nothing written.
     from kt_transfer import validate
     try:
         validate.validate(config)
     except validate.ConfigError as e:
         sys.exit(f"error: {e}")
-    _set_output_verbosity(FLAGS.verbosity)
     from kt_transfer import distribute, experiment, grid, report, sources, transfer, tune
     treatment = None
     if config.mode not in ("grid", "tune"):
@@ -85,32 +85,35 @@ def main(argv):
 
 def _set_output_verbosity(verbosity):
     """kt_transfer's own lines and Keras' progress bars by default; with absl's
-    --verbosity=1 (or KT_TRANSFER_VERBOSE=1) also TensorFlow's INFO lines and native
-    start-up messages."""
-    import logging
-
+    --verbosity=1 also TensorFlow's INFO lines (the SavedModel export's). The native
+    start-up lines come before flags are parsed: KT_TRANSFER_VERBOSE=1 shows those too
+    (keras_compat's quiet_* helpers read it)."""
     from kt_transfer import keras_compat
     if verbosity >= 1:
         os.environ[keras_compat.VERBOSE_ENV] = "1"
-    if not keras_compat.verbose():
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
 def _parse_flags(argv):
-    """absl's parsing, with a misspelled or mistyped --config.* override reported as an
-    error line naming it rather than as ml_collections' traceback."""
+    """absl's parsing, with a bad flag value or a misspelled --config.* key (of a
+    --config file; the default file's keys are checked at the flag's definition)
+    reported as one error line rather than ml_collections' traceback."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"error: {e}\nPass --help to see the flags.")
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"error: a --config.* override does not fit the config file ({e!s}); check "
-                 f"the key's spelling and the value's type among: {' '.join(bad)}")
+        sys.exit(f"error: no such config key {e!s}: check the spelling of the --config.* "
+                 f"overrides ({' '.join(bad)}) against the --config file")
 
 
 def run():
     """Console-script entry point (`kt-transfer`)."""
+    from kt_transfer import keras_compat
+    # Once absl has parsed the flags, TensorFlow looks for GPUs at some later point (even
+    # at interpreter exit) and the CUDA runtime prints its "no driver" line: look first.
+    with keras_compat.quiet_native_stderr():
+        keras_compat.probe_devices()
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -3,18 +3,19 @@
 main.py calls it first, before the embedded dataset is generated, before a strategy is
 made, before anything is written under the workdir or the data directory. A bad value is
 a `ConfigError` naming the `--config.` key (or flag), what it got and what it accepts.
-Only the config is read here (and whether paths exist): no Keras model, no TensorFlow op.
+Only the config is read here (and whether paths exist): no model is built, no TensorFlow
+op runs.
 """
 
 import math
 import os
 import re
 
-from kt_transfer import architecture
+from kt_transfer import architecture, transfer
+from kt_transfer.model import INITS
 
 DATASETS = ("embedded", "folder", "tfds")
 MEANS = ("fixed", "computed")
-INITS = ("paper", "he")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")
@@ -88,7 +89,6 @@ def validate(config):
 
 
 def _check_run(check, config):
-    from kt_transfer import transfer  # pure Python: the treatment notation
     check.one_of("verbose", (0, 1, 2))
     if not isinstance(config.workdir, str) or not config.workdir:
         check.fail("workdir", "give a directory for the runs")
@@ -203,7 +203,6 @@ def _check_distribute(check):
 
 
 def _check_grid(check, gc):
-    from kt_transfer import transfer
     check.one_of("grid.direction", DIRECTIONS)
     check.number("grid.claim_timeout_s", low=0, low_open=True)
     check.boolean("grid.paper_overlay")
@@ -249,7 +248,6 @@ def tune_treatment(config):
     Raises:
       ValueError naming --config.tune.treatment, --n or --config.tune.copied_fc_lr_mults.
     """
-    from kt_transfer import transfer
     treatment = transfer.parse_treatment(config.tune.treatment, config.n)
     if not treatment.fine_tune or treatment.base_mode is None:
         raise ValueError(f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
