@@ -8,6 +8,7 @@ the same 8-layer network, only narrower and on smaller images.
 import functools
 
 import keras
+import numpy as np
 from keras import ops
 
 from kt_transfer import architecture
@@ -93,6 +94,38 @@ class GroupedConv2D(keras.layers.Conv2D):
         return ops.concatenate(outputs, axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="kt_transfer")
+class CaffeMaxPooling2D(keras.layers.Layer):
+    """Caffe's max pooling: output side ceil((in - k) / s) + 1, where Keras' "valid"
+    rounds down. The input is padded at the bottom and right with the lowest value of
+    its dtype so that the last window, which overhangs the edge, pools only real values
+    (Caffe clips it the same way). At 227 px both give the paper's 55 -> 27 -> 13 -> 6."""
+
+    def __init__(self, pool_size=3, strides=2, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size, self.strides = int(pool_size), int(strides)
+
+    def _pad(self, side):
+        out = architecture.output_side(side, self.pool_size, self.strides, "ceil")
+        return max((out - 1) * self.strides + self.pool_size - side, 0)
+
+    def call(self, inputs):
+        pad_h, pad_w = self._pad(inputs.shape[1]), self._pad(inputs.shape[2])
+        if pad_h or pad_w:
+            lowest = float(np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min)
+            inputs = ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
+                             constant_values=lowest)
+        return ops.max_pool(inputs, self.pool_size, self.strides, padding="valid")
+
+    def compute_output_shape(self, input_shape):
+        side = lambda s: None if s is None else architecture.output_side(  # noqa: E731
+            s, self.pool_size, self.strides, "ceil")
+        return (input_shape[0], side(input_shape[1]), side(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides}
+
+
 INITS = ("paper", "he")
 
 
@@ -146,18 +179,18 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     inputs = keras.Input((input_size, input_size, 3), name="image")
     x = PixelNormalization(mean_rgb, scale, name=NORMALIZATION_LAYER)(inputs)
     x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(x)
-    x = L.MaxPooling2D(3, 2, name="pool1")(x)
+    x = CaffeMaxPooling2D(3, 2, name="pool1")(x)
     x = LocalResponseNormalization(name="norm1")(x)
     x = GroupedConv2D(w(256), 5, padding="same", groups=2, activation="relu", name="conv2",
                  **_init(0.01, 1.0))(x)
-    x = L.MaxPooling2D(3, 2, name="pool2")(x)
+    x = CaffeMaxPooling2D(3, 2, name="pool2")(x)
     x = LocalResponseNormalization(name="norm2")(x)
     x = L.Conv2D(w(384), 3, padding="same", activation="relu", name="conv3", **_init(0.01, 0.0))(x)
     x = GroupedConv2D(w(384), 3, padding="same", groups=2, activation="relu", name="conv4",
                  **_init(0.01, 1.0))(x)
     x = GroupedConv2D(w(256), 3, padding="same", groups=2, activation="relu", name="conv5",
                  **_init(0.01, 1.0))(x)
-    x = L.MaxPooling2D(3, 2, name="pool5")(x)
+    x = CaffeMaxPooling2D(3, 2, name="pool5")(x)
     x = L.Flatten(name="flatten")(x)
     x = L.Dense(w(4096), activation="relu", name="fc6", **_init(0.005, 1.0))(x)
     x = L.Dropout(dropout, name="drop6")(x)

@@ -18,6 +18,40 @@ def test_paper_network_parameter_count_and_shapes():
     assert model.get_layer("pool5").output.shape[1:] == (6, 6, 256)
 
 
+def _caffe_pool_side(side, kernel=3, stride=2):
+    """Caffe's PoolingLayer::Reshape for pad 0: ceil((in - k) / s) + 1."""
+    return int(np.ceil((side - kernel) / stride)) + 1
+
+
+@pytest.mark.parametrize("size", [227, 87, 71, 67, 60, 55])
+def test_every_layer_has_caffes_map_size(size):
+    conv1 = (size - 11) // 4 + 1  # Caffe's convolution rounds down
+    pool1 = _caffe_pool_side(conv1)
+    pool2 = _caffe_pool_side(pool1)  # conv2 (5x5, pad 2) keeps the side
+    pool5 = _caffe_pool_side(pool2)  # conv3-5 (3x3, pad 1) keep the side
+    want = {"conv1": conv1, "pool1": pool1, "conv2": pool1, "pool2": pool2, "conv3": pool2,
+            "conv4": pool2, "conv5": pool2, "pool5": pool5}
+    model = model_lib.build_caffenet(10, input_size=size, width=0.0625)
+    got = {name: model.get_layer(name).output.shape[1] for name in want}
+    assert got == want
+    assert all(model.get_layer(name).output.shape[2] == side for name, side in want.items())
+    if size == 87:
+        assert want["pool5"] == 2  # Keras' "valid" pooling would leave 1x1
+    out = model(np.zeros((1, size, size, 3), "float32"))  # the shapes hold when run, too
+    assert out.shape == (1, 10)
+
+
+def test_caffe_pooling_takes_the_max_of_each_overhanging_window():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 7, 3)).astype("float32") - 5.0  # all negative: pads must not win
+    got = keras.ops.convert_to_numpy(model_lib.CaffeMaxPooling2D(3, 2)(x))
+    assert got.shape == (2, _caffe_pool_side(6), _caffe_pool_side(7), 3)  # (3, 4), not (2, 3)
+    for i in range(got.shape[1]):
+        for j in range(got.shape[2]):
+            window = x[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3, :]  # clipped at the edge
+            np.testing.assert_array_equal(got[:, i, j], window.max(axis=(1, 2)))
+
+
 def test_paper_initialization():
     keras.utils.set_random_seed(0)
     model = model_lib.build_caffenet(10, input_size=99, width=0.5)
@@ -68,10 +102,10 @@ def test_every_shipped_config_passes_validation_and_builds_its_network():
         model = model_lib.build_from_config(config.model, 10)
         assert model.input_shape[1] == config.model.input_size <= config.dataset.resize_size
     config = config_files.load("tiny")
-    config.model.input_size = 60
-    with pytest.raises(validate.ConfigError, match="--config.model.input_size=60"):
+    config.model.input_size = 54
+    with pytest.raises(validate.ConfigError, match="--config.model.input_size=54"):
         validate.validate(config)
-    with pytest.raises(ValueError, match="at least 67"):
+    with pytest.raises(ValueError, match="at least 55"):
         model_lib.build_from_config(config.model, 10)  # the same minimum in both places
 
 
