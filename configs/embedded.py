@@ -87,12 +87,15 @@ def get_config():
     config.train.precision = "float32"
     config.train.jit_compile = False
 
-    # --mode=grid: the paper's experiment for the split (Figure 2). Treatments are named in
-    # the A -> B direction; direction "BtoA" runs their mirror image (AnA, BnA+, RnA, ...).
+    # --mode=grid: the paper's experiment (Figure 2), replicated over splits and directions
+    # (the paper pools AnB with BnA and BnB with AnA over its random splits). Treatments are
+    # named in the A -> B direction; direction "BtoA" runs their mirror images (AnA, BnA+,
+    # RnA, ...). grid.splits empty: the config's one split.
     config.grid = ml_collections.ConfigDict()
     config.grid.treatments = ("BnB", "BnB+", "AnB", "AnB+", "RnB")
     config.grid.ns = (1, 2, 3, 4, 5, 6, 7)
-    config.grid.direction = "AtoB"
+    config.grid.splits = ("random0", "random1")
+    config.grid.directions = ("AtoB", "BtoA")
     # A cell whose worker has not refreshed its claim for this long is taken over (a claim
     # left by a dead process on the same machine is taken over at once).
     config.grid.claim_timeout_s = 120.0

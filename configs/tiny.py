@@ -24,5 +24,7 @@ def get_config():
     config.train.steps_per_epoch = 2
     config.train.backup_every_steps = 1
     config.train.log_every_steps = 2
+    config.grid.splits = ("random0",)  # one replicate; tests widen it where they need to
+    config.grid.directions = ("AtoB",)
     config.verbose = 2
     return config

@@ -20,7 +20,8 @@ import zlib
 import keras
 import tensorflow as tf
 
-from kt_transfer import atomic, data, distribute, export, layer_logging, mean, train, transfer
+from kt_transfer import (atomic, data, distribute, export, layer_logging, mean, timing,
+                         train, transfer)
 from kt_transfer import model as model_lib
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
@@ -128,10 +129,11 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         log(f"{treatment.run_name}: {stored.get('status', 'finished')} earlier, stored "
             f"result in {out}")
         return stored, out
-    base = None
+    base, stopwatch = None, timing.Stopwatch()
     if external_base(config, treatment):
         log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
-        base = transfer.load_base(config.base_model)
+        with stopwatch.phase("base_loading"):
+            base = transfer.load_base(config.base_model)
     elif treatment.base_mode:
         base = transfer.parse_treatment(treatment.base_mode)
         config_of_base = base_config(config)  # a tuning trial still copies a full base
@@ -144,7 +146,8 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         if base_metrics["status"] != "finished":
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
-        base = transfer.load_base(os.path.join(base_out, MODEL_FILE))
+        with stopwatch.phase("base_loading"):
+            base = transfer.load_base(os.path.join(base_out, MODEL_FILE))
     strategy = strategy or tf.distribute.get_strategy()
     if not distribute.is_chief(strategy):
         # Every worker trains (the steps are collective), but only the chief writes the
@@ -154,22 +157,74 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         scratch = tempfile.mkdtemp(prefix=".tmp-worker-", dir=config.workdir)
         try:
             return _train_run(config, dataset, treatment, base, scratch, log, strategy,
-                              guard, run_path=out), out
+                              guard, stopwatch, run_path=out), out
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     with run_lock(out):
         stored = read_metrics(out)  # another process may have finished it meanwhile
         if stored is not None:
             return stored, out
-        return _train_run(config, dataset, treatment, base, out, log, strategy, guard), out
+        return _train_run(config, dataset, treatment, base, out, log, strategy, guard,
+                          stopwatch), out
 
 
-def _train_run(config, dataset, treatment, base, out, log, strategy, guard, run_path=None):
+def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stopwatch,
+               run_path=None):
     """Builds, trains, evaluates and stores one run in `out`; the caller holds its lock.
 
+    stopwatch: gets the phases of this run's time (metrics.json "timings").
     run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
     """
     run_path = run_path or out
+    with stopwatch.phase("setup"):
+        model, plans, inputs = _set_up(config, dataset, treatment, base, out, strategy, log)
+    train_data, val_ds, probe, *holdout_ds = inputs[:-1]
+    bad_files = inputs[-1]
+    half = dataset.split.half(treatment.target)
+    log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
+        f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
+        f"-> {run_path}")
+    hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
+               "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
+               "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
+               "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
+    counter = train.StepCounter()
+    logger = layer_logging.LayerLogger(
+        os.path.join(out, "logs"), probe,  # a fixed validation batch across the classes
+        [p.name for p in plans if p.trainable], config.train.log_every_steps, hparams,
+        counter, stopwatch)
+    with stopwatch.phase("training_steps"):
+        metrics = train.fit_and_evaluate(
+            model, train_data, val_ds, out, config.train, verbose=config.verbose, log=log,
+            extra_callbacks=[logger, train.BadFileReport(bad_files, out, log),
+                             *([guard] if guard else [])],
+            restore_dir=run_path, counter=counter,
+            holdout_ds=holdout_ds[0] if holdout_ds else None, stopwatch=stopwatch)
+    log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
+    metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
+                   split=dataset.split.name, dataset=dataset.name,
+                   copied_lr_mult=float(config.train.copied_lr_mult),
+                   mean_rgb=model.get_layer(model_lib.NORMALIZATION_LAYER).mean_rgb,
+                   num_classes=len(half),
+                   bad_files=len(bad_files.all()),
+                   base_model=config.base_model if external_base(config, treatment) else None)
+    if metrics["status"] == "finished":
+        with stopwatch.phase("export"):
+            tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
+            model.save(tmp_model)
+            os.replace(tmp_model, os.path.join(out, MODEL_FILE))
+            export.export_saved_model(model, out)
+    metrics["timings"] = stopwatch.rounded()  # this process's part of a resumed run
+    atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
+    return metrics
+
+
+def _set_up(config, dataset, treatment, base, out, strategy, log):
+    """The run's config record, seed, model (compiled, layers copied) and inputs.
+
+    Returns:
+      (model, layer plans, (train, val, probe[, holdout], bad_files)).
+    """
     atomic.write_json(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
@@ -188,41 +243,10 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, run_
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()
     holdout = config.train.get("holdout_fraction", 0.0)
-    train_data, val_ds, probe, *holdout_ds = data.make_run_inputs(
+    inputs = data.make_run_inputs(
         config, dataset, half, strategy, bad_files,
         holdout=(holdout, config.train.seed) if holdout > 0 else None)
-    log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
-        f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
-        f"-> {run_path}")
-    hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
-               "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
-               "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
-               "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
-    counter = train.StepCounter()
-    logger = layer_logging.LayerLogger(
-        os.path.join(out, "logs"), probe,  # a fixed validation batch across the classes
-        [p.name for p in plans if p.trainable], config.train.log_every_steps, hparams,
-        counter)
-    metrics = train.fit_and_evaluate(
-        model, train_data, val_ds, out, config.train, verbose=config.verbose, log=log,
-        extra_callbacks=[logger, train.BadFileReport(bad_files, out, log),
-                         *([guard] if guard else [])],
-        restore_dir=run_path, counter=counter,
-        holdout_ds=holdout_ds[0] if holdout_ds else None)
-    log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
-    metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
-                   split=dataset.split.name, dataset=dataset.name,
-                   copied_lr_mult=float(config.train.copied_lr_mult), mean_rgb=mean_rgb,
-                   num_classes=len(half),
-                   bad_files=len(bad_files.all()),
-                   base_model=config.base_model if external_base(config, treatment) else None)
-    if metrics["status"] == "finished":
-        tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
-        model.save(tmp_model)
-        os.replace(tmp_model, os.path.join(out, MODEL_FILE))
-        export.export_saved_model(model, out)
-    atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
-    return metrics
+    return model, plans, (*inputs, bad_files)
 
 
 def weights_fingerprint(model):

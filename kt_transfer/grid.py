@@ -1,6 +1,12 @@
-"""The whole experiment of a split: both bases, then every treatment for every n.
+"""The whole experiment, replicated: for every split of `grid.splits` both bases, then
+for every n, split and direction of `grid.directions` every treatment.
 
     python -m kt_transfer.main --mode=grid            # start as many of these as you like
+
+The random splits and the two directions are the paper's replicates: its Figure 2 pools
+AnB with BnA and BnB with AnA over its four random splits. Each split's runs live in its
+own experiment directory; the pooled table, figure and findings.md are written to
+<workdir>/<dataset>/grid-<experiment id>/ (replicates.py, figures.py, findings.py).
 
 Any number of worker processes, on one machine or on several sharing the workdir's
 filesystem, work the same grid: each cell is claimed exclusively before it is trained
@@ -17,30 +23,59 @@ what finished, what failed and why, writes the results table and the paper's fig
 beside the runs, and raises (the CLI exits non-zero) unless every cell finished.
 """
 
+import dataclasses
 import os
 import time
 
-from kt_transfer import atomic, claims, experiment, results, splits, transfer, validate
+from kt_transfer import (atomic, claims, experiment, replicates, results, splits, transfer,
+                         validate)
 
 CLAIMS_DIR = ".claims"
 
 
-def cells(grid_config):
-    """The grid's treatments in the order they are worked: bases first, then by n.
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One network of the grid: a treatment on a split."""
 
-    `grid.treatments` are written for the A -> B direction (BnB, AnB+, RnB, ...);
-    `grid.direction = "BtoA"` trains the mirror image (AnA, BnA+, RnA, ...).
+    split: str
+    treatment: transfer.Treatment
+
+    @property
+    def name(self):
+        return f"{self.split}/{self.treatment.run_name}"
+
+    @property
+    def base_name(self):
+        return f"{self.split}/{self.treatment.base_mode}" if self.treatment.base_mode else None
+
+
+def grid_splits(config):
+    """The grid's splits: `grid.splits`, or the config's one split when that is empty."""
+    return tuple(config.grid.splits) or (config.split,)
+
+
+def cells(grid_config, split_names=("random0",)):
+    """The grid's cells in the order they are worked: every base first, then by n.
+
+    `grid.treatments` are written for the A -> B direction (BnB, AnB+, RnB, ...); the
+    direction "BtoA" of `grid.directions` trains their mirror images (AnA, BnA+, RnA, ...).
     """
-    if grid_config.direction not in validate.DIRECTIONS:
-        raise ValueError(f"--config.grid.direction={grid_config.direction!r}; use AtoB or BtoA")
+    for direction in grid_config.directions:
+        if direction not in validate.DIRECTIONS:
+            raise ValueError(f"--config.grid.directions has {direction!r}; use AtoB and/or BtoA")
     if not grid_config.ns:
         raise ValueError("--config.grid.ns is empty; give the n values, e.g. '(1, 2, 3)'")
-    flip = splits.swap_halves if grid_config.direction == "BtoA" else (lambda mode: mode)
-    treatments = [transfer.parse_treatment("baseA"), transfer.parse_treatment("baseB")]
+    grid_cells = [Cell(split, transfer.parse_treatment(base)) for split in split_names
+                  for base in ("baseA", "baseB")]
     for n in grid_config.ns:
-        for mode in grid_config.treatments:
-            treatments.append(transfer.parse_treatment(flip(mode), n))
-    return treatments
+        for split in split_names:
+            for direction in grid_config.directions:
+                flip = splits.swap_halves if direction == "BtoA" else (lambda mode: mode)
+                for mode in grid_config.treatments:
+                    cell = Cell(split, transfer.parse_treatment(flip(mode), n))
+                    if cell not in grid_cells:
+                        grid_cells.append(cell)
+    return grid_cells
 
 
 class Progress:
@@ -76,33 +111,36 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
     Cells whose base is not finished yet wait; meanwhile this worker takes other cells.
 
     Returns:
-      (rows of the results table, paths of the table and figure files written).
+      (rows of the results table, paths of the files written).
     Raises:
-      GridIncompleteError: after the summary, table and figure, if a cell did not finish.
+      GridIncompleteError: after the summary, tables, figure and findings, if a cell did
+        not finish.
     """
-    grid_cells = cells(config.grid)
-    exp_dir = experiment.experiment_dir(config, dataset)
-    claims_dir = os.path.join(exp_dir, CLAIMS_DIR)
-    os.makedirs(claims_dir, exist_ok=True)
+    split_names = grid_splits(config)
+    datasets = {name: dataset.with_split(name) for name in split_names}
+    grid_cells = cells(config.grid, split_names)
+    claims_dirs = {name: os.path.join(experiment.experiment_dir(config, datasets[name]),
+                                      CLAIMS_DIR) for name in split_names}
+    for path in claims_dirs.values():
+        os.makedirs(path, exist_ok=True)
     timeout_s = config.grid.claim_timeout_s
     poll_s = poll_s or min(10.0, timeout_s / 2)
     progress = Progress(len(grid_cells))
     started_grid, started_at = time.monotonic(), time.time()
     last_line = None
     while True:
-        status = _status(config, dataset, grid_cells)
-        errors = _errors(claims_dir, started_at)
+        status = _status(config, datasets, grid_cells)
+        errors = _errors(claims_dirs, started_at)
         done = sum(m is not None for m in status.values())
-        pending = [c for c in grid_cells if status[c.run_name] is None
-                   and c.run_name not in errors]
-        running = claims.held_cells(claims_dir, timeout_s) & {c.run_name for c in pending}
+        pending = [c for c in grid_cells if status[c.name] is None and c.name not in errors]
+        running = _held(claims_dirs, timeout_s) & {c.name for c in pending}
         line = progress.line(done, running, workers=max(len(running), 1))
         if line != last_line:
             log(line)
             last_line = line
         if not pending:
             break
-        cell, claim = _claim_next(pending, status, errors, config, dataset, claims_dir,
+        cell, claim = _claim_next(pending, status, errors, config, datasets, claims_dirs,
                                   timeout_s)
         if cell is None:  # others hold the rest, or it waits for a base someone trains
             time.sleep(poll_s)
@@ -110,21 +148,21 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
         finished = False
         started = time.time()
         try:
-            metrics, _ = experiment.run_treatment(config, dataset, cell, log=log,
-                                                  strategy=strategy,
+            metrics, _ = experiment.run_treatment(config, datasets[cell.split], cell.treatment,
+                                                  log=log, strategy=strategy,
                                                   guard=claims.ClaimGuard(claim))
             finished = True
             progress.durations.append(time.time() - started)
-            log(f"grid: {cell.run_name} {metrics['status']}"
+            log(f"grid: {cell.name} {metrics['status']}"
                 + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else ""))
         except experiment.RunBusyError:  # another worker is still training it: wait
-            log(f"grid: {cell.run_name} is being trained by another worker; waiting")
+            log(f"grid: {cell.name} is being trained by another worker; waiting")
             time.sleep(poll_s)
         except claims.ClaimLostError as e:
             log(f"grid: {e}")
         except (RuntimeError, ValueError) as e:  # keep working the other cells
-            _record_error(claims_dir, cell.run_name, str(e))
-            log(f"grid: {cell.run_name} could not run: {e}")
+            _record_error(claims_dirs[cell.split], cell.treatment.run_name, str(e))
+            log(f"grid: {cell.name} could not run: {e}")
         finally:
             claim.release(finished=finished)
             _free_memory()
@@ -134,7 +172,7 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
     summary, incomplete = _summary(grid_cells, status, errors)
     for summary_line in summary:
         log(summary_line)
-    written = _write_results(config, dataset, exp_dir, log)
+    written = _write_results(config, dataset, split_names, log)
     if incomplete:
         raise GridIncompleteError(
             f"{len(incomplete)} of {len(grid_cells)} grid cells did not finish: "
@@ -146,9 +184,15 @@ class GridIncompleteError(RuntimeError):
     """The grid ended with cells that failed or could not run."""
 
 
-def _status(config, dataset, grid_cells):
-    return {c.run_name: experiment.read_metrics(experiment.run_dir(config, dataset, c))
-            for c in grid_cells}
+def _status(config, datasets, grid_cells):
+    return {c.name: experiment.read_metrics(
+        experiment.run_dir(config, datasets[c.split], c.treatment)) for c in grid_cells}
+
+
+def _held(claims_dirs, timeout_s):
+    """Names (split/run) of the cells some live worker holds."""
+    return {f"{split}/{run}" for split, path in claims_dirs.items()
+            for run in claims.held_cells(path, timeout_s)}
 
 
 def _record_error(claims_dir, cell, reason):
@@ -156,18 +200,20 @@ def _record_error(claims_dir, cell, reason):
                       {"reason": reason, "time": time.time()})
 
 
-def _errors(claims_dir, since):
-    """{cell: reason} of the cells recorded as unable to run since this worker started.
+def _errors(claims_dirs, since):
+    """{split/run: reason} of the cells recorded as unable to run since this worker
+    started.
 
     Older records are ignored: a new grid process tries those cells again (the fault may
     have been fixed), and records its own error if it persists.
     """
     errors = {}
-    for name in os.listdir(claims_dir):
-        if name.endswith(".error"):
-            record = atomic.read_json(os.path.join(claims_dir, name))  # written atomically
-            if record is not None and record["time"] >= since:
-                errors[name[:-len(".error")]] = record["reason"]
+    for split, claims_dir in claims_dirs.items():
+        for name in os.listdir(claims_dir):
+            if name.endswith(".error"):
+                record = atomic.read_json(os.path.join(claims_dir, name))  # atomic
+                if record is not None and record["time"] >= since:
+                    errors[f"{split}/{name[:-len('.error')]}"] = record["reason"]
     return errors
 
 
@@ -176,12 +222,11 @@ def _summary(grid_cells, status, errors):
     cells that did not finish."""
     incomplete = {}
     for cell in grid_cells:
-        metrics = status[cell.run_name]
+        metrics = status[cell.name]
         if metrics is None:
-            incomplete[cell.run_name] = "could not run: " + errors.get(cell.run_name,
-                                                                      "not trained")
+            incomplete[cell.name] = "could not run: " + errors.get(cell.name, "not trained")
         elif metrics.get("status", "finished") != "finished":
-            incomplete[cell.run_name] = f"failed: {metrics.get('reason', '')}"
+            incomplete[cell.name] = f"failed: {metrics.get('reason', '')}"
     finished = len(grid_cells) - len(incomplete)
     lines = [f"grid: summary: {finished} of {len(grid_cells)} cells finished"
              + (f", {len(incomplete)} did not:" if incomplete else "")]
@@ -194,31 +239,34 @@ def _training_seconds(status):
     return sum(m.get("seconds", 0.0) for m in status.values() if m is not None)
 
 
-def _claim_next(pending, status, errors, config, dataset, claims_dir, timeout_s):
+def _claim_next(pending, status, errors, config, datasets, claims_dirs, timeout_s):
     """The first pending cell whose base is finished and that no one holds, claimed.
 
     A cell whose base failed or could not run is recorded as unable to run (so no worker
     waits for it).
     """
     for cell in pending:
-        if cell.base_mode and not experiment.external_base(config, cell):
-            base = status.get(cell.base_mode)
+        treatment, claims_dir = cell.treatment, claims_dirs[cell.split]
+        if treatment.base_mode and not experiment.external_base(config, treatment):
+            base = status.get(cell.base_name)
             reason = None
-            if base is None and cell.base_mode in errors:
-                reason = f"its base {cell.base_mode} could not run ({errors[cell.base_mode]})"
+            if base is None and cell.base_name in errors:
+                reason = (f"its base {treatment.base_mode} could not run "
+                          f"({errors[cell.base_name]})")
             elif base is not None and base["status"] != "finished":
-                reason = f"its base {cell.base_mode} failed ({base.get('reason', '')})"
+                reason = f"its base {treatment.base_mode} failed ({base.get('reason', '')})"
             if reason:
-                _record_error(claims_dir, cell.run_name, reason)
-                errors[cell.run_name] = reason
+                _record_error(claims_dir, treatment.run_name, reason)
+                errors[cell.name] = reason
                 continue
             if base is None:
                 continue  # its base is still to be trained (a base cell comes first)
-        claim = claims.try_claim(claims_dir, cell.run_name, timeout_s)
+        claim = claims.try_claim(claims_dir, treatment.run_name, timeout_s)
         if claim is None:
             continue
         # Finished by another worker between our listing and our claim?
-        if experiment.read_metrics(experiment.run_dir(config, dataset, cell)) is not None:
+        run_dir = experiment.run_dir(config, datasets[cell.split], treatment)
+        if experiment.read_metrics(run_dir) is not None:
             claim.release(finished=True)
             continue
         return cell, claim
@@ -234,16 +282,40 @@ def _free_memory():
     gc.collect()
 
 
-def _write_results(config, dataset, exp_dir, log):
-    """The grid's table (CSV, Markdown) and figure, beside its runs."""
+def report_dir(config, dataset):
+    """<workdir>/<dataset>/grid-<experiment id>: the pooled table, figure, findings."""
+    exp_id = os.path.basename(experiment.experiment_dir(config, dataset))
+    return os.path.join(config.workdir, dataset.name, f"grid-{exp_id}")
+
+
+def _write_results(config, dataset, split_names, log):
+    """The grid's tables (every run; replicates pooled), figure and findings.md."""
+    exp_id = os.path.basename(experiment.experiment_dir(config, dataset))
     rows = [r for r in results.gather(config.workdir)
-            if os.path.join(config.workdir, r["dataset"], r["split"], r["experiment"])
-            == exp_dir]
-    written = results.write_tables(rows, exp_dir)
-    figure = os.path.join(exp_dir, "results.png")
-    results.plot(rows, figure, results.figure_title(dataset.name, dataset.split.name),
-                 paper=dataset.split.name.startswith("random") and config.grid.paper_overlay)
-    written.append(figure)
+            if (r["dataset"], r["experiment"]) == (dataset.name, exp_id)]
+    out = report_dir(config, dataset)
+    os.makedirs(out, exist_ok=True)
+    grid_rows = [r for r in rows if r["split"] in split_names]
+    written = results.write_tables(grid_rows, out)
+    families = {}  # the random splits pooled; natman apart (files prefixed natman_)
+    for name in split_names:
+        families.setdefault(results.split_family(name), []).append(name)
+    for i, (family, names) in enumerate(families.items()):
+        expected = replicates.expected_networks(names, config.grid.directions,
+                                                _paper_names(config.grid.treatments),
+                                                config.grid.ns)
+        paths, text = results.report_experiment(
+            [r for r in grid_rows if r["split"] in names], out, dataset.name, names,
+            paper_overlay=config.grid.paper_overlay, expected=expected,
+            ns=sorted(config.grid.ns), directions=config.grid.directions,
+            related_rows=[r for r in rows if r["split"] not in names],
+            prefix="" if i == 0 else f"{family}_")
+        written += paths
+        log(text)
     for path in written:
         log(f"grid: wrote {path}")
-    return rows, written
+    return grid_rows, written
+
+
+def _paper_names(treatments):
+    return [replicates.paper_name(mode)[0] for mode in treatments]

@@ -19,6 +19,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from kt_transfer import model as model_lib
 from kt_transfer import optimizer as optimizer_lib
+from kt_transfer import timing
 
 
 def filter_grid(kernel):
@@ -58,7 +59,8 @@ def _sample_indices(size, name):
 class LayerLogger(keras.callbacks.Callback):
     """Writes per-layer summaries to <log_dir>/layers and the run's HParams."""
 
-    def __init__(self, log_dir, probe_batch, trained_layers, every_steps, hparams, counter):
+    def __init__(self, log_dir, probe_batch, trained_layers, every_steps, hparams, counter,
+                 stopwatch=timing.NO_STOPWATCH):
         """
         Args:
           probe_batch: (images, labels), the fixed batch the curves are computed on.
@@ -66,6 +68,7 @@ class LayerLogger(keras.callbacks.Callback):
           every_steps: logging interval in training steps.
           hparams: {name: value} for TensorBoard's HParams dashboard.
           counter: the run's train.StepCounter (the step every curve is logged at).
+          stopwatch: a timing.Stopwatch whose phase "logging" gets this logger's time.
         """
         super().__init__()
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
@@ -73,7 +76,7 @@ class LayerLogger(keras.callbacks.Callback):
         self.trained_layers = list(trained_layers)
         self.every = every_steps
         self.hparams = hparams
-        self.counter = counter
+        self.counter, self.stopwatch = counter, stopwatch
         self.previous = {}
 
     def on_train_begin(self, logs=None):
@@ -86,11 +89,12 @@ class LayerLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self.counter.step
         if step % self.every == 0:
-            self.log_layers(step)
+            with self.stopwatch.phase("logging"):
+                self.log_layers(step)
 
     def on_epoch_end(self, epoch, logs=None):
         step = self.counter.step
-        with self.writer.as_default():
+        with self.stopwatch.phase("logging"), self.writer.as_default():
             kernel = self.model.get_layer("conv1").kernel.numpy()
             tf.summary.image("conv1/filters", filter_grid(kernel), step=step)
         self.writer.flush()

@@ -1,7 +1,11 @@
-"""Finished runs under a workdir -> tables (CSV, Markdown) and the paper's figure.
+"""Finished runs under a workdir -> tables (CSV, Markdown), the figure and findings.md.
 
-The figure is the paper's Figure 2: validation top-1 against n (layers copied) for BnB,
-BnB+, AnB, AnB+ and the random-features control RnB, with baseB as a dashed line.
+Per run: results.csv / results.md. Per experiment and split family (the random splits
+pooled as replicates; natman on its own): replicates.csv / .md (mean, sd, count and 95%
+interval per treatment and n), the paper's Figure 2 (figures.py) and findings.md
+(findings.py). The figure and findings use the final validation top-1 (unbiased); the
+tables also give the paper's figure of merit, the mean of each network's 10 highest
+validation evaluations (mean_highest_top1), which picks on the validation set itself.
 """
 
 import csv
@@ -10,27 +14,17 @@ import importlib.resources
 import io
 import json
 import os
-import tempfile
 
-from kt_transfer import atomic, splits
+from kt_transfer import atomic, figures, findings, replicates
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
-           "base_top1", "train_seconds", "note")
+           "mean_highest_top1", "base_top1", "train_seconds", "note")
 AT_CHANCE = 1.5  # top-1 at most this many times chance: the network did not learn
 
 
 def at_chance(top1, num_classes):
     """Whether a finished network stayed at chance (its fresh layers died early)."""
     return bool(num_classes) and top1 is not None and top1 <= AT_CHANCE / num_classes
-
-
-TREATMENTS = {  # mode -> (label, colour, marker)
-    "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
-    "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
-    "AnB": ("AnB (transfer, frozen)", "tab:red", "o"),
-    "AnB+": ("AnB+ (transfer, fine-tuned)", "tab:orange", "s"),
-    "RnB": ("RnB (random frozen features)", "tab:gray", "v"),
-}
 
 
 def gather(workdir):
@@ -47,6 +41,7 @@ def gather(workdir):
                      "experiment": experiment, "run": run, "mode": metrics.get("mode", run),
                      "n": metrics.get("n", 0), "status": metrics.get("status", "finished"),
                      "top1": metrics.get("top1"), "top5": metrics.get("top5"),
+                     "mean_highest_top1": metrics.get("mean_highest_top1"),
                      "train_seconds": _whole_seconds(metrics.get("seconds")),
                      "note": _note(metrics)})
     # Runs of different datasets or splits can share an experiment id (it hashes the
@@ -57,7 +52,7 @@ def gather(workdir):
         target = row["mode"].rstrip("+")[-1]  # baseA -> A, AnB+ -> B
         row["base_top1"] = bases.get((row["dataset"], row["split"], row["experiment"],
                                       f"base{target}"))
-    order = {m: i for i, m in enumerate(["baseA", "baseB", *TREATMENTS])}
+    order = {m: i for i, m in enumerate(["baseA", "baseB", *replicates.TREATMENTS])}
     rows.sort(key=lambda r: (r["dataset"], r["split"], r["experiment"],
                              order.get(r["mode"], 99), r["n"], r["run"]))
     return rows
@@ -78,17 +73,17 @@ def _fmt(value):
     return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def to_csv(rows):
+def to_csv(rows, columns=COLUMNS):
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(out, columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: _fmt(r.get(k)) for k in COLUMNS} for r in rows)
+    writer.writerows({k: _fmt(r.get(k)) for k in columns} for r in rows)
     return out.getvalue()
 
 
-def to_markdown(rows):
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |" for r in rows]
+def to_markdown(rows, columns=COLUMNS):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -98,78 +93,14 @@ def paper_results():
     return json.loads(text)
 
 
-def figure_title(dataset, split):
-    return f"{dataset}, split {split}" + (" (A = man-made, B = natural)"
-                                          if split == "natman" else "")
+def figure_title(dataset, split_names):
+    title = f"{dataset}, split{'s' if len(split_names) > 1 else ''} {', '.join(split_names)}"
+    return title + (" (A = man-made, B = natural)" if "natman" in split_names else "")
 
 
-def _as_target_b(mode):
-    """The B-target name of a treatment: AnA -> BnB, BnA+ -> AnB+, baseA -> baseB.
-
-    The figure is drawn in the paper's A -> B terms; a B -> A grid is its mirror image.
-    """
-    return splits.swap_halves(mode) if mode.rstrip("+")[-1] == "A" else mode
-
-
-def plot(rows, path, title, paper=False):
-    """Draws top-1 vs n for one experiment (rows of one dataset/split/experiment).
-
-    Only runs under their plain name are drawn (A4B+, not the sweep's A4B+_lr0.1 or a
-    --base_model run's A4B_base-...). Rows training on half A (a B -> A grid) are drawn as
-    their mirror image, so the lines keep the paper's names. Written atomically.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    plain = [r for r in rows if r["status"] == "finished" and "_" not in r["run"]]
-    to_a = any(r["mode"].rstrip("+").endswith("nA") for r in plain)  # a B -> A grid
-    if to_a:
-        title += " (B -> A runs, drawn as their A -> B mirror)"
-    finished = [dict(r, mode=_as_target_b(r["mode"])) for r in plain
-                if (r["mode"].rstrip("+")[-1] == "A") == to_a]
-    for mode, (label, colour, marker) in TREATMENTS.items():
-        points = sorted((r["n"], r["top1"]) for r in finished if r["mode"] == mode)
-        if points:
-            ax.plot(*zip(*points), marker=marker, color=colour, label=label)
-    collapsed = [(r["n"], r["top1"]) for r in finished
-                 if r.get("note") and r["mode"] in TREATMENTS]
-    if collapsed:
-        ax.plot(*zip(*collapsed), linestyle="none", marker="x", markersize=10, color="black",
-                label="did not learn (at chance)")
-    base = [r["top1"] for r in finished if r["mode"] == "baseB"]
-    if base:
-        ax.axhline(base[0], color="black", linestyle="--", label="baseB (target base)")
-    if paper:
-        published = paper_results()
-        for key, series in published["random_halves"].items():
-            mode = key.split()[0]
-            if mode in TREATMENTS:
-                pts = sorted((int(n), v["mean"]) for n, v in series.items())
-                ax.plot(*zip(*pts), linestyle=":", color=TREATMENTS[mode][1], alpha=0.6,
-                        label=f"paper {mode}")
-        control = sorted((int(n), v["mean"]) for n, v in
-                         published["random_frozen_control_whole_imagenet"].items())
-        ax.plot(*zip(*control), linestyle=":", color="tab:gray", alpha=0.6,
-                label="paper random control (all ImageNet)")
-        halves = published["base_random_halves"].values()
-        ax.axhline(sum(halves) / len(halves), color="black", linestyle=":", alpha=0.6,
-                   label="paper base")
-    ax.set_xlabel("n (layers copied)")
-    ax.set_ylabel("validation top-1")
-    ax.set_xticks(range(0, 8))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    # A unique temporary name: two workers finishing a grid together may both draw it.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
-                               suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        fig.savefig(f, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+def split_family(split):
+    """Splits pooled as replicates: every random<seed> together; any other alone."""
+    return "random" if split.startswith("random") else split
 
 
 def write_tables(rows, out_dir):
@@ -182,9 +113,62 @@ def write_tables(rows, out_dir):
     return written
 
 
+def _write_text(path, text, written):
+    atomic.write_text(path, text)
+    written.append(path)
+
+
+def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
+                      expected=None, ns=None, directions=replicates.DIRECTIONS,
+                      related_rows=(), prefix=""):
+    """The replicate table, figure and findings of one experiment's pooled splits.
+
+    Args:
+      rows: result rows (gather) of this experiment; those of split_names are pooled.
+      expected: replicates.expected_networks() of the grid, to name what is missing.
+      ns: the grid's n values (default: those that have networks).
+      directions: the directions pooled (a one-direction grid's base is its target's).
+      related_rows: rows of the same experiment on other splits (natman), for finding (e).
+      prefix: file name prefix (several experiments in one directory).
+    Returns:
+      (paths written, findings.md text).
+    """
+    records = [r for r in replicates.networks(rows, split_names)
+               if r["direction"] in directions]
+    missing = replicates.missing(records, expected) if expected else []
+    written = []
+    table = replicates.summary_rows(replicates.summarize(records))
+    _write_text(os.path.join(out_dir, prefix + "replicates.csv"),
+                to_csv(table, replicates.SUMMARY_COLUMNS), written)
+    _write_text(os.path.join(out_dir, prefix + "replicates.md"),
+                to_markdown(table, replicates.SUMMARY_COLUMNS), written)
+    paper = paper_results()
+    figure = os.path.join(out_dir, prefix + "results.png")
+    figures.plot(records, figure, figure_title(dataset, split_names),
+                 paper=paper if paper_overlay and split_family(split_names[0]) == "random"
+                 else None, absolute_paper=dataset == "imagenet2012", missing=missing)
+    written.append(figure)
+    ns = ns or sorted({r["n"] for r in records if r["treatment"] != "base"}) or [1]
+    natman = replicates.networks([r for r in related_rows if r["split"] == "natman"])
+    found = findings.evaluate(records, paper, ns, natman_records=natman)
+    replicate_keys = sorted({(r["split"], r["direction"]) for r in records})
+    notes = [f"Networks: {len(records)} finished in {len(replicate_keys)} replicate(s) "
+             f"(split, direction): {', '.join(f'{s} {d}' for s, d in replicate_keys)}.",
+             "Metric: final validation top-1 (the table replicates.md has every point; "
+             "results.md also has the paper's mean of the 10 highest evaluations).",
+             f"Missing or failed networks (not averaged in): {len(missing)}"
+             + (": " + ", ".join(f"{s} {d} {t}{'' if t == 'base' else f' n={n}'}"
+                                 for s, d, t, n in missing) if missing else "") + "."]
+    text = findings.to_markdown(found, "Findings: " + figure_title(dataset, split_names),
+                                notes)
+    _write_text(os.path.join(out_dir, prefix + "findings.md"), text, written)
+    return written, text
+
+
 def write_report(workdir, out_dir=None, paper=False):
-    """Writes results.csv, results.md and one results_<dataset>_<split>_<id>.png per
-    experiment that has runs; returns the paths written."""
+    """Writes results.csv and results.md (every run), and per experiment and split
+    family <dataset>_<family>_<id>_{replicates.csv,replicates.md,results.png,findings.md};
+    returns the paths written."""
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
     rows = gather(workdir)
@@ -192,10 +176,16 @@ def write_report(workdir, out_dir=None, paper=False):
         raise FileNotFoundError(f"no finished runs (metrics.json) under {workdir!r}; "
                                 "check --workdir")
     written = write_tables(rows, out_dir)
-    for key in sorted({(r["dataset"], r["split"], r["experiment"]) for r in rows}):
-        group = [r for r in rows if (r["dataset"], r["split"], r["experiment"]) == key]
-        path = os.path.join(out_dir, "results_{}_{}_{}.png".format(*key))
-        plot(group, path, figure_title(key[0], key[1]),
-             paper=paper and key[1].startswith("random"))
-        written.append(path)
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["experiment"], split_family(r["split"])),
+                          []).append(r)
+    for (dataset, experiment, family), group in sorted(groups.items()):
+        split_names = sorted({r["split"] for r in group})
+        related = [r for r in rows if (r["dataset"], r["experiment"]) == (dataset, experiment)
+                   and split_family(r["split"]) != family]
+        paths, _ = report_experiment(group, out_dir, dataset, split_names, paper_overlay=paper,
+                                     related_rows=related,
+                                     prefix=f"{dataset}_{family}_{experiment}_")
+        written += paths
     return written

@@ -94,10 +94,20 @@ class Dataset:
     name: str  # embedded, folder, or the TFDS name: the first level under the workdir
     source: Source
     split: splits.Split
+    groups: list = None  # per-class man-made/natural, where the dataset has them
 
     @property
     def classes(self):
         return self.source.classes
+
+    def with_split(self, name):
+        """The same images under another split (a replicated grid's splits), checked."""
+        if name == self.split.name:
+            return self
+        split = splits.make_split(name, len(self.classes), self.groups)
+        for half in ("A", "B"):
+            check_readable(self.source, split.half(half))
+        return dataclasses.replace(self, split=split)
 
 
 def resolve_dataset(config, log=print):
@@ -131,7 +141,7 @@ def resolve_dataset(config, log=print):
     split = splits.make_split(config.split, len(source.classes), groups)
     for half in ("A", "B"):
         check_readable(source, split.half(half))
-    return Dataset(name, source, split)
+    return Dataset(name, source, split, groups)
 
 
 def read_groups(root, num_classes):

@@ -10,7 +10,7 @@ import warnings
 
 import keras
 
-from kt_transfer import atomic, keras_compat
+from kt_transfer import atomic, keras_compat, timing
 from kt_transfer import optimizer as optimizer_lib
 
 
@@ -73,6 +73,37 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class ValidationHistory(keras.callbacks.Callback):
+    """Every validation evaluation of the run, with its step: the training curve, and
+    the paper's figure of merit (mean_highest). Saved with each backup, so a resumed run
+    keeps the evaluations of the processes before it."""
+
+    def __init__(self, counter, evaluations=()):
+        super().__init__()
+        self.counter = counter
+        self.evaluations = list(evaluations)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_top1" in logs:
+            self.evaluations.append({"step": self.counter.step,
+                                     "top1": float(logs["val_top1"]),
+                                     "top5": float(logs["val_top5"]),
+                                     "loss": float(logs["val_loss"])})
+
+
+HIGHEST = 10  # the paper's notebook averages each net's 10 highest validation evaluations
+
+
+def mean_highest(evaluations, k=HIGHEST):
+    """Mean of the k highest validation top-1 values (all of them if fewer): how the
+    paper's plotting notebook (`mean_highest`) scores a network. It picks the best
+    evaluations on the validation set itself, so it is biased upward; the final top-1
+    is not."""
+    best = sorted((e["top1"] for e in evaluations), reverse=True)[:k]
+    return sum(best) / len(best) if best else None
+
+
 BACKUP_PREFIX, WEIGHTS_FILE, STATE_FILE = "backup-", "backup.weights.h5", "state.json"
 
 
@@ -86,10 +117,11 @@ class PeriodicBackup(keras.callbacks.Callback):
     complete; older ones are then removed. A kill at any point leaves a complete backup.
     """
 
-    def __init__(self, checkpoints_dir, every_steps, counter, seconds_before=0.0):
+    def __init__(self, checkpoints_dir, every_steps, counter, seconds_before=0.0,
+                 history=None, stopwatch=timing.NO_STOPWATCH):
         super().__init__()
         self.checkpoints_dir, self.every_steps = checkpoints_dir, every_steps
-        self.counter = counter
+        self.counter, self.history, self.stopwatch = counter, history, stopwatch
         self.seconds_before, self.started = seconds_before, time.monotonic()
 
     def seconds(self):
@@ -105,6 +137,10 @@ class PeriodicBackup(keras.callbacks.Callback):
         self.save()
 
     def save(self):
+        with self.stopwatch.phase("backups"):
+            self._save()
+
+    def _save(self):
         step = self.counter.step
         final = os.path.join(self.checkpoints_dir, f"{BACKUP_PREFIX}{step:09d}")
         if os.path.exists(final):  # an epoch end right after an interval backup
@@ -112,7 +148,8 @@ class PeriodicBackup(keras.callbacks.Callback):
         tmp = tempfile.mkdtemp(prefix=".tmp-backup-", dir=self.checkpoints_dir)
         self.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
         atomic.write_json(os.path.join(tmp, STATE_FILE),
-                          {"step": step, "seconds": round(self.seconds(), 1)})
+                          {"step": step, "seconds": round(self.seconds(), 1),
+                           "evaluations": self.history.evaluations if self.history else []})
         os.rename(tmp, final)
         for older in list_backups(self.checkpoints_dir)[:-1]:
             shutil.rmtree(older, ignore_errors=True)
@@ -127,7 +164,8 @@ def list_backups(checkpoints_dir):
 
 
 def latest_backup(checkpoints_dir):
-    """(path, {"step", "seconds"}) of the newest complete backup, or (None, None)."""
+    """(path, {"step", "seconds", "evaluations"}) of the newest complete backup, or
+    (None, None)."""
     for path in reversed(list_backups(checkpoints_dir)):
         try:
             with open(os.path.join(path, STATE_FILE)) as f:
@@ -168,18 +206,22 @@ def restore_backup(model, checkpoints_dir):
     """Loads the newest backup into a compiled model.
 
     Returns:
-      (steps already done, training seconds already spent); (0, 0.0) if no backup.
+      (steps already done, training seconds already spent, the validation evaluations
+      up to that step); (0, 0.0, []) if no backup.
     """
     path, state = latest_backup(checkpoints_dir)
     if path is None:
-        return 0, 0.0
+        return 0, 0.0, []
     model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(path, WEIGHTS_FILE))
-    return int(state["step"]), float(state.get("seconds", 0.0))
+    step = int(state["step"])
+    evaluations = [e for e in state.get("evaluations", []) if e["step"] <= step]
+    return step, float(state.get("seconds", 0.0)), evaluations
 
 
 def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1, log=print,
-                     extra_callbacks=(), restore_dir=None, counter=None, holdout_ds=None):
+                     extra_callbacks=(), restore_dir=None, counter=None, holdout_ds=None,
+                     stopwatch=timing.NO_STOPWATCH):
     """Trains `model` for train.total_steps, resuming from the run's backup if any.
 
     Args:
@@ -198,26 +240,34 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
         otherwise); it is set to the resumed step here.
       holdout_ds: held-out training images to evaluate as well (a tuning trial's
         objective).
+      stopwatch: a timing.Stopwatch that gets the phases "validation" and "backups"
+        (the rest of the time in here is the training steps).
 
     Returns:
-      {"status": "finished", "top1", "top5", "loss", "steps"}: final validation figures
-      (and "holdout_top1", "holdout_top5" with a holdout_ds), or {"status": "failed",
-      "reason", "steps"} if the loss stopped being finite; both with "seconds" (training
-      wall time, summed over the processes that trained it) and "resumed_from_step" (0
-      for a run trained in one go).
+      {"status": "finished", "top1", "top5", "loss", "steps", "mean_highest_top1"}: final
+      validation figures and the paper's mean of the 10 highest evaluations (and
+      "holdout_top1", "holdout_top5" with a holdout_ds), or {"status": "failed",
+      "reason", "steps"} if the loss stopped being finite; all with "evaluations" (every
+      validation evaluation: step, top1, top5, loss), "seconds" (training wall time,
+      summed over the processes that trained it) and "resumed_from_step" (0 for a run
+      trained in one go).
     """
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     counter = counter or StepCounter()
-    done, seconds_before = restore_backup(
+    done, seconds_before, evaluations = restore_backup(
         model, os.path.join(restore_dir or run_dir, "checkpoints"))
     counter.step = done
     non_finite = StopOnNonFiniteLoss(counter)
+    history = ValidationHistory(counter, evaluations)
     backup = PeriodicBackup(checkpoints, train_config.backup_every_steps, counter,
-                            seconds_before=seconds_before)
+                            seconds_before=seconds_before, history=history,
+                            stopwatch=stopwatch)
     callbacks = [
         counter,  # first: the others read the step it counts
+        history,  # before the backup, which saves the evaluations
         backup,
+        timing.ValidationTime(stopwatch),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         non_finite,
         *extra_callbacks,
@@ -247,12 +297,20 @@ def fit_and_evaluate(model, train_data, val_ds, run_dir, train_config, verbose=1
             outcome = {"status": "failed", "steps": non_finite.failed_step, "reason":
                        f"loss became NaN or infinite at step {non_finite.failed_step}"}
         else:
-            result = model.evaluate(val_ds, return_dict=True, verbose=0)
-            outcome = {"status": "finished", "top1": float(result["top1"]),
-                       "top5": float(result["top5"]), "loss": float(result["loss"]),
-                       "steps": steps}
+            last = history.evaluations[-1] if history.evaluations else None
+            if last is None or last["step"] != steps:
+                # The last epoch's validation is the final evaluation (same weights, same
+                # images); evaluate only when it is missing.
+                with stopwatch.phase("validation"):
+                    last = {k: float(v) for k, v in
+                            model.evaluate(val_ds, return_dict=True, verbose=0).items()}
+            outcome = {"status": "finished", "top1": last["top1"], "top5": last["top5"],
+                       "loss": last["loss"], "steps": steps,
+                       "mean_highest_top1": mean_highest(history.evaluations or [last])}
             if holdout_ds is not None:
-                held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
+                with stopwatch.phase("validation"):
+                    held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
                 outcome.update(holdout_top1=float(held["top1"]),
                                holdout_top5=float(held["top5"]))
-    return {**outcome, "seconds": round(backup.seconds(), 1), "resumed_from_step": done}
+    return {**outcome, "evaluations": history.evaluations,
+            "seconds": round(backup.seconds(), 1), "resumed_from_step": done}

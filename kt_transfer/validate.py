@@ -20,6 +20,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")
 DIRECTIONS = ("AtoB", "BtoA")
+SPLIT_PATTERN = re.compile(r"random\d+|natman")
 MAX_EMBEDDED_CLASSES = 100
 
 
@@ -92,8 +93,7 @@ def _check_run(check, config):
     check.one_of("verbose", (0, 1, 2))
     if not isinstance(config.workdir, str) or not config.workdir:
         check.fail("workdir", "give a directory for the runs")
-    if not isinstance(config.split, str) or not re.fullmatch(r"random\d+|natman",
-                                                                 config.split):
+    if not isinstance(config.split, str) or not SPLIT_PATTERN.fullmatch(config.split):
         check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
                    "random0..random3) or natman")
     mode = config.mode
@@ -203,7 +203,14 @@ def _check_distribute(check):
 
 
 def _check_grid(check, gc):
-    check.one_of("grid.direction", DIRECTIONS)
+    if not gc.directions or any(d not in DIRECTIONS for d in gc.directions) \
+            or len(set(gc.directions)) != len(gc.directions):
+        check.fail("grid.directions", "give AtoB and/or BtoA, e.g. '(\"AtoB\", \"BtoA\")'",
+                   got=gc.directions)
+    for split in gc.splits:
+        if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
+            check.fail("grid.splits", "give split names, random<seed> or natman, e.g. "
+                       "'(\"random0\", \"random1\")' (empty: the config's split)", got=split)
     check.number("grid.claim_timeout_s", low=0, low_open=True)
     check.boolean("grid.paper_overlay")
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
@@ -217,7 +224,8 @@ def _check_grid(check, gc):
             treatment = None
         if treatment is None or treatment.source is None or treatment.target != "B":
             check.fail("grid.treatments", "name treatments in the A -> B direction (BnB, "
-                       "BnB+, AnB, AnB+, RnB); grid.direction=BtoA runs their mirror images",
+                       "BnB+, AnB, AnB+, RnB); direction BtoA of grid.directions runs their "
+                       "mirror images",
                        got=mode)
 
 

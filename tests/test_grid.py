@@ -21,14 +21,29 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 def test_cells_put_bases_first_and_mirror_for_b_to_a():
     config = config_files.load("tiny").grid
     config.ns = (1, 2)
-    names = [c.run_name for c in grid.cells(config)]
-    assert names == ["baseA", "baseB", "B1B", "B1B+", "A1B", "A1B+", "R1B",
-                     "B2B", "B2B+", "A2B", "A2B+", "R2B"]
-    config.direction = "BtoA"
-    assert [c.run_name for c in grid.cells(config)][2:7] == ["A1A", "A1A+", "B1A", "B1A+", "R1A"]
-    config.direction = "sideways"
-    with pytest.raises(ValueError, match="grid.direction"):
+    names = [c.name for c in grid.cells(config)]
+    assert names == ["random0/" + n for n in ["baseA", "baseB", "B1B", "B1B+", "A1B", "A1B+",
+                                              "R1B", "B2B", "B2B+", "A2B", "A2B+", "R2B"]]
+    config.directions = ("BtoA",)
+    assert [c.treatment.run_name for c in grid.cells(config)][2:7] == [
+        "A1A", "A1A+", "B1A", "B1A+", "R1A"]
+    config.directions = ("sideways",)
+    with pytest.raises(ValueError, match="grid.directions"):
         grid.cells(config)
+
+
+def test_replicated_cells_cover_every_split_and_direction_once():
+    config = config_files.load("tiny").grid
+    config.ns, config.treatments = (1, 2), ("BnB", "AnB")
+    config.directions = ("AtoB", "BtoA")
+    cells = grid.cells(config, ("random0", "random1"))
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)) == 2 * 2 + 2 * 2 * 2 * 2
+    # Every base (of both splits) comes before any transfer cell, which are ordered by n.
+    assert names[:4] == ["random0/baseA", "random0/baseB", "random1/baseA", "random1/baseB"]
+    assert [c.treatment.n for c in cells[4:]] == sorted(c.treatment.n for c in cells[4:])
+    assert {"random1/B2A", "random1/A2A", "random0/A1B", "random0/B1B"} <= set(names)
+    assert all(c.base_name == f"{c.split}/{c.treatment.base_mode}" for c in cells[4:])
 
 
 def _worker(args, log_path):
@@ -50,16 +65,19 @@ def _wait_for(path, pattern, proc, timeout_s=300):
 
 
 @pytest.mark.slow
-def test_two_workers_run_every_cell_once_and_a_killed_worker_resumes(tmp_path, data_cache):
-    args = [f"--config={TINY}", "--mode=grid", "--config.grid.ns=(1, 2)",
+def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resumes(
+        tmp_path, data_cache):
+    args = [f"--config={TINY}", "--mode=grid", "--config.grid.ns=(1,)",
+            "--config.grid.splits=('random0', 'random1')",
             f"--workdir={tmp_path / 'wd'}", f"--config.dataset.data_dir={data_cache}",
             "--config.grid.claim_timeout_s=30"]
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log", tmp_path / "worker0b.log"]
     first = _worker(args, logs[0])
     second = _worker(args, logs[1])
     # Kill the first worker in the middle of a transfer cell (after the bases).
-    text = _wait_for(logs[0], r"Training [ABR][12]B\+? ", first)
-    killed_cell = re.findall(r"Training ([ABR][12]B\+?) ", text)[-1]
+    training = r"(?m)^Training ([ABR]1B\+?) on half .* -> \S+/(random\d)/\w+/\S+$"
+    text = _wait_for(logs[0], training, first)
+    killed_cell = "{1}/{0}".format(*re.findall(training, text)[-1])
     first.send_signal(signal.SIGKILL)
     first.wait()
     restarted = _worker(args, logs[2])
@@ -68,23 +86,31 @@ def test_two_workers_run_every_cell_once_and_a_killed_worker_resumes(tmp_path, d
 
     outputs = [open(p).read() for p in logs]
     trained = collections.Counter(
-        name for out in outputs for name in re.findall(r"^Training (\S+) on half", out, re.M))
-    cells = [c.run_name for c in grid.cells(config_files.load("tiny").grid)
-             if c.n in (0, 1, 2)]
-    assert set(trained) == set(cells)
+        f"{split}/{name}" for out in outputs for name, split in re.findall(
+            r"^Training (\S+) on half .* -> \S+/(random\d)/\w+/\S+$", out, re.M))
+    config = config_files.load("tiny").grid
+    config.ns = (1,)
+    cells = [c.name for c in grid.cells(config, ("random0", "random1"))]
+    assert len(cells) == 4 + 2 * 5 and set(trained) == set(cells)
     # Every cell trained once; the killed one twice (killed, then resumed to its end).
     assert trained == collections.Counter(cells) + collections.Counter([killed_cell])
     assert any(re.search(rf"grid: {re.escape(killed_cell)} finished", o) for o in outputs[1:])
-    assert "grid: 12/12 done" in outputs[1] + outputs[2]
-    exp_dirs = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path / "wd")
-                for d in dirs if os.path.exists(os.path.join(root, d, "results.png"))]
-    assert len(exp_dirs) == 1
-    table = open(os.path.join(exp_dirs[0], "results.csv")).read().splitlines()
-    assert len(table) == 1 + 12 and all(",finished," in row for row in table[1:])
-    assert not [n for n in os.listdir(os.path.join(exp_dirs[0], grid.CLAIMS_DIR))]
+    assert "grid: 14/14 done" in outputs[1] + outputs[2]
+    report = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path / "wd")
+              for d in dirs if d.startswith("grid-")]
+    assert len(report) == 1
+    table = open(os.path.join(report[0], "results.csv")).read().splitlines()
+    assert len(table) == 1 + 14 and all(",finished," in row for row in table[1:])
+    for name in ("results.png", "replicates.md", "findings.md"):
+        assert os.path.exists(os.path.join(report[0], name)), name
+    summary = open(os.path.join(report[0], "replicates.csv")).read()
+    assert "\nAnB,1,2," in summary and "\nbase,0,2," in summary  # one network per split
+    exp_dir = os.path.join(os.path.dirname(report[0]), "random0",
+                           os.path.basename(report[0])[len("grid-"):])
+    assert not [n for n in os.listdir(os.path.join(exp_dir, grid.CLAIMS_DIR))]
     # Each cell records its training wall time; the grid reports their sum at the end.
-    seconds = [json.load(open(os.path.join(exp_dirs[0], c, "metrics.json")))["seconds"]
-               for c in cells]
+    seconds = [json.load(open(os.path.join(exp_dir, c.split("/")[1], "metrics.json")))[
+        "seconds"] for c in cells if c.startswith("random0/")]
     assert all(s > 0 for s in seconds)
     assert re.search(r"grid: this worker ran \d+ cell\(s\) in .*; the grid's cells trained "
                      r"for .* in all", outputs[1] + outputs[2])
@@ -116,9 +142,10 @@ def test_a_base_that_cannot_run_fails_its_cells_and_the_grid_ends(tmp_path, data
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "grid: baseA could not run" in out and "grid: baseB could not run" in out
+    assert "grid: random0/baseA could not run" in out
+    assert "grid: random0/baseB could not run" in out
     assert "grid: summary: 0 of 4 cells finished, 4 did not:" in out
-    assert re.search(r"grid:   A1B: could not run: its base baseA could not run \(.*at least 55",
+    assert re.search(r"grid:   random0/A1B: could not run: its base baseA could not run \(.*at least 55",
                      out)
     assert "INCOMPLETE: 4 of 4 grid cells did not finish" in out
 
@@ -136,7 +163,7 @@ def test_a_cell_busy_in_another_process_is_waited_for_not_failed(tmp_path, data_
     log = tmp_path / "worker.log"
     with experiment.run_lock(base_a):  # "another process" is training baseA
         worker = _worker(args, log)
-        _wait_for(log, r"grid: baseA is being trained by another worker; waiting", worker)
+        _wait_for(log, r"grid: random0/baseA is being trained by another worker; waiting", worker)
     assert worker.wait(timeout=300) == 0, open(log).read()[-3000:]
     text = open(log).read()
     assert "grid: summary: 4 of 4 cells finished" in text

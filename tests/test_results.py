@@ -51,9 +51,10 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     notes = {r["run"]: r["note"] for r in rows if r["split"] == "random0"}
     assert notes["R2B"] == "at chance: did not learn" and notes["R1B"] == ""
     assert "| AnB+ | 1 | finished | 0.3300" in open(report / "results.md").read()
-    for split in ("random0", "natman"):
-        with open(report / f"results_embedded_{split}_abcd1234.png", "rb") as f:
+    for family in ("random", "natman"):  # the random splits pooled; natman apart
+        with open(report / f"embedded_{family}_abcd1234_results.png", "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "(e) dissimilar halves" in open(report / "embedded_random_abcd1234_findings.md").read()
 
 
 def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path):
@@ -81,4 +82,5 @@ def test_empty_workdir_says_what_to_check(tmp_path):
 
 def test_paper_numbers_are_packaged():
     published = results.paper_results()
-    assert published["random_halves"]["AnB (transfer, frozen)"]["7"]["mean"] == 0.542
+    assert published["random_halves"]["AnB (transfer, frozen)"]["7"]["mean"] == 0.5425
+    assert "mean of its 10 highest" in published["source"]

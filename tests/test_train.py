@@ -95,7 +95,27 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     for got, want in zip(resumed.optimizer.variables, whole.optimizer.variables):
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6, atol=1e-7)
     assert metrics["top1"] == pytest.approx(expected["top1"])
+    # Every epoch's evaluation is kept, the first process's included; the final figures
+    # are the last one's, and the paper's figure of merit is their mean (fewer than 10).
+    assert [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
+    for got, want in zip(metrics["evaluations"], expected["evaluations"]):
+        assert got["top1"] == pytest.approx(want["top1"]) and got["step"] == want["step"]
+    assert metrics["top1"] == metrics["evaluations"][-1]["top1"]
+    assert metrics["mean_highest_top1"] == pytest.approx(
+        np.mean([e["top1"] for e in expected["evaluations"]]))
+    final = whole.evaluate(_val_data(), return_dict=True, verbose=0)
+    assert expected["top1"] == pytest.approx(final["top1"])  # the same as evaluating anew
+    assert expected["loss"] == pytest.approx(final["loss"], rel=1e-5)
     assert len(train.list_backups(str(tmp_path / "b" / "checkpoints"))) == 1  # the last only
+
+
+def test_mean_highest_averages_the_ten_best_evaluations():
+    evaluations = [{"step": s, "top1": v} for s, v in
+                   enumerate([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.55, 0.45, 0.0])]
+    assert train.mean_highest(evaluations) == pytest.approx(
+        np.mean([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2]))
+    assert train.mean_highest(evaluations[:2]) == pytest.approx(0.5)
+    assert train.mean_highest([]) is None
 
 
 def test_mixed_float16_counts_every_trained_step_and_resumes_exactly(tmp_path):

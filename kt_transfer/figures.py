@@ -1,0 +1,109 @@
+"""The paper's Figure 2 from replicated networks: every network, and the mean with its
+95% interval, against n; the base as a band.
+
+Two panels: validation top-1 (left) and top-1 relative to each network's own base
+(right). The paper's published curves are overlaid like with like: absolute top-1 only on
+ImageNet itself, relative top-1 on any dataset (a 50-class CPU-scale task has another
+absolute accuracy than ImageNet's 500-class halves, but the relative drop is comparable).
+"""
+
+import os
+import statistics
+import tempfile
+
+from kt_transfer import replicates
+
+STYLE = {  # treatment -> (label, colour, marker)
+    "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
+    "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
+    "AnB": ("AnB (transfer, frozen)", "tab:red", "o"),
+    "AnB+": ("AnB+ (transfer, fine-tuned)", "tab:orange", "s"),
+    "RnB": ("RnB (random frozen features, on the half: not the paper's control)",
+            "tab:gray", "v"),
+}
+OFFSETS = {"BnB": -0.16, "BnB+": -0.08, "AnB": 0.0, "AnB+": 0.08, "RnB": 0.16}
+
+
+def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
+    """Draws the figure to `path` (PNG, written atomically).
+
+    Args:
+      records: replicates.networks() of one experiment.
+      paper: the published numbers (results.paper_results()) to overlay, or None.
+      absolute_paper: overlay the paper's absolute top-1 too (ImageNet only).
+      missing: expected networks without a finished record, named under the figure.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5))
+    bases = [r["top1"] for r in records if r["treatment"] == "base"]
+    base_est = replicates.Estimate.of(bases)
+    for ax, relative in ((ax_abs, False), (ax_rel, True)):
+        if relative:
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="base")
+        elif base_est is not None:
+            ax.axhline(base_est.mean, color="black", linestyle="--", linewidth=1,
+                       label=f"base (mean of {base_est.count})")
+            if base_est.count > 1:
+                ax.axhspan(base_est.low, base_est.high, color="black", alpha=0.08,
+                           label="base 95% interval")
+        for treatment, (label, colour, marker) in STYLE.items():
+            _draw_treatment(ax, records, treatment, relative, label, colour, marker)
+        if paper:
+            _overlay_paper(ax, paper, relative, absolute_paper)
+        ax.set_xlabel("n (layers copied)")
+        ax.set_ylabel("top-1 / its base's top-1" if relative else "validation top-1")
+        ax.set_xticks(range(0, 8))
+        ax.grid(alpha=0.3)
+    ax_abs.set_title(title, fontsize=10)
+    ax_rel.set_title("relative to each network's own base", fontsize=10)
+    handles, labels = ax_abs.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    note = (f"{len(missing)} expected network(s) missing or failed: " + ", ".join(
+        f"{s} {d} {t}{'' if t == 'base' else ' n=%d' % n}" for s, d, t, n in missing[:8])
+        + (" ..." if len(missing) > 8 else "")) if missing else ""
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="tab:red")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
+    by_n = {}
+    for r in records:
+        if r["treatment"] == treatment and (not relative or r["base_top1"]):
+            by_n.setdefault(r["n"], []).append(r["top1"] / r["base_top1"] if relative
+                                                else r["top1"])
+    if not by_n:
+        return
+    offset = OFFSETS[treatment]
+    for n, values in by_n.items():  # every network, faint
+        ax.scatter([n + offset] * len(values), values, color=colour, alpha=0.3, s=12,
+                   marker=marker, linewidths=0)
+    ns = sorted(by_n)
+    estimates = [replicates.Estimate.of(by_n[n]) for n in ns]
+    means = [e.mean for e in estimates]
+    errors = [[e.mean - e.low if e.count > 1 else 0 for e in estimates],
+              [e.high - e.mean if e.count > 1 else 0 for e in estimates]]
+    ax.errorbar([n + offset for n in ns], means, yerr=errors, color=colour, marker=marker,
+                capsize=3, label=label + " (mean, 95% interval)")
+
+
+def _overlay_paper(ax, paper, relative, absolute_paper):
+    base = statistics.fmean(paper["base_random_halves"].values())
+    if not relative and not absolute_paper:
+        return
+    for name, series in paper["random_halves"].items():
+        treatment = name.split()[0]
+        points = sorted((int(n), v["mean"] / (base if relative else 1.0))
+                        for n, v in series.items())
+        ax.plot(*zip(*points), linestyle=":", color=STYLE[treatment][1], alpha=0.7,
+                label=f"paper {treatment} (ImageNet)")
+    if not relative:
+        ax.axhline(base, color="black", linestyle=":", alpha=0.6, label="paper base (ImageNet)")
