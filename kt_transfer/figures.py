@@ -59,14 +59,18 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
         ax.grid(alpha=0.3)
     ax_abs.set_title(title, fontsize=10)
     ax_rel.set_title("relative to each network's own base", fontsize=10)
-    handles, labels = ax_abs.get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4, frameon=False)
+    legend = {}
+    for ax in (ax_abs, ax_rel):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), fontsize=7, loc="lower center", ncol=4,
+               frameon=False, bbox_to_anchor=(0.5, 0.03))
     note = (f"{len(missing)} expected network(s) missing or failed: " + ", ".join(
         f"{s} {d} {t}{'' if t == 'base' else ' n=%d' % n}" for s, d, t, n in missing[:8])
         + (" ..." if len(missing) > 8 else "")) if missing else ""
     if note:
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="tab:red")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
     with os.fdopen(fd, "wb") as f:
         fig.savefig(f, dpi=110, format="png")
@@ -84,7 +88,7 @@ def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
         return
     offset = OFFSETS[treatment]
     for n, values in by_n.items():  # every network, faint
-        ax.scatter([n + offset] * len(values), values, color=colour, alpha=0.3, s=12,
+        ax.scatter([n + offset] * len(values), values, color=colour, alpha=0.45, s=14,
                    marker=marker, linewidths=0)
     ns = sorted(by_n)
     estimates = [replicates.Estimate.of(by_n[n]) for n in ns]

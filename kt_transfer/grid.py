@@ -105,10 +105,15 @@ def _format_duration(seconds):
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
+def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells=True,
+             since=None):
     """Works the grid until every cell is finished, failed or could not run.
 
     Cells whose base is not finished yet wait; meanwhile this worker takes other cells.
+
+    Args:
+      train_cells: False: only summarize and report (after local worker processes).
+      since: errors recorded from this time on count (default: this call's start).
 
     Returns:
       (rows of the results table, paths of the files written).
@@ -126,9 +131,9 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
     timeout_s = config.grid.claim_timeout_s
     poll_s = poll_s or min(10.0, timeout_s / 2)
     progress = Progress(len(grid_cells))
-    started_grid, started_at = time.monotonic(), time.time()
+    started_grid, started_at = time.monotonic(), since or time.time()
     last_line = None
-    while True:
+    while train_cells:
         status = _status(config, datasets, grid_cells)
         errors = _errors(claims_dirs, started_at)
         done = sum(m is not None for m in status.values())
@@ -166,6 +171,9 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None):
         finally:
             claim.release(finished=finished)
             _free_memory()
+    if not train_cells:
+        status = _status(config, datasets, grid_cells)
+        errors = _errors(claims_dirs, started_at)
     log(f"grid: this worker ran {len(progress.durations)} cell(s) in "
         f"{_format_duration(time.monotonic() - started_grid)}; the grid's cells trained "
         f"for {_format_duration(_training_seconds(status))} in all")

@@ -12,6 +12,7 @@ a misspelled key is an error.
 
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -70,7 +71,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     try:
         if config.mode == "grid":
-            grid.run_grid(config, dataset, strategy=strategy)
+            _run_grid(config, dataset, strategy)
             return
         if config.mode == "tune":
             tune.run_sweep(config, dataset, strategy=strategy)
@@ -81,6 +82,33 @@ def main(argv):
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
         sys.exit(1)
+
+
+def _run_grid(config, dataset, strategy):
+    """The grid: in this process, or in several pinned worker processes on this machine
+    (local_workers.py) whose end this process waits for, then summarizes."""
+    import tensorflow as tf
+
+    from kt_transfer import grid, local_workers
+    workers = local_workers.workers_for(
+        config.grid, has_gpus=bool(tf.config.list_physical_devices("GPU"))
+        or config.distribute.strategy == "multi_worker")
+    prefix = local_workers.worker_prefix()
+    if workers == 1:
+        if prefix:  # one of several: lines prefixed, no interleaved progress bars
+            with config.unlocked():
+                config.verbose = 0
+            print(f"{prefix}grid: pinned to cores "
+                  f"{','.join(map(str, local_workers.available_cpus()))}", flush=True)
+        grid.run_grid(config, dataset, log=lambda line: print(prefix + str(line), flush=True),
+                      strategy=strategy)
+        return
+    started = time.time()
+    codes = local_workers.run_workers(sys.argv, workers)
+    # Every cell is finished or recorded as failed by now: summarize, write the report.
+    grid.run_grid(config, dataset, strategy=strategy, train_cells=False, since=started)
+    if any(codes):
+        sys.exit(f"error: grid worker exit codes {codes}")
 
 
 def _set_output_verbosity(verbosity):

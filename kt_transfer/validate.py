@@ -212,6 +212,8 @@ def _check_grid(check, gc):
             check.fail("grid.splits", "give split names, random<seed> or natman, e.g. "
                        "'(\"random0\", \"random1\")' (empty: the config's split)", got=split)
     check.number("grid.claim_timeout_s", low=0, low_open=True)
+    check.number("grid.workers_per_machine", low=0, integer=True)
+    check.number("grid.cores_per_worker", low=1, integer=True)
     check.boolean("grid.paper_overlay")
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
         check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
