@@ -21,6 +21,7 @@ def get_config():
     config.model.input_size = 227
     config.model.width = 1.0
     config.model.init = "paper"
+    config.model.fc8_outputs = "all"  # 1000 outputs in every half network
     config.train.batch_size = 256
     config.train.base_lr = 0.01
     config.train.lr_step_size = 100_000

@@ -62,6 +62,18 @@ def run_dir(config, dataset, treatment):
     return os.path.join(experiment_dir(config, dataset), name)
 
 
+def fc8_outputs(config, dataset, half):
+    """fc8's width for a network trained on `half`: one output per class of the half
+    ("half"), or one per class of the whole dataset ("all", the paper's half networks:
+    500 of their 1000 outputs never see a label). Labels are the same either way (the
+    class's position in the half); accuracy is taken over all outputs, as Caffe's
+    accuracy layer does."""
+    if not half:
+        return None
+    return len(dataset.classes) if config.model.get("fc8_outputs", "half") == "all" \
+        else len(half)
+
+
 def copied_fc_lr_mult(config, treatment):
     """The separate multiplier of copied fc layers, or None (they use copied_lr_mult)."""
     mult = config.train.get("copied_fc_lr_mult", -1.0)
@@ -237,8 +249,9 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
     with strategy.scope():  # variables (model and optimizer) are created per replica
         base_half = dataset.split.half(treatment.source) if treatment.base_mode else ()
         model, plans = transfer.build_model(
-            treatment, config.model, len(half), base, config.train.copied_lr_mult,
-            len(base_half), mean_rgb=mean_rgb, scale=config.dataset.scale,
+            treatment, config.model, fc8_outputs(config, dataset, half), base,
+            config.train.copied_lr_mult, fc8_outputs(config, dataset, base_half),
+            mean_rgb=mean_rgb, scale=config.dataset.scale,
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()

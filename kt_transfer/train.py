@@ -86,10 +86,14 @@ class ValidationHistory(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if "val_top1" in logs:
-            self.evaluations.append({"step": self.counter.step,
-                                     "top1": float(logs["val_top1"]),
-                                     "top5": float(logs["val_top5"]),
-                                     "loss": float(logs["val_loss"])})
+            self.evaluations.append({"step": self.counter.step, **{
+                key: _finite_or_none(logs[f"val_{key}"]) for key in ("top1", "top5", "loss")}})
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: a diverged evaluation's values are stored as null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 HIGHEST = 10  # the paper's notebook averages each net's 10 highest validation evaluations
@@ -100,7 +104,8 @@ def mean_highest(evaluations, k=HIGHEST):
     paper's plotting notebook (`mean_highest`) scores a network. It picks the best
     evaluations on the validation set itself, so it is biased upward; the final top-1
     is not."""
-    best = sorted((e["top1"] for e in evaluations), reverse=True)[:k]
+    best = sorted((e["top1"] for e in evaluations if e["top1"] is not None),
+                  reverse=True)[:k]
     return sum(best) / len(best) if best else None
 
 

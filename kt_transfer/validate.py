@@ -149,8 +149,12 @@ def _check_dataset(check, dc):
         check.number("dataset.embedded.seed", low=0, integer=True)
 
 
+FC8_OUTPUTS = ("half", "all")
+
+
 def _check_model(check, config):
     mc = config.model
+    check.one_of("model.fc8_outputs", FC8_OUTPUTS)
     minimum = architecture.min_input_size()
     if check.number("model.input_size", low=1, integer=True):
         if mc.input_size < minimum:

@@ -59,3 +59,35 @@ def test_mixed_precision_and_xla_switches_train(tiny_config):
     assert metrics["status"] == "finished" and metrics["steps"] == 4
     assert model.get_layer("conv1").compute_dtype == "bfloat16"
     assert model.get_layer("fc8").compute_dtype == "float32"
+
+
+def test_fc8_all_keeps_an_output_per_dataset_class_with_the_halfs_labels(tiny_config):
+    """The paper's half networks kept all 1000 outputs: labels of a half, accuracy (and
+    the softmax) over every output, so an unused output can still win the argmax."""
+    import keras
+    import numpy as np
+    from kt_transfer import train
+
+    tiny_config.model.fc8_outputs = "all"
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    half = dataset.split.half("B")
+    assert experiment.fc8_outputs(tiny_config, dataset, half) == 12 > len(half) == 6
+    metrics, out = experiment.run_treatment(tiny_config, dataset,
+                                            transfer.parse_treatment("AnB+", 1),
+                                            log=lambda *_: None)
+    assert metrics["status"] == "finished" and np.isfinite(metrics["loss"])
+    model = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE))
+    assert model.output_shape == (None, 12)
+    base = keras.saving.load_model(os.path.join(os.path.dirname(out), "baseA",
+                                                experiment.MODEL_FILE))
+    assert base.output_shape == (None, 12)  # the base's fc8 too: checked when copying
+    # Accuracy over all outputs: make an output no label uses win every argmax.
+    fc8 = model.get_layer("fc8")
+    kernel, bias = fc8.get_weights()
+    bias[len(half):] = 1e3
+    fc8.set_weights([kernel, bias])
+    train.compile_model(model, tiny_config.train,
+                        transfer.parse_treatment("baseB").layer_plans())
+    images = np.zeros((4, 67, 67, 3), "uint8")
+    result = model.evaluate(images, np.arange(4), return_dict=True, verbose=0)
+    assert result["top1"] == 0.0
