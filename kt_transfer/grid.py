@@ -66,16 +66,28 @@ def cells(grid_config, split_names=("random0",)):
     if not grid_config.ns:
         raise ValueError("--config.grid.ns is empty; give the n values, e.g. '(1, 2, 3)'")
     grid_cells = [Cell(split, transfer.parse_treatment(base)) for split in split_names
-                  for base in ("baseA", "baseB")]
+                  for base in _bases(split)]
     for n in grid_config.ns:
         for split in split_names:
-            for direction in grid_config.directions:
+            for direction, mode in _treatments(grid_config, split):
                 flip = splits.swap_halves if direction == "BtoA" else (lambda mode: mode)
-                for mode in grid_config.treatments:
-                    cell = Cell(split, transfer.parse_treatment(flip(mode), n))
-                    if cell not in grid_cells:
-                        grid_cells.append(cell)
+                cell = Cell(split, transfer.parse_treatment(flip(mode), n))
+                if cell not in grid_cells:
+                    grid_cells.append(cell)
     return grid_cells
+
+
+def _bases(split):
+    """Split "all" has one base, the whole-dataset network (baseB; A is the same)."""
+    return ("baseB",) if split == splits.WHOLE else ("baseA", "baseB")
+
+
+def _treatments(grid_config, split):
+    """(direction, treatment) pairs of a split: on "all", only the random-weights
+    control (the paper's nolearn), once; nothing can transfer between equal halves."""
+    if split == splits.WHOLE:
+        return [("AtoB", mode) for mode in grid_config.treatments if mode.startswith("R")]
+    return [(d, mode) for d in grid_config.directions for mode in grid_config.treatments]
 
 
 class Progress:

@@ -99,9 +99,12 @@ def expected_networks(split_names, directions, treatments, ns):
     """{(split, direction, treatment, n)} the grid should produce (bases have n = 0)."""
     expected = set()
     for split in split_names:
-        for direction in directions:
+        whole = split == splits.WHOLE  # one base and the random control only
+        for direction in ("AtoB",) if whole else directions:
             expected.add((split, direction, "base", 0))
             for treatment in treatments:
+                if whole and treatment != "RnB":
+                    continue
                 for n in ns:
                     expected.add((split, direction, treatment, n))
     return expected

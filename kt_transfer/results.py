@@ -150,7 +150,10 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
     written.append(figure)
     ns = ns or sorted({r["n"] for r in records if r["treatment"] != "base"}) or [1]
     natman = replicates.networks([r for r in related_rows if r["split"] == "natman"])
-    found = findings.evaluate(records, paper, ns, natman_records=natman)
+    whole = [r for r in replicates.networks([r for r in related_rows if r["split"] == "all"])
+             if r["treatment"] == "RnB"]
+    found = findings.evaluate(records, paper, ns, natman_records=natman,
+                              whole_records=whole)
     replicate_keys = sorted({(r["split"], r["direction"]) for r in records})
     notes = [f"Networks: {len(records)} finished in {len(replicate_keys)} replicate(s) "
              f"(split, direction): {', '.join(f'{s} {d}' for s, d in replicate_keys)}.",

@@ -86,11 +86,21 @@ def imagenet_natman_groups():
     return [row[2] for row in sorted(rows, key=lambda r: int(r[0]))]
 
 
+WHOLE = "all"  # the split that keeps every class: the paper's netbase and nolearn runs
+
+
+def whole_split(num_classes):
+    """Every class in both "halves": on it, baseB is the whole-dataset network (the
+    paper's `netbase`) and RnB the random-weights control on all classes (`nolearn`)."""
+    every = tuple(range(num_classes))
+    return Split(WHOLE, every, every)
+
+
 def make_split(name, num_classes, groups=None):
     """Resolves a split name for a dataset.
 
     Args:
-      name: `random<seed>` or `natman`.
+      name: `random<seed>`, `natman`, or `all` (every class; see whole_split).
       num_classes: classes in the dataset.
       groups: per-class man-made/natural labels; needed for `natman` unless the dataset
         has ImageNet's 1000 classes.
@@ -98,6 +108,8 @@ def make_split(name, num_classes, groups=None):
     Returns:
       A Split.
     """
+    if name == WHOLE:
+        return whole_split(num_classes)
     match = re.fullmatch(r"random(\d+)", name)
     if match:
         return random_split(num_classes, int(match.group(1)))
@@ -113,5 +125,6 @@ def make_split(name, num_classes, groups=None):
             raise ValueError(f"{len(groups)} class groups for {num_classes} classes")
         return group_split(groups)
     raise ValueError(
-        f"unknown split {name!r}: use --config.split=random<seed> (e.g. random0) or natman"
+        f"unknown split {name!r}: use --config.split=random<seed> (e.g. random0), natman "
+        "or all"
     )

@@ -20,7 +20,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")
 DIRECTIONS = ("AtoB", "BtoA")
-SPLIT_PATTERN = re.compile(r"random\d+|natman")
+SPLIT_PATTERN = re.compile(r"random\d+|natman|all")
+WHOLE_SPLIT_MODES = ("baseB", "RnB")  # split=all: the whole-dataset base and its control
 MAX_EMBEDDED_CLASSES = 100
 
 
@@ -95,7 +96,8 @@ def _check_run(check, config):
         check.fail("workdir", "give a directory for the runs")
     if not isinstance(config.split, str) or not SPLIT_PATTERN.fullmatch(config.split):
         check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
-                   "random0..random3) or natman")
+                   "random0..random3), natman, or all (every class: the whole-dataset "
+                   "base and the random-weights control)")
     mode = config.mode
     if mode in ("grid", "tune"):
         if config.base_model and mode == "grid":
@@ -111,6 +113,11 @@ def _check_run(check, config):
     except ValueError as e:
         check.problems.append(str(e))
         return
+    if config.split == "all" and treatment.mode not in WHOLE_SPLIT_MODES:
+        check.fail("mode", "with --config.split=all (every class) run the whole-dataset "
+                   "base (--mode=baseB) or the random-weights control (--mode=RnB --n=N); "
+                   "transfer between halves needs a split into halves (random0, natman)",
+                   got=mode)
     if config.base_model:
         if treatment.base_mode is None:
             check.fail("base_model", f"--base_model is for treatments that copy layers from "

@@ -42,7 +42,11 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--mode=grid", "--config.model.input_size=60"], "--config.model.input_size=60"),
+    (["--mode=grid", "--config.model.input_size=50"], "--config.model.input_size=50"),
+    (["--mode=grid", "--config.grid.directions=('AtoB', 'BtoC')"], "--config.grid.directions"),
+    (["--mode=grid", "--config.grid.splits=('random0', 'halves')"], "--config.grid.splits"),
+    (["--mode=AnB", "--n=3", "--config.split=all"], "--mode='AnB': with --config.split=all"),
+    (["--mode=grid", "--config.model.fc8_outputs=most"], "--config.model.fc8_outputs"),
     (["--mode=AnB", "--n=2", "--config.train.precision=fp8"], "--config.train.precision='fp8'"),
     (["--mode=AnB", "--n=2", "--config.model.init=xavier"], "--config.model.init='xavier'"),
     (["--mode=AnB", "--n=2", "--config.dataset.mean=median"], "use one of fixed, computed"),
@@ -79,7 +83,7 @@ def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
 
 def test_every_bad_value_is_named_at_once(tmp_path):
     result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}/wd", "--mode=grid",
-                     "--config.model.input_size=60", "--config.train.precision=fp8",
+                     "--config.model.input_size=50", "--config.train.precision=fp8",
                      "--config.model.init=xavier", "--config.dataset.mean=median")
     assert result.returncode != 0
     for key in ("model.input_size", "train.precision", "model.init", "dataset.mean"):

@@ -56,3 +56,17 @@ def test_split_info_tool_prints_paper_halves():
     assert splits.index_md5(info["A"]) == splits.PAPER_MD5[("random0", "A")]
     assert splits.index_md5(info["B"]) == splits.PAPER_MD5[("random0", "B")]
     assert info["A_names"][0] == "n01440764"
+
+
+def test_the_whole_dataset_split_keeps_every_class_in_both_halves():
+    split = splits.make_split("all", 12)
+    assert split.name == "all" and split.A == split.B == tuple(range(12))
+
+
+def test_grid_cells_on_the_whole_split_are_its_base_and_the_random_control():
+    from kt_transfer import config_files, grid
+    config = config_files.load("tiny").grid
+    config.ns, config.directions = (1, 2), ("AtoB", "BtoA")
+    names = [c.name for c in grid.cells(config, ("random0", "all"))]
+    assert [n for n in names if n.startswith("all/")] == ["all/baseB", "all/R1B", "all/R2B"]
+    assert "random0/R1A" in names and "random0/B2A+" in names
