@@ -1,9 +1,14 @@
-"""Input pipeline throughput: kt_transfer's against the one a Keras user would write.
+"""Input pipeline throughput: kt_transfer's against the one a Keras user would write, and
+on a prepared (pre-resized) copy against the originals and the bare decode limit.
 
     python tools/bench_input.py                       # generates ImageNet-sized JPEGs once
     python tools/bench_input.py --data_dir=/data/imagenet --classes=100
 
 Prints images/s, in one run on the same cores, of
+  - kt_transfer's pipeline on the original JPEGs (decoded whole, resized on the fly);
+  - the same pipeline on a copy made by tools/prepare_images.py (decodes the crop only);
+  - the bare decode limit: tf.io.decode_jpeg of the original files, nothing else;
+and their ratios; then
   - kt_transfer's training pipeline (data.make_dataset: resize 256, random 227 crop, mirror,
     bad-file handling; 8-bit output, the network subtracts the mean), reading all classes;
   - keras.utils.image_dataset_from_directory(image_size=256) + RandomCrop(227) +
@@ -31,6 +36,8 @@ flags.DEFINE_integer("crop", 227, "crop size (the paper's 227)")
 flags.DEFINE_integer("batch", 64, "batch size")
 flags.DEFINE_integer("batches", 25, "timed batches per round")
 flags.DEFINE_integer("rounds", 3, "rounds per pipeline (median reported)")
+flags.DEFINE_string("prepared_dir", "", "the prepared copy (default: made once under "
+                    "--cache_dir by tools/prepare_images.py's code)")
 FLAGS = flags.FLAGS
 
 
@@ -74,6 +81,24 @@ def kt_pipeline(source, class_indices):
                              seed=0)
 
 
+def bare_decode(root):
+    """The decode limit: read and decode every original JPEG in parallel, nothing else
+    (no resize, crop or batching of pixels; the decoded shapes are batched)."""
+    import tensorflow as tf
+    files = tf.data.Dataset.list_files(os.path.join(root, "train", "*", "*"), seed=0)
+    ds = files.repeat().map(lambda path: tf.shape(tf.io.decode_jpeg(tf.io.read_file(path))),
+                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return ds.batch(FLAGS.batch).prefetch(tf.data.AUTOTUNE)
+
+
+def prepared_copy(root):
+    from kt_transfer import prepare
+    dst = FLAGS.prepared_dir or os.path.join(FLAGS.cache_dir, f"prepared-{FLAGS.resize}")
+    if not os.path.exists(os.path.join(dst, prepare.COMPLETE)):
+        prepare.prepare_folder(root, dst, FLAGS.resize, log=lambda *_: None)
+    return dst
+
+
 def keras_pipeline(root):
     import keras
     import tensorflow as tf
@@ -106,6 +131,16 @@ def main(argv):
     print(f"{root}: {len(source.classes)} classes; resize {FLAGS.resize}, crop {FLAGS.crop}, "
           f"batch {FLAGS.batch}, {FLAGS.batches} batches x {FLAGS.rounds} rounds, "
           f"{os.cpu_count()} CPUs")
+    prepared = sources.folder_source(prepared_copy(root))
+    rates = measure({"originals": lambda: kt_pipeline(source, every),
+                     "prepared": lambda: kt_pipeline(prepared, every),
+                     "decode": lambda: bare_decode(root)})
+    print(f"kt_transfer pipeline, original JPEGs        {rates['originals']:8.0f} images/s")
+    print(f"kt_transfer pipeline, prepared copy         {rates['prepared']:8.0f} images/s")
+    print(f"bare decode of the original JPEGs           {rates['decode']:8.0f} images/s")
+    print(f"ratio prepared / originals                  {rates['prepared'] / rates['originals']:8.2f}")
+    print(f"ratio originals / bare decode               {rates['originals'] / rates['decode']:8.2f}")
+    print(f"ratio prepared / bare decode                {rates['prepared'] / rates['decode']:8.2f}")
     rates = measure({"kt_transfer": lambda: kt_pipeline(source, every),
                      "keras": lambda: keras_pipeline(root)})
     print(f"kt_transfer pipeline (all classes)          {rates['kt_transfer']:8.0f} images/s")
