@@ -39,8 +39,10 @@ def get_config():
     config.dataset.tfds_manual_dir = ""  # imagenet2012's tar files; default <data_dir>/downloads/manual
     config.dataset.tfds_val_split = ""  # default: validation, or test where there is none
     config.dataset.resize_size = 80  # the paper's 256, scaled
-    # "fixed": subtract mean_rgb; "computed": the mean of the base half's training images,
-    # computed once (over mean_images images) and cached under the workdir.
+    # "fixed": subtract mean_rgb; "computed": the per-channel mean of the base half's
+    # training images; "base_image": their per-pixel mean image (the paper's). Computed
+    # once (over mean_images images), cached under the workdir; a transfer network
+    # inherits its base's.
     config.dataset.mean = "fixed"
     config.dataset.mean_rgb = (96.0, 96.0, 96.0)  # subtracted per channel (Caffe-style, 0..255)
     config.dataset.mean_images = 5000

@@ -16,7 +16,8 @@ def get_config():
     config.dataset.name = "folder"
     config.dataset.data_dir = ""  # required: --config.dataset.data_dir=/path/to/imagenet
     config.dataset.resize_size = 256
-    config.dataset.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet mean, RGB
+    config.dataset.mean = "base_image"  # the base half's per-pixel 256x256 mean image
+    config.dataset.mean_rgb = (123.68, 116.78, 103.94)  # (used with mean="fixed")
     config.dataset.scale = 1.0
     config.model.input_size = 227
     config.model.width = 1.0

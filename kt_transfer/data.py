@@ -101,7 +101,7 @@ def _decode_chunk(load, bad_files):
 
 def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
                  training, seed=0, deterministic=False, bad_files=None, input_context=None,
-                 skip_steps=0, holdout=None):
+                 skip_steps=0, holdout=None, augment=None):
     """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
 
     Args:
@@ -120,6 +120,8 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         uninterrupted run would be, files and augmentation seeds alike. Skipping happens
         before decoding, so it costs only the file names. Exact in deterministic mode
         unless files were skipped as unreadable.
+      augment: random crops and mirrors (default: when training); False reads a shuffled,
+        repeated stream of centre crops (the mean image).
       holdout: None, or (part, fraction, seed): a fixed part of the images, chosen by a
         seeded hash of each file name (so the same on every run and source order), is
         set aside; part "rest" reads the others, part "held" only those (see in_holdout).
@@ -166,7 +168,8 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     ds = ds.batch(CHUNK)
 
     def load(element, element_seed):
-        return images.decode_crop(read(element["image"]), element_seed, training=training,
+        return images.decode_crop(read(element["image"]), element_seed,
+                                  training=training if augment is None else augment,
                                   resize_size=resize_size, crop_size=crop_size)
     load.output_shape = (crop_size, crop_size, 3)
 

@@ -243,7 +243,9 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
     keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
     half = dataset.split.half(treatment.target)
-    mean_rgb = mean.run_mean(config, dataset, treatment, log)
+    # Its own mean if it copies nothing; a transfer network inherits its base's.
+    mean_rgb, mean_image = (None, None) if base is not None and treatment.base_mode else \
+        mean.run_mean(config, dataset, treatment, log)
     # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
     keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
@@ -251,7 +253,7 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
         model, plans = transfer.build_model(
             treatment, config.model, fc8_outputs(config, dataset, half), base,
             config.train.copied_lr_mult, fc8_outputs(config, dataset, base_half),
-            mean_rgb=mean_rgb, scale=config.dataset.scale,
+            mean_rgb=mean_rgb, scale=config.dataset.scale, mean_image=mean_image,
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
     bad_files = data.BadFiles()

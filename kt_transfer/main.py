@@ -60,7 +60,7 @@ def main(argv):
         validate.validate(config)
     except validate.ConfigError as e:
         sys.exit(f"error: {e}")
-    from kt_transfer import distribute, experiment, grid, report, sources, transfer, tune
+    from kt_transfer import distribute, experiment, report, sources, transfer, tune
     treatment = None
     if config.mode not in ("grid", "tune"):
         treatment = transfer.parse_treatment(config.mode, config.n)  # validated above

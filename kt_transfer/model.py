@@ -20,23 +20,43 @@ NORMALIZATION_LAYER = "pixel_normalization"
 
 @keras.saving.register_keras_serializable(package="kt_transfer")
 class PixelNormalization(keras.layers.Layer):
-    """(pixel - mean_rgb) * scale, inside the network: the input pipeline hands over 8-bit
+    """(pixel - mean) * scale, inside the network: the input pipeline hands over 8-bit
     RGB crops (4x fewer bytes to batch and copy to the accelerator), and the mean the
     network was trained with travels with the saved model. Computed in float32 whatever
-    the dtype policy: float16 holds 0..255 only to 1/8, and its result is cast after."""
+    the dtype policy: float16 holds 0..255 only to 1/8, and its result is cast after.
 
-    def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, **kwargs):
+    The mean is per channel (mean_rgb), or with mean_image_size > 0 a per-pixel mean image
+    of that side (the paper's), a non-trainable weight saved with the model, whose centre
+    crop is subtracted. (Caffe subtracts the mean image at the data crop's own offset; the
+    network does not see the offset of a random training crop, and for a mean image as
+    smooth as ImageNet's the centre crop differs from it by a fraction of a level.)
+    """
+
+    def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, mean_image_size=0, **kwargs):
         super().__init__(**kwargs)
         self.mean_rgb = [float(v) for v in mean_rgb]
         self.scale = float(scale)
+        self.mean_image_size = int(mean_image_size)
+        self.mean_image = None
+        if self.mean_image_size:
+            self.mean_image = self.add_weight(
+                shape=(self.mean_image_size, self.mean_image_size, 3), name="mean_image",
+                initializer="zeros", trainable=False, dtype="float32")
 
     def call(self, inputs):
         inputs = ops.cast(inputs, "float32")
-        centred = (inputs - ops.convert_to_tensor(self.mean_rgb, "float32")) * self.scale
-        return ops.cast(centred, self.compute_dtype)
+        if self.mean_image is None:
+            mean = ops.convert_to_tensor(self.mean_rgb, "float32")
+        else:
+            top = (self.mean_image_size - inputs.shape[1]) // 2
+            left = (self.mean_image_size - inputs.shape[2]) // 2
+            mean = ops.convert_to_tensor(self.mean_image)[
+                top:top + inputs.shape[1], left:left + inputs.shape[2], :]
+        return ops.cast((inputs - mean) * self.scale, self.compute_dtype)
 
     def get_config(self):
-        return {**super().get_config(), "mean_rgb": self.mean_rgb, "scale": self.scale}
+        return {**super().get_config(), "mean_rgb": self.mean_rgb, "scale": self.scale,
+                "mean_image_size": self.mean_image_size}
 
 
 @keras.saving.register_keras_serializable(package="kt_transfer")
@@ -150,7 +170,7 @@ def _width(channels, width):
 
 
 def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="paper",
-                   name="caffenet", mean_rgb=(0.0, 0.0, 0.0), scale=1.0):
+                   name="caffenet", mean_rgb=(0.0, 0.0, 0.0), scale=1.0, mean_image=None):
     """Builds the paper's network as a functional Keras model.
 
     Args:
@@ -162,6 +182,8 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
       name: model name.
       mean_rgb, scale: the input is RGB pixels in 0..255 (any dtype, e.g. uint8); the
         network first computes (pixel - mean_rgb) * scale.
+      mean_image: a per-pixel mean [side, side, 3] (side >= input_size) subtracted
+        instead of mean_rgb (its centre crop), or None.
 
     Returns:
       A keras.Model whose weight layers are named as in LAYER_NAMES, initialized as in
@@ -177,7 +199,15 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
     _init = functools.partial(_initializers, init)
     L = keras.layers
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = PixelNormalization(mean_rgb, scale, name=NORMALIZATION_LAYER)(inputs)
+    normalization = PixelNormalization(
+        mean_rgb, scale, 0 if mean_image is None else mean_image.shape[0],
+        name=NORMALIZATION_LAYER)
+    if mean_image is not None:
+        if mean_image.shape[0] < input_size:
+            raise ValueError(f"mean image of {mean_image.shape[0]} px is smaller than the "
+                             f"{input_size} px input; compute it at the resize size")
+        normalization.set_weights([np.asarray(mean_image, np.float32)])
+    x = normalization(inputs)
     x = L.Conv2D(w(96), 11, strides=4, activation="relu", name="conv1", **_init(0.01, 0.0))(x)
     x = CaffeMaxPooling2D(3, 2, name="pool1")(x)
     x = LocalResponseNormalization(name="norm1")(x)
@@ -202,7 +232,7 @@ def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="pa
 
 
 def build_from_config(model_config, num_classes, name="caffenet", mean_rgb=(0.0, 0.0, 0.0),
-                      scale=1.0):
+                      scale=1.0, mean_image=None):
     """build_caffenet with the fields of a `config.model` block."""
     return build_caffenet(
         num_classes,
@@ -213,4 +243,5 @@ def build_from_config(model_config, num_classes, name="caffenet", mean_rgb=(0.0,
         name=name,
         mean_rgb=mean_rgb,
         scale=scale,
+        mean_image=mean_image,
     )

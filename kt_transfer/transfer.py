@@ -102,12 +102,14 @@ class BaseMismatchError(ValueError):
 @dataclasses.dataclass
 class BaseNetwork:
     """What a transfer needs of a base: its weight layers and the input normalization
-    (PixelNormalization's mean and scale) they were trained under."""
+    (PixelNormalization's mean, mean image and scale) they were trained under, which the
+    transfer network inherits."""
 
     weights: dict  # {layer name: [kernel, bias]} as numpy arrays
     mean_rgb: tuple | None  # None: not recorded (a SavedModel from an older export)
     scale: float | None
     origin: str  # where it was loaded from, for messages
+    mean_image: np.ndarray | None = None  # the per-pixel mean, if the base used one
 
 
 def base_network(model, origin="a Keras model"):
@@ -118,12 +120,15 @@ def base_network(model, origin="a Keras model"):
             weights[name] = [np.array(w) for w in model.get_layer(name).get_weights()]
         except ValueError:  # no such layer: check_compatible names it if it is needed
             pass
+    mean_image = None
     try:
         norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
         mean_rgb, scale = tuple(norm.mean_rgb), norm.scale
+        if getattr(norm, "mean_image", None) is not None:
+            mean_image = keras.ops.convert_to_numpy(norm.mean_image)
     except ValueError:
         mean_rgb = scale = None
-    return BaseNetwork(weights, mean_rgb, scale, origin)
+    return BaseNetwork(weights, mean_rgb, scale, origin, mean_image)
 
 
 def base_model_format(path):
@@ -163,16 +168,13 @@ def load_base(path):
                if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}
     recorded = export.read_metadata(path)
     return BaseNetwork(weights, tuple(recorded["mean_rgb"]) if recorded else None,
-                       recorded["scale"] if recorded else None, path)
-
-
-def _normalization_text(mean_rgb, scale):
-    return f"(pixel - [{', '.join(f'{v:g}' for v in mean_rgb)}]) * {scale:g}"
+                       recorded["scale"] if recorded else None, path,
+                       by_name.get(f"{model_lib.NORMALIZATION_LAYER}/mean_image"))
 
 
 def check_compatible(base, model, layer_names, base_num_classes=None):
     """Raises BaseMismatchError naming the first layer whose weights differ in shape, or
-    the two input normalizations if the base was trained under another one.
+    fc8 if the base was trained on another class count.
 
     Args:
       base: the BaseNetwork.
@@ -197,24 +199,12 @@ def check_compatible(base, model, layer_names, base_num_classes=None):
             f"base network does not match at layer 'fc8': {base_classes} classes in the "
             f"base, but its half of this split has {base_num_classes}; use the base's "
             "dataset and split")
-    # Copied filters only mean what they meant on inputs normalized the same way.
-    norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
-    if base.mean_rgb is None:
-        raise BaseMismatchError(
-            f"base network {base.origin!r} does not record its input normalization (a "
-            "SavedModel exported before kt_transfer recorded it); use its model.keras")
-    if not (np.allclose(base.mean_rgb, norm.mean_rgb, rtol=1e-4, atol=1e-3)
-            and np.isclose(base.scale, norm.scale, rtol=1e-6)):
-        raise BaseMismatchError(
-            f"base network {base.origin!r} was trained on inputs "
-            f"{_normalization_text(base.mean_rgb, base.scale)}, but this network computes "
-            f"{_normalization_text(norm.mean_rgb, norm.scale)}; set --config.dataset.mean, "
-            "--config.dataset.mean_rgb and --config.dataset.scale to the base's")
+
 
 
 def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=1.0,
                 base_num_classes=None, mean_rgb=(0.0, 0.0, 0.0), scale=1.0,
-                copied_fc_lr_mult=None):
+                copied_fc_lr_mult=None, mean_image=None):
     """The network of a treatment: copy layers 1..n by name, set `trainable` per layer.
 
     Args:
@@ -225,21 +215,32 @@ def build_model(treatment, model_config, num_classes, base=None, copied_lr_mult=
         (see load_base) or a Keras model.
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
       base_num_classes: classes of the base's half (checked against the base's fc8).
-      mean_rgb, scale: input normalization built into the network (see model.py).
+      mean_rgb, scale, mean_image: input normalization built into the network (see
+        model.py) when it copies nothing; a network that copies layers inherits its
+        base's instead, as the paper's transfer nets used their base's mean file.
       copied_fc_lr_mult: multiplier of copied fc layers, if different (see layer_plans).
 
     Returns:
       (model, plans): the Keras model (uncompiled) and its LayerPlans.
     """
     plans = treatment.layer_plans(copied_lr_mult, copied_fc_lr_mult)
-    model = model_lib.build_from_config(
-        model_config, num_classes, name=treatment.run_name.replace("+", "_plus"),
-        mean_rgb=mean_rgb, scale=scale)
     copied = [p.name for p in plans if p.origin == "copied"]
     if copied:
         if base is None:
             raise ValueError(f"{treatment.run_name} copies {copied} but no base network was given")
         base = base if isinstance(base, BaseNetwork) else base_network(base)
+        # Copied filters only mean what they meant on inputs normalized the same way:
+        # the network inherits the base's normalization, as the paper's transfer nets
+        # used their base's mean file.
+        if base.mean_rgb is None:
+            raise BaseMismatchError(
+                f"base network {base.origin!r} does not record its input normalization (a "
+                "SavedModel exported before kt_transfer recorded it); use its model.keras")
+        mean_rgb, scale, mean_image = base.mean_rgb, base.scale, base.mean_image
+    model = model_lib.build_from_config(
+        model_config, num_classes, name=treatment.run_name.replace("+", "_plus"),
+        mean_rgb=mean_rgb, scale=scale, mean_image=mean_image)
+    if copied:
         check_compatible(base, model, copied, base_num_classes)
         for name in copied:
             model.get_layer(name).set_weights(base.weights[name])

@@ -15,7 +15,7 @@ from kt_transfer import architecture, transfer
 from kt_transfer.model import INITS
 
 DATASETS = ("embedded", "folder", "tfds")
-MEANS = ("fixed", "computed")
+MEANS = ("fixed", "computed", "base_image")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")

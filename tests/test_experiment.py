@@ -91,3 +91,31 @@ def test_fc8_all_keeps_an_output_per_dataset_class_with_the_halfs_labels(tiny_co
     images = np.zeros((4, 67, 67, 3), "uint8")
     result = model.evaluate(images, np.arange(4), return_dict=True, verbose=0)
     assert result["top1"] == 0.0
+
+
+def test_the_base_mean_image_is_computed_once_and_carried_to_the_transfer(tiny_config):
+    import glob
+
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    tiny_config.dataset.mean = "base_image"
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    lines = []
+    _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("AnB+", 1),
+                                      log=lines.append)
+    assert sum("Computing the mean image of half A" in line for line in lines) == 1
+    transfer_net = keras.saving.load_model(os.path.join(out, experiment.MODEL_FILE))
+    base = keras.saving.load_model(os.path.join(os.path.dirname(out), "baseA",
+                                                experiment.MODEL_FILE))
+    got = keras.ops.convert_to_numpy(transfer_net.get_layer("pixel_normalization").mean_image)
+    np.testing.assert_array_equal(
+        got, keras.ops.convert_to_numpy(base.get_layer("pixel_normalization").mean_image))
+    # It is half A's per-pixel mean (the embedded images are stored at the resize size).
+    files = [f for i in dataset.split.A for f in glob.glob(os.path.join(
+        dataset.source.root, "train", dataset.source.classes[i], "*"))]
+    direct = np.mean([np.asarray(Image.open(f).convert("RGB"), np.float64) for f in files],
+                     axis=0)
+    assert got.shape == (72, 72, 3)
+    assert np.abs(got - direct).mean() < 1.0  # a repeated stream weights a few images twice
