@@ -111,3 +111,106 @@ def _overlay_paper(ax, paper, relative, absolute_paper):
                 label=f"paper {treatment} (ImageNet)")
     if not relative:
         ax.axhline(base, color="black", linestyle=":", alpha=0.6, label="paper base (ImageNet)")
+
+
+def plot_figure4(random_records, natman_records, whole_records, path, title, paper=None):
+    """The paper's Figure 4 from the runs that exist, three panels:
+    (a) frozen transfer between dissimilar halves (natman, both directions) and its bases;
+    (b) the random-weights control on all classes and the whole-dataset base;
+    (c) top-1 relative to the base against n: transfer between random halves, between
+        dissimilar halves, and random weights, in one panel.
+    `paper` overlays the published numbers, relative ones on (c) and absolute ones on
+    (a) and (b) only when the data are ImageNet's (`absolute` in the title's dataset)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_nat, ax_rand, ax_rel) = plt.subplots(1, 3, figsize=(16, 4.8))
+    directions = {"AtoB": ("A -> B: man-made -> natural", "tab:green"),
+                  "BtoA": ("B -> A: natural -> man-made", "tab:purple")}
+    for direction, (label, colour) in directions.items():
+        nets = [r for r in natman_records if r["direction"] == direction]
+        points = sorted((r["n"], r["top1"]) for r in nets if r["treatment"] == "AnB")
+        if points:
+            ax_nat.plot(*zip(*points), marker="o", color=colour, label=f"{label} (AnB)")
+        for r in nets:
+            if r["treatment"] == "base":
+                ax_nat.axhline(r["top1"], color=colour, linestyle="--", linewidth=1,
+                               label=f"base of its target half ({label.split(': ')[1]})")
+    points = sorted((r["n"], r["top1"]) for r in whole_records if r["treatment"] == "RnB")
+    if points:
+        ax_rand.plot(*zip(*points), marker="v", color="tab:gray",
+                     label="random frozen layers 1..n, all classes")
+    for r in whole_records:
+        if r["treatment"] == "base":
+            ax_rand.axhline(r["top1"], color="black", linestyle="--", linewidth=1,
+                            label="whole-dataset base")
+    for records, label, colour, treatment in (
+            (random_records, "transfer, random halves (AnB)", "tab:red", "AnB"),
+            (natman_records, "transfer, dissimilar halves (natman AnB)", "tab:green", "AnB"),
+            (whole_records, "random weights, all classes (RnB)", "tab:gray", "RnB")):
+        _draw_relative(ax_rel, records, treatment, label, colour)
+    if paper:
+        _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute="imagenet2012" in title)
+    ax_rel.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    for ax, heading in ((ax_nat, "(a) dissimilar halves (natman)"),
+                        (ax_rand, "(b) random weights, all classes"),
+                        (ax_rel, "(c) top-1 relative to the base")):
+        ax.set_title(heading, fontsize=10)
+        ax.set_xlabel("n (layers copied or random)")
+        ax.set_xticks(range(0, 8))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", transform=ax.transAxes)
+    ax_nat.set_ylabel("validation top-1")
+    ax_rel.set_ylabel("top-1 / base top-1")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _draw_relative(ax, records, treatment, label, colour):
+    by_n = {}
+    for r in records:
+        if r["treatment"] == treatment and r["base_top1"]:
+            by_n.setdefault(r["n"], []).append(r["top1"] / r["base_top1"])
+    if by_n:
+        ns = sorted(by_n)
+        ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker="o", color=colour,
+                label=label)
+
+
+def _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute):
+    natman, bases = paper["natman"], paper["base_natman"]
+    series = {"man-made -> natural, frozen": ("natural (449 classes)", "tab:green"),
+              "natural -> man-made, frozen": ("man-made (551 classes)", "tab:purple")}
+    relative_natman = []
+    for name, (base_name, colour) in series.items():
+        points = sorted((int(n), v["mean"]) for n, v in natman[name].items())
+        relative_natman.append({n: v / bases[base_name] for n, v in points})
+        if absolute:
+            ax_nat.plot(*zip(*points), linestyle=":", color=colour, alpha=0.7,
+                        label=f"paper {name}")
+    control = sorted((int(n), v["mean"]) for n, v in
+                     paper["random_frozen_control_whole_imagenet"].items())
+    whole = paper["whole_imagenet_1000_classes"]
+    if absolute:
+        ax_rand.plot(*zip(*control), linestyle=":", color="tab:gray", alpha=0.7,
+                     label="paper random weights (ImageNet)")
+        ax_rand.axhline(whole, color="black", linestyle=":", alpha=0.6, label="paper netbase")
+    base = statistics.fmean(paper["base_random_halves"].values())
+    transfer = sorted((int(n), v["mean"] / base) for n, v in
+                      paper["random_halves"]["AnB (transfer, frozen)"].items())
+    ax_rel.plot(*zip(*transfer), linestyle=":", color="tab:red", alpha=0.7,
+                label="paper, random halves")
+    ns = sorted(relative_natman[0])
+    ax_rel.plot(ns, [statistics.fmean(r[n] for r in relative_natman) for n in ns],
+                linestyle=":", color="tab:green", alpha=0.7, label="paper, natman (mean)")
+    ax_rel.plot([n for n, _ in control], [v / whole for _, v in control], linestyle=":",
+                color="tab:gray", alpha=0.7, label="paper, random weights")

@@ -332,6 +332,14 @@ def _write_results(config, dataset, split_names, log):
             prefix="" if i == 0 else f"{family}_")
         written += paths
         log(text)
+    groups = {}
+    for r in rows:  # every split of this experiment, this grid's or earlier ones'
+        groups.setdefault((r["dataset"], r["experiment"], results.split_family(r["split"])),
+                          []).append(r)
+    figure4 = results.figure4(groups, dataset.name, exp_id, os.path.join(out, "figure4.png"),
+                              paper=config.grid.paper_overlay)
+    if figure4:
+        written.append(figure4)
     for path in written:
         log(f"grid: wrote {path}")
     return grid_rows, written

@@ -191,4 +191,28 @@ def write_report(workdir, out_dir=None, paper=False):
                                      related_rows=related,
                                      prefix=f"{dataset}_{family}_{experiment}_")
         written += paths
+    for dataset, experiment in sorted({(d, e) for d, e, _ in groups}):
+        path = figure4(groups, dataset, experiment,
+                       os.path.join(out_dir, f"{dataset}_{experiment}_figure4.png"), paper)
+        if path:
+            written.append(path)
     return written
+
+
+def figure4(groups, dataset, experiment, path, paper=True):
+    """Draws the paper's Figure 4 when natman or whole-dataset ("all") runs exist.
+
+    Args:
+      groups: {(dataset, experiment, split family): rows}.
+    Returns:
+      The path, or None when there is nothing of Figure 4 to draw.
+    """
+    def records(family):
+        return replicates.networks(groups.get((dataset, experiment, family), []))
+    natman, whole = records("natman"), records("all")
+    if not natman and not whole:
+        return None
+    figures.plot_figure4(records("random"), natman, whole, path,
+                         f"{dataset}: the paper's Figure 4",
+                         paper=paper_results() if paper else None)
+    return path

@@ -37,13 +37,15 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     _write_run(workdir, "random0", "B3B+", "BnB+", 3, None, status="failed")
     _write_run(workdir, "natman", "baseB", "baseB", 0, 0.4)
     _write_run(workdir, "natman", "A1B", "AnB", 1, 0.35)
+    _write_run(workdir, "all", "baseB", "baseB", 0, 0.5)  # the whole-dataset base
+    _write_run(workdir, "all", "R1B", "RnB", 1, 0.2)  # the paper's random-weights control
     out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_results.py"),
                           f"--workdir={workdir}", "--paper", f"--out={tmp_path / 'report'}"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     report = tmp_path / "report"  # created by the tool
     rows = list(csv.DictReader(io.StringIO(open(report / "results.csv").read())))
-    assert len(rows) == 13
+    assert len(rows) == 15
     a2b = next(r for r in rows if r["run"] == "A2B" and r["split"] == "random0")
     assert (a2b["mode"], a2b["n"], a2b["top1"], a2b["base_top1"]) == ("AnB", "2", "0.2600", "0.3200")
     assert a2b["train_seconds"] == "80"
@@ -54,7 +56,13 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     for family in ("random", "natman"):  # the random splits pooled; natman apart
         with open(report / f"embedded_{family}_abcd1234_results.png", "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "(e) dissimilar halves" in open(report / "embedded_random_abcd1234_findings.md").read()
+    findings_md = open(report / "embedded_random_abcd1234_findings.md").read()
+    assert "(e) dissimilar halves" in findings_md
+    assert "all-class control, unpaired" in findings_md  # (f) uses the split=all runs
+    with open(report / "embedded_abcd1234_figure4.png", "rb") as f:  # the paper's Figure 4
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    all_row = next(r for r in rows if r["split"] == "all" and r["run"] == "R1B")
+    assert all_row["base_top1"] == "0.5000"  # compared with the whole-dataset base
 
 
 def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path):
