@@ -23,7 +23,7 @@ class PixelNormalization(keras.layers.Layer):
     """(pixel - mean) * scale, inside the network: the input pipeline hands over 8-bit
     RGB crops (4x fewer bytes to batch and copy to the accelerator), and the mean the
     network was trained with travels with the saved model. Computed in float32 whatever
-    the dtype policy: float16 holds 0..255 only to 1/8, and its result is cast after.
+    the dtype policy (float16 holds 0..255 only to 1/8); the next layer casts the result.
 
     The mean is per channel (mean_rgb), or with mean_image_size > 0 a per-pixel mean image
     of that side (the paper's), a non-trainable weight saved with the model, whose centre
@@ -33,6 +33,10 @@ class PixelNormalization(keras.layers.Layer):
     """
 
     def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, mean_image_size=0, **kwargs):
+        # float32 under any policy, output included (conv1 casts it): under a mixed policy
+        # Keras would read the mean image as float16 in call, rounding means above 128 to
+        # 1/8 of a level.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.mean_rgb = [float(v) for v in mean_rgb]
         self.scale = float(scale)
@@ -52,7 +56,7 @@ class PixelNormalization(keras.layers.Layer):
             left = (self.mean_image_size - inputs.shape[2]) // 2
             mean = ops.convert_to_tensor(self.mean_image)[
                 top:top + inputs.shape[1], left:left + inputs.shape[2], :]
-        return ops.cast((inputs - mean) * self.scale, self.compute_dtype)
+        return (inputs - mean) * self.scale
 
     def get_config(self):
         return {**super().get_config(), "mean_rgb": self.mean_rgb, "scale": self.scale,

@@ -136,7 +136,8 @@ def test_custom_layers_under_mixed_precision_match_float32(policy):
                 got = layer(x)
         finally:
             keras.config.set_dtype_policy("float32")
-        assert keras.backend.standardize_dtype(got.dtype) == policy.split("_")[1], name
+        want_dtype = "float32" if name == "pixels" else policy.split("_")[1]
+        assert keras.backend.standardize_dtype(got.dtype) == want_dtype, name
         got = keras.ops.convert_to_numpy(keras.ops.cast(got, "float32"))
         assert np.all(np.isfinite(got)), name
         scale = np.abs(want).max()
