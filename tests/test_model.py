@@ -94,7 +94,7 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path):
 
 def test_every_shipped_config_passes_validation_and_builds_its_network():
     from kt_transfer import validate
-    for name in ("embedded", "imagenet_paper", "tiny"):
+    for name in ("embedded", "imagenet_paper", "tiny", "grid_quick"):
         config = config_files.load(name)
         if config.dataset.name == "folder":
             config.dataset.data_dir = os.path.dirname(__file__)  # any existing folder
