@@ -168,9 +168,7 @@ def _initializers(init, std, bias, last=False):
     return dict(kernel_initializer=kernel, bias_initializer=keras.initializers.Constant(bias))
 
 
-def _width(channels, width):
-    # Grouped layers need a channel count divisible by 2.
-    return max(2, int(round(channels * width / 2)) * 2)
+_width = architecture.channels  # grouped layers need a channel count divisible by 2
 
 
 def build_caffenet(num_classes, input_size=227, width=1.0, dropout=0.5, init="paper",

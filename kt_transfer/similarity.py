@@ -1,0 +1,136 @@
+"""Transferability without retraining: representation similarity and LogME, in NumPy.
+
+- Linear CKA (Kornblith et al. 2019): how similar two networks' representations of the
+  same images are, invariant to orthogonal transforms and isotropic scaling of either.
+- Minibatch CKA (Nguyen et al. 2021): CKA from the unbiased HSIC estimator (Song et al.
+  2012) accumulated over minibatches, so memory does not grow with the number of images.
+- LogME (You et al. 2021): the log marginal likelihood (evidence) per example of a
+  Bayesian linear model from features to one-hot labels, maximized over its two
+  precisions by the paper's fixed-point iteration; higher means the labels are easier to
+  read linearly from the features, without training anything.
+
+Everything is computed in float64 (the Gram matrices' sums cancel badly in float32).
+"""
+
+import math
+
+import numpy as np
+
+
+def _centre(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x - x.mean(axis=0, keepdims=True)
+
+
+def linear_cka(x, y):
+    """Linear CKA of two representations [n, ...] of the same n examples (biased HSIC,
+    feature-space form: no n x n matrix)."""
+    x, y = _centre(x), _centre(y)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def unbiased_hsic(k, l):
+    """Song et al.'s unbiased HSIC estimator of two n x n Gram matrices (n >= 4)."""
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
+    k, l = k.copy(), l.copy()
+    np.fill_diagonal(k, 0.0)
+    np.fill_diagonal(l, 0.0)
+    ones_k, ones_l = k.sum(axis=0), l.sum(axis=0)
+    value = (np.sum(k * l) + ones_k.sum() * ones_l.sum() / ((n - 1) * (n - 2))
+             - 2.0 / (n - 2) * ones_k @ ones_l)
+    return float(value / (n * (n - 3)))
+
+
+class MinibatchCKA:
+    """Linear CKA matrix between the layers of two networks, accumulated over minibatches
+    of the same examples (Nguyen et al. 2021): memory is one minibatch's Gram matrices.
+
+    update(xs, ys) takes one minibatch's features of each layer of the first network
+    (xs) and of the second (ys); value() gives the [len(xs), len(ys)] CKA matrix.
+    """
+
+    def __init__(self):
+        self.xy = self.xx = self.yy = None
+
+    def update(self, xs, ys):
+        grams_x = [_gram(x) for x in xs]
+        grams_y = [_gram(y) for y in ys]
+        xy = np.array([[unbiased_hsic(k, l) for l in grams_y] for k in grams_x])
+        xx = np.array([unbiased_hsic(k, k) for k in grams_x])
+        yy = np.array([unbiased_hsic(l, l) for l in grams_y])
+        if self.xy is None:
+            self.xy, self.xx, self.yy = xy, xx, yy
+        else:
+            self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
+
+    def value(self):
+        return self.xy / np.sqrt(np.outer(np.maximum(self.xx, 1e-300),
+                                          np.maximum(self.yy, 1e-300)))
+
+
+def _gram(x):
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x @ x.T
+
+
+def logme(features, labels, max_iterations=11, tolerance=1e-3):
+    """LogME of features [n, d] for integer labels [n]: the mean over classes of the
+    per-example log evidence of y_k = F w + noise, w ~ N(0, 1/alpha), noise ~ N(0, 1/beta),
+    at the alpha, beta the paper's fixed-point iteration reaches.
+
+    Returns:
+      (score, per-class [(alpha, beta, evidence)]).
+    """
+    f = np.asarray(features, np.float64).reshape(len(features), -1)
+    labels = np.asarray(labels)
+    n, d = f.shape
+    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    sigma = np.zeros(d)
+    sigma[:len(s)] = s ** 2  # eigenvalues of F^T F (zeros beyond rank)
+    per_class = []
+    for k in np.unique(labels):
+        y = (labels == k).astype(np.float64)
+        z = u.T @ y
+        z2 = np.zeros(d)
+        z2[:len(z)] = z ** 2
+        outside = y @ y - z2.sum()  # |y|^2 outside the span of F's columns
+        alpha, beta = 1.0, 1.0
+        for _ in range(max_iterations):
+            t = alpha / beta
+            gamma = np.sum(sigma / (sigma + t))
+            m2 = np.sum(sigma * z2 / (t + sigma) ** 2)
+            res2 = np.sum(z2 * (t / (t + sigma)) ** 2) + outside
+            alpha, beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            if abs(alpha / beta - t) / t <= tolerance:
+                break
+        per_class.append((alpha, beta, evidence(sigma, z2, outside, n, alpha, beta) / n))
+    return float(np.mean([e for _, _, e in per_class])), per_class
+
+
+def evidence(sigma, z2, outside, n, alpha, beta):
+    """log p(y | alpha, beta) of the Bayesian linear model, from F's spectrum (sigma) and
+    y's squared coordinates along F's left singular vectors (z2)."""
+    d = len(sigma)
+    t = alpha / beta
+    m2 = np.sum(sigma * z2 / (t + sigma) ** 2)
+    res2 = np.sum(z2 * (t / (t + sigma)) ** 2) + outside
+    return float(d / 2 * math.log(alpha) + n / 2 * math.log(beta)
+                 - 0.5 * np.sum(np.log(alpha + beta * sigma)) - beta / 2 * res2
+                 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two equal-length sequences (ties averaged)."""
+    def ranks(values):
+        values = np.asarray(values, np.float64)
+        order = values.argsort()
+        rank = np.empty(len(values))
+        rank[order] = np.arange(len(values))
+        for v in np.unique(values):  # average the ranks of ties
+            rank[values == v] = rank[values == v].mean()
+        return rank
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -1,0 +1,100 @@
+"""The mathematics of CKA, minibatch CKA, LogME and the linear probe, on known cases."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from kt_transfer import similarity
+
+
+def _features(n=60, d=12, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+def test_cka_of_a_representation_with_itself_is_one():
+    x = _features()
+    assert similarity.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_is_invariant_to_orthogonal_maps_and_isotropic_scaling_only():
+    x, y = _features(seed=0), _features(d=8, seed=1)
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(12, 12)))
+    before = similarity.linear_cka(x, y)
+    assert similarity.linear_cka(x @ q, y) == pytest.approx(before, abs=1e-10)
+    assert similarity.linear_cka(3.7 * x, 0.2 * y) == pytest.approx(before, abs=1e-10)
+    stretch = np.diag(np.linspace(0.1, 10, 12))  # an arbitrary (non-orthogonal) linear map
+    assert abs(similarity.linear_cka(x @ stretch, y) - before) > 1e-3
+    assert similarity.linear_cka(x, x @ stretch) < 0.999
+
+
+def test_unbiased_hsic_matches_its_definition_by_brute_force():
+    """Song et al.'s estimator is a U-statistic over distinct quadruples (i, j, q, r):
+    h = K_ij L_ij + K_ij L_qr - 2 K_ij L_iq (diagonals zeroed), averaged."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 2))
+    k, l = x @ x.T, y @ y.T
+    total, count = 0.0, 0
+    for i, j, q, r in itertools.permutations(range(7), 4):
+        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+        count += 1
+    assert similarity.unbiased_hsic(k, l) == pytest.approx(total / count, rel=1e-9)
+
+
+def test_minibatch_cka_matches_the_full_batch_value():
+    x, y = _features(n=40, seed=4), _features(n=40, d=5, seed=5)
+    x[:, :5] += 2 * y  # related representations
+    one = similarity.MinibatchCKA()
+    one.update([x], [y])
+    k, l = x @ x.T, y @ y.T
+    full = similarity.unbiased_hsic(k, l) / math.sqrt(
+        similarity.unbiased_hsic(k, k) * similarity.unbiased_hsic(l, l))
+    assert one.value()[0, 0] == pytest.approx(full, abs=1e-6)  # one minibatch = full batch
+    # Many small minibatches estimate the same quantity as the (biased) full-batch CKA.
+    big_x, big_y = _features(n=4000, seed=6), _features(n=4000, d=5, seed=7)
+    big_x[:, :5] += 2 * big_y
+    batched = similarity.MinibatchCKA()
+    for start in range(0, 4000, 200):
+        batched.update([big_x[start:start + 200], big_y[start:start + 200]],
+                       [big_y[start:start + 200]])
+    value = batched.value()
+    assert value.shape == (2, 1) and value[1, 0] == pytest.approx(1.0, abs=1e-9)
+    assert value[0, 0] == pytest.approx(similarity.linear_cka(big_x, big_y), abs=0.01)
+
+
+def test_logme_evidence_is_the_bayesian_linear_models_marginal_likelihood():
+    rng = np.random.default_rng(8)
+    f = rng.normal(size=(30, 4))
+    labels = rng.integers(0, 3, 30)
+    score, per_class = similarity.logme(f, labels)
+    for k, (alpha, beta, evidence) in zip(np.unique(labels), per_class):
+        y = (labels == k).astype(float)
+        cov = f @ f.T / alpha + np.eye(30) / beta  # y ~ N(0, F F^T / alpha + I / beta)
+        sign, logdet = np.linalg.slogdet(cov)
+        direct = -0.5 * (y @ np.linalg.solve(cov, y) + logdet + 30 * math.log(2 * math.pi))
+        assert sign > 0 and evidence * 30 == pytest.approx(direct, rel=1e-8)
+    assert score == pytest.approx(np.mean([e for *_, e in per_class]))
+    # Also when there are more features than examples (zeros in F^T F's spectrum).
+    wide = rng.normal(size=(10, 25))
+    _, per_class = similarity.logme(wide, labels[:10])
+    alpha, beta, evidence = per_class[0]
+    y = (labels[:10] == np.unique(labels[:10])[0]).astype(float)
+    cov = wide @ wide.T / alpha + np.eye(10) / beta
+    direct = -0.5 * (y @ np.linalg.solve(cov, y) + np.linalg.slogdet(cov)[1]
+                     + 10 * math.log(2 * math.pi))
+    assert evidence * 10 == pytest.approx(direct, rel=1e-8)
+
+
+def test_logme_ranks_features_that_determine_the_labels_above_random_ones():
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 5, 300)
+    informative = np.eye(5)[labels] @ rng.normal(size=(5, 16)) + 0.3 * rng.normal(size=(300, 16))
+    noise = rng.normal(size=(300, 16))
+    assert similarity.logme(informative, labels)[0] > similarity.logme(noise, labels)[0] + 0.1
+
+
+def test_spearman():
+    assert similarity.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert similarity.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert similarity.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9487, abs=1e-4)
