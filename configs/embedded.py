@@ -122,6 +122,15 @@ def get_config():
     config.grid.cores_per_worker = 2
     config.grid.paper_overlay = True  # draw the published numbers on random splits
 
+    # --mode=similarity: CKA, linear probes and LogME from the trained networks.
+    config.similarity = ml_collections.ConfigDict()
+    config.similarity.halves = ("A", "B")  # validation images of these halves for CKA
+    config.similarity.max_images = 1000  # validation images per half
+    config.similarity.probe_train_images = 2500  # half B training images for the probes
+    config.similarity.probe_epochs = 30
+    config.similarity.transfer_images = 500  # per transfer network's CKA with its base
+    config.similarity.max_transfer_runs = 200
+
     # --mode=tune --n=4: keras-tuner searches the lr multiplier of the copied layers.
     config.tune = ml_collections.ConfigDict()
     config.tune.treatment = "AnB+"  # or BnB+ (BnA+, AnA+)

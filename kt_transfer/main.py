@@ -30,7 +30,9 @@ except (AttributeError, KeyError) as e:
 flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
                     "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
                     "whole experiment, config.grid); or tune (keras-tuner searches the copied "
-                    "layers' lr scale, config.tune, with --n). Overrides config.mode.")
+                    "layers' lr scale, config.tune, with --n); or similarity (CKA, linear "
+                    "probes and LogME from trained networks, config.similarity). Overrides "
+                    "config.mode.")
 flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
 flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
@@ -62,7 +64,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     from kt_transfer import distribute, experiment, report, sources, transfer, tune
     treatment = None
-    if config.mode not in ("grid", "tune"):
+    if config.mode not in ("grid", "tune", "similarity"):
         treatment = transfer.parse_treatment(config.mode, config.n)  # validated above
     try:
         strategy = distribute.make_strategy(config.distribute)
@@ -76,8 +78,13 @@ def main(argv):
         if config.mode == "tune":
             tune.run_sweep(config, dataset, strategy=strategy)
             return
+        if config.mode == "similarity":
+            from kt_transfer import representations
+            representations.run_similarity(config, dataset)
+            return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
-    except (RuntimeError, transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base
+    except (RuntimeError, FileNotFoundError,
+            transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base, no runs
         sys.exit(f"error: {e}")
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":

@@ -99,6 +99,14 @@ def _check_run(check, config):
                    "random0..random3), natman, or all (every class: the whole-dataset "
                    "base and the random-weights control)")
     mode = config.mode
+    if mode == "similarity":
+        sc = config.similarity
+        if not sc.halves or any(h not in ("A", "B") for h in sc.halves):
+            check.fail("similarity.halves", "give A and/or B, e.g. '(\"A\", \"B\")'")
+        for key in ("max_images", "probe_train_images", "probe_epochs", "transfer_images"):
+            check.number(f"similarity.{key}", low=4, integer=True)
+        check.number("similarity.max_transfer_runs", low=0, integer=True)
+        return
     if mode in ("grid", "tune"):
         if config.base_model and mode == "grid":
             check.fail("base_model", "--mode=grid trains its own bases and copies from "
