@@ -88,8 +88,11 @@ def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, t
         assert int(tf.reduce_max(labels)) < 50
         log = []
         from kt_transfer import mean
-        first = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2), log.append)
-        again = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2), log.append)
+        first, image = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2),
+                                     log.append)
+        again, _ = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2),
+                                 log.append)
+    assert image is None  # "computed" is per channel; "base_image" is the mean image
     assert first == again and len(first) == 3 and all(0 <= v <= 255 for v in first)
     assert len([m for m in log if "Computing the pixel mean" in m]) == 1  # cached after
     assert np.std(first) < 60
