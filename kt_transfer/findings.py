@@ -5,7 +5,8 @@ and its base), averaged over pre-set n values, computed within each replicate (o
 and direction, whose networks share their bases) and then averaged over replicates with
 a t interval. A contrast *shows* when its interval excludes zero on the side the paper
 found, *does not show* when it excludes zero on the other side, and is *inconclusive*
-when the interval spans zero (or there are fewer than 2 replicates). A finding shows when
+when the interval spans zero (or there are fewer than 2 replicates); *not run* when the
+grid has none of the networks it needs. A finding shows when
 all its contrasts show. The n values are fixed in advance (MIDDLE, HIGH), not picked after
 seeing the curve, which would bias the test.
 
@@ -29,7 +30,9 @@ class Contrast:
 
     def verdict(self):
         est = self.estimate
-        if est is None or est.count < 2:
+        if est is None:
+            return "not run"  # the grid has none of the networks it needs
+        if est.count < 2:
             return "inconclusive"
         if self.sign == "not_below":
             return "does not show" if est.high < 0 else "shows"
@@ -50,6 +53,8 @@ class Finding:
         if self.todo:
             return "not run"
         verdicts = [c.verdict() for c in self.contrasts]
+        if all(v == "not run" for v in verdicts):
+            return "not run"
         if "does not show" in verdicts:
             return "does not show"
         return "shows" if all(v == "shows" for v in verdicts) else "inconclusive"
@@ -166,7 +171,8 @@ def _dissimilar(records, natman_records, paper, curves, paper_base, high):
         return Finding("e", claim, [Contrast(label, "negative", paper_natman - paper_random,
                                              None)],
                        todo="run the natman grid: python -m kt_transfer.main --mode=grid "
-                            "--config.grid.splits='(\"natman\",)'")
+                            "--config.grid.splits='(\"natman\",)' "
+                            "--config.grid.treatments='(\"AnB\",)'")
     estimate = _welch(list(_relative(natman_records, "AnB", high).values()),
                       list(_relative(records, "AnB", high).values()))
     return Finding("e", claim, [Contrast(label + " (unpaired)", "negative",

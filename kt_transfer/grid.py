@@ -303,9 +303,13 @@ def _free_memory():
 
 
 def report_dir(config, dataset):
-    """<workdir>/<dataset>/grid-<experiment id>: the pooled table, figure, findings."""
+    """<workdir>/<dataset>/grid-<experiment id>[-<families>]: the pooled table, figure,
+    findings. A grid of random splits only writes grid-<id>; one over other splits too
+    (natman, all) gets their names, so it does not overwrite the random grid's report."""
     exp_id = os.path.basename(experiment.experiment_dir(config, dataset))
-    return os.path.join(config.workdir, dataset.name, f"grid-{exp_id}")
+    families = sorted({results.split_family(s) for s in grid_splits(config)} - {"random"})
+    return os.path.join(config.workdir, dataset.name,
+                        "-".join([f"grid-{exp_id}", *families]))
 
 
 def _write_results(config, dataset, split_names, log):
@@ -331,7 +335,8 @@ def _write_results(config, dataset, split_names, log):
             related_rows=[r for r in rows if r["split"] not in names],
             prefix="" if i == 0 else f"{family}_")
         written += paths
-        log(text)
+        if text:
+            log(text)
     groups = {}
     for r in rows:  # every split of this experiment, this grid's or earlier ones'
         groups.setdefault((r["dataset"], r["experiment"], results.split_family(r["split"])),

@@ -131,7 +131,8 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
       related_rows: rows of the same experiment on other splits (natman), for finding (e).
       prefix: file name prefix (several experiments in one directory).
     Returns:
-      (paths written, findings.md text).
+      (paths written, findings.md text; findings only for the random splits, whose
+      networks the findings are about; natman and all runs enter them as related rows).
     """
     records = [r for r in replicates.networks(rows, split_names)
                if r["direction"] in directions]
@@ -148,6 +149,8 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
                  paper=paper if paper_overlay and split_family(split_names[0]) == "random"
                  else None, absolute_paper=dataset == "imagenet2012", missing=missing)
     written.append(figure)
+    if split_family(split_names[0]) != "random":  # the findings pool the random splits
+        return written, ""
     ns = ns or sorted({r["n"] for r in records if r["treatment"] != "base"}) or [1]
     natman = replicates.networks([r for r in related_rows if r["split"] == "natman"])
     whole = [r for r in replicates.networks([r for r in related_rows if r["split"] == "all"])

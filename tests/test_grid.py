@@ -168,3 +168,12 @@ def test_a_cell_busy_in_another_process_is_waited_for_not_failed(tmp_path, data_
     text = open(log).read()
     assert "grid: summary: 4 of 4 cells finished" in text
     assert "could not run" not in text
+
+
+def test_a_grid_over_other_splits_reports_apart_from_the_random_grid(tiny_config):
+    from kt_transfer import sources
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    random_only = os.path.basename(grid.report_dir(tiny_config, dataset))
+    assert re.fullmatch(r"grid-[0-9a-f]{8}", random_only)
+    tiny_config.grid.splits = ("random0", "natman", "all")
+    assert os.path.basename(grid.report_dir(tiny_config, dataset)) == random_only + "-all-natman"

@@ -139,8 +139,15 @@ def test_findings_on_grids_whose_answer_is_known():
                                                  range(1, 8))}
     assert [found[k].verdict() for k in "abcdf"] == ["shows"] * 5
     assert found["e"].verdict() == "not run" and "natman" in found["e"].todo
+    assert not found["e"].contrasts[0].estimate
     # The paper's own numbers go with each contrast: AnB(7) - AnB(1) = 0.5425 - 0.6282.
     assert found["a"].contrasts[0].paper == pytest.approx(0.5425 - 0.6282)
+
+    only_frozen = {t: paper_like[t] for t in ("AnB", "BnB")}  # no fine-tuned networks
+    found = {f.key: f for f in findings.evaluate(_records(only_frozen, 0.003), paper,
+                                                 range(1, 8))}
+    assert found["a"].verdict() == "shows"
+    assert found["c"].verdict() == "not run" and found["d"].verdict() == "not run"
 
     flat = {t: (lambda n: 0.0) for t in ("AnB", "BnB", "BnB+", "AnB+", "RnB")}
     found = {f.key: f for f in findings.evaluate(_records(flat, 0.01), paper, range(1, 8))}

@@ -56,6 +56,7 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     for family in ("random", "natman"):  # the random splits pooled; natman apart
         with open(report / f"embedded_{family}_abcd1234_results.png", "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not (report / "embedded_natman_abcd1234_findings.md").exists()  # random only
     findings_md = open(report / "embedded_random_abcd1234_findings.md").read()
     assert "(e) dissimilar halves" in findings_md
     assert "all-class control, unpaired" in findings_md  # (f) uses the split=all runs
