@@ -126,9 +126,9 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     import matplotlib.pyplot as plt
 
     fig, (ax_nat, ax_rand, ax_rel) = plt.subplots(1, 3, figsize=(16, 4.8))
-    directions = {"AtoB": ("A -> B: man-made -> natural", "tab:green"),
-                  "BtoA": ("B -> A: natural -> man-made", "tab:purple")}
-    for direction, (label, colour) in directions.items():
+    directions = {"AtoB": ("A -> B: man-made -> natural", "tab:green", "baseB (natural)"),
+                  "BtoA": ("B -> A: natural -> man-made", "tab:purple", "baseA (man-made)")}
+    for direction, (label, colour, base_label) in directions.items():
         nets = [r for r in natman_records if r["direction"] == direction]
         points = sorted((r["n"], r["top1"]) for r in nets if r["treatment"] == "AnB")
         if points:
@@ -136,7 +136,7 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
         for r in nets:
             if r["treatment"] == "base":
                 ax_nat.axhline(r["top1"], color=colour, linestyle="--", linewidth=1,
-                               label=f"base of its target half ({label.split(': ')[1]})")
+                               label=f"{base_label}: the target half's base")
     points = sorted((r["n"], r["top1"]) for r in whole_records if r["treatment"] == "RnB")
     if points:
         ax_rand.plot(*zip(*points), marker="v", color="tab:gray",
