@@ -8,6 +8,7 @@ the same 8-layer network, only narrower and on smaller images.
 import functools
 
 import keras
+import ml_dtypes
 import numpy as np
 from keras import ops
 
@@ -136,7 +137,8 @@ class CaffeMaxPooling2D(keras.layers.Layer):
     def call(self, inputs):
         pad_h, pad_w = self._pad(inputs.shape[1]), self._pad(inputs.shape[2])
         if pad_h or pad_w:
-            lowest = float(np.finfo(keras.backend.standardize_dtype(inputs.dtype)).min)
+            # ml_dtypes' finfo knows bfloat16 (numpy's does not).
+            lowest = float(ml_dtypes.finfo(keras.backend.standardize_dtype(inputs.dtype)).min)
             inputs = ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]],
                              constant_values=lowest)
         return ops.max_pool(inputs, self.pool_size, self.strides, padding="valid")
