@@ -82,8 +82,8 @@ def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
     by_n = {}
     for r in records:
         if r["treatment"] == treatment and (not relative or r["base_top1"]):
-            by_n.setdefault(r["n"], []).append(r["top1"] / r["base_top1"] if relative
-                                                else r["top1"])
+            value = r["top1"] / r["base_top1"] if relative else r["top1"]
+            by_n.setdefault(r["n"], []).append(value)
     if not by_n:
         return
     offset = OFFSETS[treatment]

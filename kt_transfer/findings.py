@@ -86,12 +86,12 @@ def _welch(first, second):
                                m1 - m2 + half)
 
 
-def evaluate(records, paper, ns, natman_records=(), whole_records=()):
+def evaluate(records, published, ns, natman_records=(), whole_records=()):
     """The findings (a)-(f) on the networks of a grid.
 
     Args:
       records: replicates.networks() of the random-split grid.
-      paper: the published numbers (results.paper_results()).
+      published: the published numbers (results.paper_results()).
       ns: the grid's n values; each contrast uses those of its pre-set n it has.
       natman_records: replicates.networks() of the natman split, if run (finding e).
       whole_records: [{"n", "top1", "base_top1"}] of the random-weights control on all
@@ -99,7 +99,7 @@ def evaluate(records, paper, ns, natman_records=(), whole_records=()):
     Returns:
       [Finding].
     """
-    curves, paper_base = _paper_means(paper)
+    curves, paper_base = _paper_means(published)
     ns = sorted(ns)
     # A grid without these n has no networks for the contrasts that need them ("no
     # networks", inconclusive); the paper's value is still given.
@@ -108,40 +108,46 @@ def evaluate(records, paper, ns, natman_records=(), whole_records=()):
     base = replicates.base_by_replicate(records)
 
     def arm(treatment, n_values):
+        """{replicate: mean top-1 of `treatment` over n_values}."""
         return replicates.by_replicate(records, treatment, n_values)
 
-    def minus(first, second):
-        return replicates.paired(first, second)
+    def paper(treatment, n_values):
+        """The paper's mean top-1 of `treatment` over n_values."""
+        return _mean_over(curves[treatment], n_values)
 
-    lo, hi = ns[0], ns[-1]
-    found = [Finding("a", "frozen transfer (AnB) falls as more layers are copied: higher "
-                          "layers are specific", [Contrast(
-        f"AnB(n={hi}) - AnB(n={lo})", "negative",
-        curves["AnB"][hi] - curves["AnB"][lo], minus(arm("AnB", [hi]), arm("AnB", [lo])))])]
-    found.append(Finding("b", "the frozen selffer (BnB) dips below its base at middle n "
-                              "and recovers at n = 6-7: fragile co-adaptation", [
-        Contrast(f"BnB - base, n = {_ns(middle)}", "negative",
-                 _mean_over(curves["BnB"], middle) - paper_base,
-                 minus(arm("BnB", middle), base)),
-        Contrast(f"BnB(n = {_ns(high)}) - BnB(n = {_ns(middle)})", "positive",
-                 _mean_over(curves["BnB"], high) - _mean_over(curves["BnB"], middle),
-                 minus(arm("BnB", high), arm("BnB", middle)))]))
-    found.append(Finding("c", "fine-tuning removes the dip: BnB+ at its base", [
-        Contrast(f"BnB+ - BnB, n = {_ns(middle)}", "positive",
-                 _mean_over(curves["BnB+"], middle) - _mean_over(curves["BnB"], middle),
-                 minus(arm("BnB+", middle), arm("BnB", middle))),
-        Contrast(f"BnB+ - base, n = {_ns(middle)} (not below)", "not_below",
-                 _mean_over(curves["BnB+"], middle) - paper_base,
-                 minus(arm("BnB+", middle), base))]))
-    found.append(Finding("d", "fine-tuned transfer (AnB+) beats its base and the "
-                              "fine-tuned selffer: transfer boosts generalization", [
-        Contrast(f"AnB+ - base, n = {_ns(ns)}", "positive",
-                 _mean_over(curves["AnB+"], ns) - paper_base, minus(arm("AnB+", ns), base)),
-        Contrast(f"AnB+ - BnB+, n = {_ns(ns)}", "positive",
-                 _mean_over(curves["AnB+"], ns) - _mean_over(curves["BnB+"], ns),
-                 minus(arm("AnB+", ns), arm("BnB+", ns)))]))
-    found.append(_dissimilar(records, natman_records, paper, curves, paper_base, high))
-    found.append(_random_features(records, whole_records, paper, curves, paper_base, ns))
+    def contrast(label, sign, paper_value, first, second):
+        return Contrast(label, sign, paper_value, replicates.paired(first, second))
+
+    lo, hi, mid, every = ns[0], ns[-1], _ns(middle), _ns(ns)
+    found = [
+        Finding("a", "frozen transfer (AnB) falls as more layers are copied: higher layers "
+                "are specific", [
+                    contrast(f"AnB(n={hi}) - AnB(n={lo})", "negative",
+                             paper("AnB", [hi]) - paper("AnB", [lo]),
+                             arm("AnB", [hi]), arm("AnB", [lo]))]),
+        Finding("b", "the frozen selffer (BnB) dips below its base at middle n and recovers "
+                "at n = 6-7: fragile co-adaptation", [
+                    contrast(f"BnB - base, n = {mid}", "negative",
+                             paper("BnB", middle) - paper_base, arm("BnB", middle), base),
+                    contrast(f"BnB(n = {_ns(high)}) - BnB(n = {mid})", "positive",
+                             paper("BnB", high) - paper("BnB", middle),
+                             arm("BnB", high), arm("BnB", middle))]),
+        Finding("c", "fine-tuning removes the dip: BnB+ at its base", [
+            contrast(f"BnB+ - BnB, n = {mid}", "positive",
+                     paper("BnB+", middle) - paper("BnB", middle),
+                     arm("BnB+", middle), arm("BnB", middle)),
+            contrast(f"BnB+ - base, n = {mid} (not below)", "not_below",
+                     paper("BnB+", middle) - paper_base, arm("BnB+", middle), base)]),
+        Finding("d", "fine-tuned transfer (AnB+) beats its base and the fine-tuned selffer: "
+                "transfer boosts generalization", [
+                    contrast(f"AnB+ - base, n = {every}", "positive",
+                             paper("AnB+", ns) - paper_base, arm("AnB+", ns), base),
+                    contrast(f"AnB+ - BnB+, n = {every}", "positive",
+                             paper("AnB+", ns) - paper("BnB+", ns),
+                             arm("AnB+", ns), arm("BnB+", ns))]),
+    ]
+    found.append(_dissimilar(records, natman_records, published, curves, paper_base, high))
+    found.append(_random_features(records, whole_records, published, curves, paper_base, ns))
     return found
 
 

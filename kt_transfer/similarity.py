@@ -30,17 +30,17 @@ def linear_cka(x, y):
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
 
 
-def unbiased_hsic(k, l):
+def unbiased_hsic(gram_x, gram_y):
     """Song et al.'s unbiased HSIC estimator of two n x n Gram matrices (n >= 4)."""
-    n = k.shape[0]
+    n = gram_x.shape[0]
     if n < 4:
         raise ValueError(f"the unbiased HSIC needs at least 4 examples, got {n}")
-    k, l = k.copy(), l.copy()
+    k, m = gram_x.copy(), gram_y.copy()
     np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l, 0.0)
-    ones_k, ones_l = k.sum(axis=0), l.sum(axis=0)
-    value = (np.sum(k * l) + ones_k.sum() * ones_l.sum() / ((n - 1) * (n - 2))
-             - 2.0 / (n - 2) * ones_k @ ones_l)
+    np.fill_diagonal(m, 0.0)
+    sums_k, sums_m = k.sum(axis=0), m.sum(axis=0)
+    value = (np.sum(k * m) + sums_k.sum() * sums_m.sum() / ((n - 1) * (n - 2))
+             - 2.0 / (n - 2) * sums_k @ sums_m)
     return float(value / (n * (n - 3)))
 
 
@@ -58,9 +58,9 @@ class MinibatchCKA:
     def update(self, xs, ys):
         grams_x = [_gram(x) for x in xs]
         grams_y = [_gram(y) for y in ys]
-        xy = np.array([[unbiased_hsic(k, l) for l in grams_y] for k in grams_x])
-        xx = np.array([unbiased_hsic(k, k) for k in grams_x])
-        yy = np.array([unbiased_hsic(l, l) for l in grams_y])
+        xy = np.array([[unbiased_hsic(gx, gy) for gy in grams_y] for gx in grams_x])
+        xx = np.array([unbiased_hsic(gx, gx) for gx in grams_x])
+        yy = np.array([unbiased_hsic(gy, gy) for gy in grams_y])
         if self.xy is None:
             self.xy, self.xx, self.yy = xy, xx, yy
         else:

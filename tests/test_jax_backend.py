@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kt_transfer import experiment, sources, transfer, train
+from kt_transfer import experiment, sources, transfer
 from kt_transfer import model as model_lib
 from kt_transfer import optimizer as optimizer_lib
 

@@ -34,12 +34,12 @@ def test_unbiased_hsic_matches_its_definition_by_brute_force():
     h = K_ij L_ij + K_ij L_qr - 2 K_ij L_iq (diagonals zeroed), averaged."""
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(7, 3)), rng.normal(size=(7, 2))
-    k, l = x @ x.T, y @ y.T
+    k, m = x @ x.T, y @ y.T
     total, count = 0.0, 0
     for i, j, q, r in itertools.permutations(range(7), 4):
-        total += k[i, j] * l[i, j] + k[i, j] * l[q, r] - 2 * k[i, j] * l[i, q]
+        total += k[i, j] * m[i, j] + k[i, j] * m[q, r] - 2 * k[i, j] * m[i, q]
         count += 1
-    assert similarity.unbiased_hsic(k, l) == pytest.approx(total / count, rel=1e-9)
+    assert similarity.unbiased_hsic(k, m) == pytest.approx(total / count, rel=1e-9)
 
 
 def test_minibatch_cka_matches_the_full_batch_value():
@@ -47,9 +47,9 @@ def test_minibatch_cka_matches_the_full_batch_value():
     x[:, :5] += 2 * y  # related representations
     one = similarity.MinibatchCKA()
     one.update([x], [y])
-    k, l = x @ x.T, y @ y.T
-    full = similarity.unbiased_hsic(k, l) / math.sqrt(
-        similarity.unbiased_hsic(k, k) * similarity.unbiased_hsic(l, l))
+    k, m = x @ x.T, y @ y.T
+    full = similarity.unbiased_hsic(k, m) / math.sqrt(
+        similarity.unbiased_hsic(k, k) * similarity.unbiased_hsic(m, m))
     assert one.value()[0, 0] == pytest.approx(full, abs=1e-6)  # one minibatch = full batch
     # Many small minibatches estimate the same quantity as the (biased) full-batch CKA.
     big_x, big_y = _features(n=4000, seed=6), _features(n=4000, d=5, seed=7)
