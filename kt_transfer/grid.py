@@ -324,7 +324,9 @@ def _write_results(config, dataset, split_names, log):
     families = {}  # the random splits pooled; natman apart (files prefixed natman_)
     for name in split_names:
         families.setdefault(results.split_family(name), []).append(name)
-    for i, (family, names) in enumerate(families.items()):
+    # The random family's files unprefixed, the others' prefixed by their name.
+    for i, (family, names) in enumerate(sorted(families.items(),
+                                               key=lambda kv: kv[0] != "random")):
         expected = replicates.expected_networks(names, config.grid.directions,
                                                 _paper_names(config.grid.treatments),
                                                 config.grid.ns)
