@@ -153,12 +153,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
 
 def _relative(records, treatment, ns):
     """Per replicate: mean over ns of top-1 / base top-1 (the paper's relative top-1)."""
-    values = {}
-    for r in records:
-        if r["treatment"] == treatment and r["n"] in ns and r["base_top1"]:
-            values.setdefault((r["split"], r["direction"]), {})[r["n"]] = \
-                r["top1"] / r["base_top1"]
-    return {rep: statistics.fmean(v.values()) for rep, v in values.items() if set(v) == set(ns)}
+    return replicates.by_replicate(records, treatment, ns, value=replicates.relative_top1)
 
 
 def _dissimilar(records, natman_records, paper, curves, paper_base, high):

@@ -339,10 +339,7 @@ def _write_results(config, dataset, split_names, log):
         written += paths
         if text:
             log(text)
-    groups = {}
-    for r in rows:  # every split of this experiment, this grid's or earlier ones'
-        groups.setdefault((r["dataset"], r["experiment"], results.split_family(r["split"])),
-                          []).append(r)
+    groups = results.group_by_family(rows)  # every split of this experiment
     figure4 = results.figure4(groups, dataset.name, exp_id, os.path.join(out, "figure4.png"),
                               paper=config.grid.paper_overlay)
     if figure4:

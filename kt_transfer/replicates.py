@@ -138,16 +138,23 @@ def summarize(records, key="top1"):
     return table
 
 
-def by_replicate(records, treatment, ns, key="top1"):
-    """{(split, direction): mean of `key` over the given n} for the replicates that have
-    every one of those n (a replicate missing one is left out, not half-averaged)."""
+def by_replicate(records, treatment, ns, value=lambda record: record["top1"]):
+    """{(split, direction): mean of value(record) over the given n} for the replicates
+    that have every one of those n (a replicate missing one is left out, not
+    half-averaged; a record whose value is None counts as missing)."""
     values = {}
     for record in records:
         if record["treatment"] == treatment and record["n"] in ns:
-            values.setdefault((record["split"], record["direction"]), {})[record["n"]] = \
-                record[key]
+            v = value(record)
+            if v is not None:
+                values.setdefault((record["split"], record["direction"]), {})[record["n"]] = v
     return {rep: statistics.fmean(v.values()) for rep, v in values.items()
             if set(v) == set(ns)}
+
+
+def relative_top1(record):
+    """top-1 / its base's top-1 (the paper's relative top-1), or None without a base."""
+    return record["top1"] / record["base_top1"] if record["base_top1"] else None
 
 
 def base_by_replicate(records):

@@ -98,6 +98,15 @@ def figure_title(dataset, split_names):
     return title + (" (A = man-made, B = natural)" if "natman" in split_names else "")
 
 
+def group_by_family(rows):
+    """{(dataset, experiment, split family): rows}."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["experiment"], split_family(r["split"])),
+                          []).append(r)
+    return groups
+
+
 def split_family(split):
     """Splits pooled as replicates: every random<seed> together; any other alone."""
     return "random" if split.startswith("random") else split
@@ -182,10 +191,7 @@ def write_report(workdir, out_dir=None, paper=False):
         raise FileNotFoundError(f"no finished runs (metrics.json) under {workdir!r}; "
                                 "check --workdir")
     written = write_tables(rows, out_dir)
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["experiment"], split_family(r["split"])),
-                          []).append(r)
+    groups = group_by_family(rows)
     for (dataset, experiment, family), group in sorted(groups.items()):
         split_names = sorted({r["split"] for r in group})
         related = [r for r in rows if (r["dataset"], r["experiment"]) == (dataset, experiment)
