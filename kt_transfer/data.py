@@ -22,6 +22,7 @@ from kt_transfer import images, sources, tfds_source
 
 HOLDOUT_BUCKETS = 10_000
 
+
 class BadFiles:
     """The files a pipeline skipped, by name, for reporting (thread-safe)."""
 
@@ -253,9 +254,14 @@ def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout
     def pipeline(subset, training, skip_steps=0, part=None):
         # Each input pipeline (worker) reads its share; replicas split the global batch.
         held = (part, *holdout) if holdout else None
-        return strategy.distribute_datasets_from_function(lambda ctx: make_dataset(
-            dataset.source, subset, class_indices, training=training, input_context=ctx,
-            skip_steps=skip_steps, holdout=held, **kwargs))
+
+        def make(ctx=None):
+            return make_dataset(dataset.source, subset, class_indices, training=training,
+                                input_context=ctx, skip_steps=skip_steps, holdout=held,
+                                **kwargs)
+        if not isinstance(strategy, tf.distribute.Strategy):
+            return make()  # JAX: Keras' fit shards each global batch over the devices
+        return strategy.distribute_datasets_from_function(make)
 
     probe = probe_batch(dataset.source, class_indices, size=config.train.batch_size,
                         resize_size=dc.resize_size, crop_size=config.model.input_size)

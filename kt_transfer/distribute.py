@@ -8,14 +8,92 @@
 `logical_cpus=N` splits the host CPU into N logical devices so that mirroring runs (and is
 tested) without GPUs. It must happen before TensorFlow initializes its devices.
 The config's batch size is the global batch; each of R replicas gets batch / R.
+
+On the JAX backend (KERAS_BACKEND=jax) the same names give a `KerasDistribution`: Keras'
+own `keras.distribution.DataParallel` over the local devices ("auto" without GPUs and
+"one_device": none), fed by the same tf.data pipelines. Several machines need TensorFlow's
+multi_worker (validate.py says so before anything runs).
 """
 
+import contextlib
 import os
 
+import keras
 import tensorflow as tf
 
 from kt_transfer import keras_compat
 from kt_transfer.validate import STRATEGIES
+
+
+def uses_tf_distribute():
+    """Whether runs train under tf.distribute (the TensorFlow backend) or under
+    keras.distribution (JAX)."""
+    return keras.backend.backend() == "tensorflow"
+
+
+class KerasDistribution:
+    """What a run trains under on the JAX backend: a keras.distribution (set globally, so
+    that fit shards each batch over the devices) or none, with the two things kt_transfer
+    asks of a tf.distribute strategy, `scope()` and `num_replicas_in_sync`."""
+
+    def __init__(self, distribution=None):
+        self.distribution = distribution
+        self.num_replicas_in_sync = (
+            distribution.device_mesh.devices.size if distribution is not None else 1)
+        keras.distribution.set_distribution(distribution)
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution is not None \
+            else contextlib.nullcontext()
+
+
+def has_gpus():
+    """Whether the backend sees a GPU (a grid then runs one worker per machine)."""
+    if uses_tf_distribute():
+        return bool(tf.config.list_physical_devices("GPU"))
+    return _backend_has("gpu")
+
+
+def current_strategy():
+    """What a run trains under when the caller gives nothing: tf.distribute's current
+    strategy, or on JAX the keras.distribution set (if any)."""
+    if uses_tf_distribute():
+        return tf.distribute.get_strategy()
+    return KerasDistribution(keras.distribution.distribution())
+
+
+def _backend_has(platform):
+    import jax
+    try:
+        return bool(jax.devices(platform))
+    except RuntimeError:  # no such platform on this machine
+        return False
+
+
+def split_cpu_jax(logical_cpus):
+    """JAX's counterpart of split_cpu: `logical_cpus` CPU devices (before JAX starts)."""
+    import jax
+    jax.config.update("jax_num_cpu_devices", logical_cpus)
+    found = len(jax.devices("cpu"))
+    if found != logical_cpus:
+        raise RuntimeError(
+            f"cannot split the CPU into {logical_cpus} devices: JAX already started with "
+            f"{found}; set distribute.logical_cpus before anything else runs")
+
+
+def make_keras_distribution(distribute_config):
+    """The JAX backend's KerasDistribution for the `config.distribute` block."""
+    name = distribute_config.strategy
+    if name == "multi_worker":  # validate.py refuses this first; here for direct callers
+        raise ValueError("--config.distribute.strategy=multi_worker needs the TensorFlow "
+                         "backend (KERAS_BACKEND=tensorflow); see README")
+    if distribute_config.logical_cpus > 1:
+        split_cpu_jax(distribute_config.logical_cpus)
+    gpus = keras.distribution.list_devices("gpu") if _backend_has("gpu") else []
+    if name == "one_device" or (name == "auto" and not gpus):
+        return KerasDistribution(None)
+    devices = gpus or keras.distribution.list_devices("cpu")
+    return KerasDistribution(keras.distribution.DataParallel(devices=devices))
 
 
 def split_cpu(logical_cpus):
@@ -34,11 +112,14 @@ def split_cpu(logical_cpus):
 
 
 def make_strategy(distribute_config):
-    """A tf.distribute.Strategy for the `config.distribute` block (strategy, logical_cpus)."""
+    """A tf.distribute.Strategy for the `config.distribute` block (strategy, logical_cpus),
+    or on the JAX backend a KerasDistribution."""
     name = distribute_config.strategy
     if name not in STRATEGIES:
         raise ValueError(f"unknown --config.distribute.strategy={name!r}; use one of "
                          f"{', '.join(STRATEGIES)}")
+    if not uses_tf_distribute():
+        return make_keras_distribution(distribute_config)
     if distribute_config.logical_cpus > 1:
         split_cpu(distribute_config.logical_cpus)
     if name == "multi_worker":

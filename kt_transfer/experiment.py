@@ -18,7 +18,6 @@ import tempfile
 import zlib
 
 import keras
-import tensorflow as tf
 
 from kt_transfer import (atomic, data, distribute, export, layer_logging, mean, timing,
                          train, transfer)
@@ -126,7 +125,8 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
     """Trains and evaluates one treatment (its base first, if missing).
 
     Args:
-      strategy: tf.distribute strategy to build and train under (default: the current).
+      strategy: tf.distribute strategy (or on JAX a distribute.KerasDistribution) to build
+        and train under (default: the current).
       guard: a Keras callback added to this treatment's training (the grid's claim
         check, which stops a cell whose claim another worker took over).
 
@@ -160,7 +160,7 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
                                f"nothing to copy from. Its record: {base_out}")
         with stopwatch.phase("base_loading"):
             base = transfer.load_base(os.path.join(base_out, MODEL_FILE))
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or distribute.current_strategy()
     if not distribute.is_chief(strategy):
         # Every worker trains (the steps are collective), but only the chief writes the
         # run; this one writes to a scratch directory, removed afterwards, and resumes from

@@ -35,7 +35,7 @@ def multi_worker_fit_context(model):
     strategy's scope, where it finds the same strategy for its steps.
     """
     from kt_transfer import distribute
-    strategy = model.distribute_strategy
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's models only
     if not (needs_multi_worker_workaround() and distribute.is_multi_worker(strategy)):
         return contextlib.nullcontext()
     model._distribute_strategy = None  # private: the only switch Keras offers
@@ -102,11 +102,15 @@ def quiet_native_stderr():
 
 
 def probe_devices():
-    """Lists TensorFlow's GPUs (if TensorFlow is the loaded backend), so that the CUDA
-    runtime's start-up messages come out now, e.g. under quiet_native_stderr. Does not
-    fix the logical device configuration, which distribute.split_cpu may still change."""
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].config.list_physical_devices("GPU")
+    """Imports TensorFlow (the input pipeline's, whatever the Keras backend) and lists its
+    GPUs, so that its and the CUDA runtime's start-up messages come out now, e.g. under
+    quiet_native_stderr. Does not fix the logical device configuration, which
+    distribute.split_cpu may still change."""
+    try:
+        import tensorflow as tf
+    except ImportError:  # the core alone (KERAS_BACKEND=jax): nothing of TensorFlow's to hide
+        return
+    tf.config.list_physical_devices("GPU")
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ class LayerLogger(keras.callbacks.Callback):
         """
         super().__init__()
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
-        self.probe_x, self.probe_y = probe_batch
+        self.probe_x, self.probe_y = (np.asarray(t) for t in probe_batch)  # any backend
         self.trained_layers = list(trained_layers)
         self.every = every_steps
         self.hparams = hparams
@@ -100,9 +100,9 @@ class LayerLogger(keras.callbacks.Callback):
         self.writer.flush()
 
     def _gradients(self):
-        """Gradients of the probe loss per trained layer. Under a strategy the variables
-        are distributed and only differentiable in a replica: computed in each (on the
-        same probe batch) and taken from the first."""
+        """Gradients of the probe loss per trained layer's kernel."""
+        if keras.backend.backend() == "jax":
+            return self._gradients_jax()
         variables = [self.model.get_layer(n).kernel for n in self.trained_layers]
 
         def gradients():
@@ -111,6 +111,8 @@ class LayerLogger(keras.callbacks.Callback):
                 loss = self.model.compute_loss(y=self.probe_y, y_pred=logits)
             return tape.gradient(loss, variables)
 
+        # Under a strategy the variables are distributed and only differentiable in a
+        # replica: computed in each (on the same probe batch) and taken from the first.
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
             strategy = tf.distribute.get_strategy()
             per_replica = strategy.run(gradients)
@@ -118,6 +120,23 @@ class LayerLogger(keras.callbacks.Callback):
         else:
             grads = gradients()
         return dict(zip(self.trained_layers, grads))
+
+    def _gradients_jax(self):
+        """The same on JAX: jax.grad of the model's stateless call, the compiled loss."""
+        import jax
+        model = self.model
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def probe_loss(trainable):
+            logits, _ = model.stateless_call(trainable, non_trainable, self.probe_x,
+                                             training=False)
+            return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+                self.probe_y, logits, from_logits=True))
+
+        grads = jax.grad(probe_loss)([v.value for v in model.trainable_variables])
+        by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
+        return {name: by_path[model.get_layer(name).kernel.path]
+                for name in self.trained_layers}
 
     def log_layers(self, step):
         grads = self._gradients()
@@ -132,8 +151,8 @@ class LayerLogger(keras.callbacks.Callback):
                 grad = grads.get(name)
                 act = np.asarray(act, np.float32)
                 tf.summary.scalar(f"{name}/weight_norm", norm, step=step)
-                tf.summary.scalar(f"{name}/grad_norm",
-                                  0.0 if grad is None else float(tf.norm(grad)), step=step)
+                tf.summary.scalar(f"{name}/grad_norm", 0.0 if grad is None else float(
+                    np.linalg.norm(keras.ops.convert_to_numpy(grad))), step=step)
                 tf.summary.scalar(f"{name}/update_ratio", update, step=step)
                 tf.summary.scalar(f"{name}/effective_lr", optimizer_lib.layer_learning_rate(
                     self.model.optimizer, name) if name in self.trained_layers else 0.0,

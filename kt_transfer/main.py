@@ -94,11 +94,9 @@ def main(argv):
 def _run_grid(config, dataset, strategy):
     """The grid: in this process, or in several pinned worker processes on this machine
     (local_workers.py) whose end this process waits for, then summarizes."""
-    import tensorflow as tf
-
-    from kt_transfer import grid, local_workers
+    from kt_transfer import distribute, grid, local_workers
     workers = local_workers.workers_for(
-        config.grid, has_gpus=bool(tf.config.list_physical_devices("GPU"))
+        config.grid, has_gpus=distribute.has_gpus()
         or config.distribute.strategy == "multi_worker")
     prefix = local_workers.worker_prefix()
     if workers == 1:

@@ -213,6 +213,11 @@ def _check_distribute(check):
     check.one_of("distribute.strategy", STRATEGIES)
     check.number("distribute.logical_cpus", low=0, integer=True)
     config = check.config
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if config.distribute.strategy == "multi_worker" and backend != "tensorflow":
+        check.fail("distribute.strategy", f"multi_worker is TensorFlow's (several machines); "
+                   f"KERAS_BACKEND={backend} runs on the devices of one machine: unset "
+                   "KERAS_BACKEND, or use --config.distribute.strategy=auto")
     replicas = config.distribute.logical_cpus
     if (isinstance(replicas, int) and replicas > 1 and isinstance(config.train.batch_size, int)
             and config.train.batch_size % replicas):
