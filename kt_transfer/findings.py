@@ -220,8 +220,51 @@ def _interval(estimate):
             f"({estimate.count} replicates)")
 
 
-def to_markdown(found, title, notes=()):
-    """findings.md: one line per finding (and per contrast), with the paper's value."""
+RANK_ALPHA = 0.05
+
+
+def rank_agreement(measures, transfer_curve):
+    """Does a training-free curve (--mode=similarity: CKA, probe, LogME per layer) rank
+    the layers as the grid's transfer networks do?
+
+    Args:
+      measures: {label: {n: value}}, e.g. the probe top-1 on baseA's layer n.
+      transfer_curve: {n: mean top-1 of the grid's AnB networks (pooled) at n}.
+    Returns:
+      [{"measure", "ns", "rho", "p", "verdict"}]: Spearman's rho over the n both have, its
+      exact two-sided permutation p-value, and "ranks as the grid does" (rho > 0,
+      p < 0.05), "ranks against the grid" (rho < 0, p < 0.05) or "inconclusive".
+    """
+    from kt_transfer import similarity  # NumPy only
+    rows = []
+    for label, curve in sorted(measures.items()):
+        ns = sorted(set(curve) & set(transfer_curve))
+        if not 3 <= len(ns) <= similarity.MAX_EXACT_POINTS:
+            continue
+        first, second = [curve[n] for n in ns], [transfer_curve[n] for n in ns]
+        rho, p = similarity.spearman(first, second), similarity.spearman_p_value(first, second)
+        verdict = "inconclusive" if p >= RANK_ALPHA else (
+            "ranks as the grid does" if rho > 0 else "ranks against the grid")
+        rows.append({"measure": label, "ns": ns, "rho": rho, "p": p, "verdict": verdict})
+    return rows
+
+
+def _rank_lines(ranks):
+    if not ranks:
+        return []
+    lines = ["", "## Training-free measures against the grid (--mode=similarity)", "",
+             "| measure (per layer n) | n | Spearman rho with the grid's AnB top-1 | "
+             "exact p | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r['measure']} | {_ns(r['ns'])} | {r['rho']:+.2f} | {r['p']:.3f} "
+              f"| {r['verdict']} |" for r in ranks]
+    lines += ["", f"With {len(ranks[0]['ns'])} layers a rank correlation is a coarse test: "
+              f"only p < {RANK_ALPHA} (from all orderings of the layers) counts as agreement."]
+    return lines
+
+
+def to_markdown(found, title, notes=(), ranks=()):
+    """findings.md: one line per finding (and per contrast), with the paper's value, then
+    the training-free measures' rank agreement with the grid (rank_agreement) if any."""
     lines = [f"# {title}", ""]
     lines += [f"{note}" for note in notes]
     lines += ["", "| finding | contrast | paper | this grid: mean [95% interval] | verdict |",
@@ -240,4 +283,5 @@ def to_markdown(found, title, notes=()):
               "side, *does not show* when it excludes zero on the other side, and is "
               "*inconclusive* when the interval spans zero: a difference smaller than its "
               "interval is not a finding."]
+    lines += _rank_lines(ranks)
     return "\n".join(lines) + "\n"

@@ -192,7 +192,7 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
     summary, incomplete = _summary(grid_cells, status, errors)
     for summary_line in summary:
         log(summary_line)
-    written = _write_results(config, dataset, split_names, log)
+    written = write_results(config, dataset, log)
     if incomplete:
         raise GridIncompleteError(
             f"{len(incomplete)} of {len(grid_cells)} grid cells did not finish: "
@@ -312,8 +312,10 @@ def report_dir(config, dataset):
                         "-".join([f"grid-{exp_id}", *families]))
 
 
-def _write_results(config, dataset, split_names, log):
-    """The grid's tables (every run; replicates pooled), figure and findings.md."""
+def write_results(config, dataset, log=print):
+    """The grid's tables (every run; replicates pooled), figure and findings.md (again,
+    after --mode=similarity, which adds its rank correlations to findings.md)."""
+    split_names = grid_splits(config)
     exp_id = os.path.basename(experiment.experiment_dir(config, dataset))
     rows = [r for r in results.gather(config.workdir)
             if (r["dataset"], r["experiment"]) == (dataset.name, exp_id)]
@@ -335,7 +337,8 @@ def _write_results(config, dataset, split_names, log):
             paper_overlay=config.grid.paper_overlay, expected=expected,
             ns=sorted(config.grid.ns), directions=config.grid.directions,
             related_rows=[r for r in rows if r["split"] not in names],
-            prefix="" if i == 0 else f"{family}_")
+            prefix="" if i == 0 else f"{family}_",
+            similarity=results.similarity_curves(config.workdir, dataset.name, exp_id, names))
         written += paths
         if text:
             log(text)

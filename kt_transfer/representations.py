@@ -17,12 +17,14 @@ matrix as an image), and a rank correlation with the grid's AnB curve where it e
 """
 
 import os
+import re
 import time
 
 import keras
 import numpy as np
 
-from kt_transfer import atomic, data, experiment, results, similarity, transfer
+from kt_transfer import (atomic, data, experiment, findings, grid, results, similarity,
+                         transfer)
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
@@ -139,7 +141,10 @@ def run_similarity(config, dataset, log=print):
     notes = _rank_notes(rows, grid_curve)
     for note in notes:
         log(f"similarity: {note}")
-    _write(out, rows, matrices, grid_curve, notes, seconds, log)
+    _write(out, rows, matrices, (grid_curve, _grid_curve(config, dataset, "B")), notes,
+           seconds, log)
+    if os.path.isdir(grid.report_dir(config, dataset)):  # findings.md gains the rank lines
+        grid.write_results(config, dataset, log)
     return rows
 
 
@@ -172,47 +177,46 @@ def _transfer_cka(config, dataset, exp_dir, sc, log):
     return rows
 
 
-def _grid_curve(config, dataset):
-    """{n: top-1} of AnB (random0..: the experiment's own split) where the grid ran."""
+def _grid_curve(config, dataset, source="A"):
+    """{n: top-1} of AnB (source "A"; BnB: "B") of the experiment's own split, where the
+    grid ran."""
     exp_dir = experiment.experiment_dir(config, dataset)
     curve = {}
     for n in range(1, 8):
-        metrics = experiment.read_metrics(os.path.join(exp_dir, f"A{n}B"))
+        metrics = experiment.read_metrics(os.path.join(exp_dir, f"{source}{n}B"))
         if metrics and metrics.get("status") == "finished":
             curve[n] = metrics["top1"]
     return curve
 
 
 def _rank_notes(rows, grid_curve):
-    """Does each training-free curve rank the layers as the grid's AnB does?"""
-    ns = sorted(grid_curve)
-    if len(ns) < 3:
+    """Does each training-free curve rank the layers as this split's AnB networks do?
+    (findings.md asks the same of the grid's pooled AnB curve.)"""
+    if len(grid_curve) < 3:
         return ["no AnB curve from the grid yet (fewer than 3 of A1B..A7B): no rank "
                 "correlation"]
-    notes = []
-    for measure in sorted({r["measure"] for r in rows if not r["measure"].startswith("CKA(A")
-                           and not r["measure"].startswith("CKA(B")}):
-        curve = {r["n"]: r["value"] for r in rows if r["measure"] == measure}
-        rho = similarity.spearman([curve[n] for n in ns], [grid_curve[n] for n in ns])
-        notes.append(f"Spearman rank correlation of {measure} with the grid's AnB top-1 "
-                     f"over n = {', '.join(map(str, ns))}: {rho:+.2f} ({len(ns)} points; "
-                     "a descriptive figure, no interval)")
-    return notes
+    measures = {}
+    for r in rows:
+        if not re.match(r"CKA\([AB]\d", r["measure"]):  # not one transfer network's CKA
+            measures.setdefault(r["measure"], {})[r["n"]] = r["value"]
+    return [f"Spearman rank correlation of {r['measure']} with this split's AnB top-1 over "
+            f"n = {', '.join(map(str, r['ns']))}: {r['rho']:+.2f}, exact p = {r['p']:.3f}: "
+            f"{r['verdict']}" for r in findings.rank_agreement(measures, grid_curve)]
 
 
-def _write(out, rows, matrices, grid_curve, notes, seconds, log):
+def _write(out, rows, matrices, grid_curves, notes, seconds, log):
     columns = ("measure", "layer", "n", "value")
     atomic.write_text(os.path.join(out, "similarity.csv"), results.to_csv(rows, columns))
     atomic.write_text(os.path.join(out, "similarity.md"), results.to_markdown(rows, columns)
                       + "\n" + "\n".join(f"- {n}" for n in notes)
                       + f"\n- computed in {seconds:.0f} s\n")
-    _plot(os.path.join(out, "similarity.png"), rows, matrices, grid_curve)
+    _plot(os.path.join(out, "similarity.png"), rows, matrices, grid_curves)
     _tensorboard(os.path.join(out, "logs"), rows, matrices)
     log(f"similarity: wrote {out}/similarity.csv, similarity.md, similarity.png, logs/ "
         f"({seconds:.0f} s)")
 
 
-def _plot(path, rows, matrices, grid_curve):
+def _plot(path, rows, matrices, grid_curves):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -224,9 +228,10 @@ def _plot(path, rows, matrices, grid_curve):
         curve = sorted((r["n"], r["value"]) for r in rows if r["measure"] == measure)
         if curve:
             ax.plot(*zip(*curve), style, label=measure)
-    if grid_curve:
-        ax.plot(*zip(*sorted(grid_curve.items())), "x--", color="tab:red",
-                label="AnB top-1 (grid, trained)")
+    for curve, label, colour in zip(grid_curves, ("AnB", "BnB"), ("tab:red", "tab:blue")):
+        if curve:
+            ax.plot(*zip(*sorted(curve.items())), "x--", color=colour,
+                    label=f"{label} top-1 (grid, trained)")
     ax.set_xticks(range(1, 8), LAYERS)
     ax.set_title("general to specific, without retraining", fontsize=10)
     ax.grid(alpha=0.3)

@@ -14,6 +14,7 @@ import importlib.resources
 import io
 import json
 import os
+import re
 
 from kt_transfer import atomic, figures, findings, replicates
 
@@ -129,7 +130,7 @@ def _write_text(path, text, written):
 
 def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
                       expected=None, ns=None, directions=replicates.DIRECTIONS,
-                      related_rows=(), prefix=""):
+                      related_rows=(), prefix="", similarity=None):
     """The replicate table, figure and findings of one experiment's pooled splits.
 
     Args:
@@ -139,6 +140,8 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
       directions: the directions pooled (a one-direction grid's base is its target's).
       related_rows: rows of the same experiment on other splits (natman), for finding (e).
       prefix: file name prefix (several experiments in one directory).
+      similarity: {label: {n: value}}, the training-free curves of --mode=similarity
+        (similarity_curves), ranked against the pooled AnB curve in findings.md.
     Returns:
       (paths written, findings.md text; findings only for the random splits, whose
       networks the findings are about; natman and all runs enter them as related rows).
@@ -174,10 +177,34 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
              f"Missing or failed networks (not averaged in): {len(missing)}"
              + (": " + ", ".join(f"{s} {d} {t}{'' if t == 'base' else f' n={n}'}"
                                  for s, d, t, n in missing) if missing else "") + "."]
+    transfer_curve = {entry["n"]: entry["estimate"].mean
+                      for entry in replicates.summarize(records) if entry["treatment"] == "AnB"}
     text = findings.to_markdown(found, "Findings: " + figure_title(dataset, split_names),
-                                notes)
+                                notes, findings.rank_agreement(similarity or {}, transfer_curve))
     _write_text(os.path.join(out_dir, prefix + "findings.md"), text, written)
     return written, text
+
+
+SIMILARITY_DIR, SIMILARITY_TABLE = "similarity", "similarity.csv"
+
+
+def similarity_curves(workdir, dataset, experiment, split_names):
+    """{"<measure>, <split>": {n: value}}: the per-layer curves of the bases (CKA of baseA
+    with baseB, probe, LogME) that --mode=similarity wrote for these splits; not the
+    per-network CKA of transfer networks."""
+    curves = {}
+    for split in split_names:
+        path = os.path.join(workdir, dataset, split, experiment, SIMILARITY_DIR,
+                            SIMILARITY_TABLE)
+        if not os.path.exists(path):
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if re.match(r"CKA\([AB]\d", row["measure"]):  # CKA(A3B+, baseA): one net
+                    continue
+                curves.setdefault(f"{row['measure']}, {split}", {})[int(row["n"])] = \
+                    float(row["value"])
+    return curves
 
 
 def write_report(workdir, out_dir=None, paper=False):
@@ -198,7 +225,9 @@ def write_report(workdir, out_dir=None, paper=False):
                    and split_family(r["split"]) != family]
         paths, _ = report_experiment(group, out_dir, dataset, split_names, paper_overlay=paper,
                                      related_rows=related,
-                                     prefix=f"{dataset}_{family}_{experiment}_")
+                                     prefix=f"{dataset}_{family}_{experiment}_",
+                                     similarity=similarity_curves(workdir, dataset,
+                                                                  experiment, split_names))
         written += paths
     for dataset, experiment in sorted({(d, e) for d, e, _ in groups}):
         path = figure4(groups, dataset, experiment,

@@ -158,3 +158,41 @@ def test_findings_on_grids_whose_answer_is_known():
     assert found["d"].verdict() == "inconclusive"  # 0.03 under noise 0.2 with 4 replicates
     text = findings.to_markdown(list(found.values()), "t")
     assert "| (a) frozen transfer" in text and "inconclusive" in text
+
+
+def test_rank_agreement_of_training_free_curves_with_the_grid():
+    grid = {n: 0.6 - 0.02 * n for n in range(1, 8)}  # AnB falls with n
+    ranks = {r["measure"]: r for r in findings.rank_agreement(
+        {"same order": {n: -n for n in range(1, 8)},
+         "reversed": {n: n for n in range(1, 8)},
+         "unrelated": dict(zip(range(1, 8), [3, 0, 6, 2, 5, 1, 4])),
+         "two layers only": {1: 1.0, 2: 0.5}}, grid)}
+    assert ranks["same order"]["rho"] == pytest.approx(1.0)
+    assert ranks["same order"]["p"] == pytest.approx(2 / 5040)
+    assert ranks["same order"]["verdict"] == "ranks as the grid does"
+    assert ranks["reversed"]["verdict"] == "ranks against the grid"
+    assert ranks["unrelated"]["verdict"] == "inconclusive"
+    assert "two layers only" not in ranks  # fewer than 3 common n: no rank correlation
+
+
+def test_findings_md_ranks_the_similarity_curves_against_the_pooled_grid(tmp_path):
+    workdir = str(tmp_path)
+    for split in SPLITS:
+        _write_run(workdir, split, "baseA", 0, 0.5)
+        _write_run(workdir, split, "baseB", 0, 0.6)
+        for n in range(1, 5):
+            _write_run(workdir, split, "AnB", n, 0.55 - 0.03 * n + SPLITS.index(split) / 100)
+    table = os.path.join(workdir, "embedded", "random0", "abcd1234", "similarity")
+    os.makedirs(table)
+    with open(os.path.join(table, "similarity.csv"), "w") as f:
+        f.write("measure,layer,n,value\n")
+        for n in range(1, 8):
+            f.write(f'"probe top-1 (baseA features, half B)",l{n},{n},{0.5 - 0.01 * n}\n')
+            f.write(f'"CKA(A2B, baseA)",l{n},{n},{0.1 * n}\n')  # one network's: left out
+    curves = results.similarity_curves(workdir, "embedded", "abcd1234", SPLITS)
+    assert list(curves) == ["probe top-1 (baseA features, half B), random0"]
+    written = results.write_report(workdir)
+    text = open(next(p for p in written if p.endswith("findings.md"))).read()
+    line = next(x for x in text.splitlines() if x.startswith("| probe top-1"))
+    # n = 1..4 of the grid: both fall, rho = +1, exact p = 2/24.
+    assert "| 1..4 | +1.00 | 0.083 | inconclusive |" in line

@@ -98,3 +98,15 @@ def test_spearman():
     assert similarity.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert similarity.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert similarity.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9487, abs=1e-4)
+
+
+def test_spearman_exact_p_value_counts_orderings():
+    # 4 points in order: only the identity and its reverse reach |rho| = 1: 2 of 24.
+    assert similarity.spearman_p_value([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(2 / 24)
+    # 7 points with the last two swapped: rho = 1 - 6*2/336 = 0.964; the orderings with
+    # |rho| >= that are the identity, the 6 adjacent swaps and their 7 reverses: 14/5040.
+    p = similarity.spearman_p_value(range(7), [0, 1, 2, 3, 4, 6, 5])
+    assert p == pytest.approx(14 / 5040)
+    assert similarity.spearman_p_value(range(7), [3, 0, 6, 2, 5, 1, 4]) > 0.3  # unrelated
+    with pytest.raises(ValueError, match="3..8 points"):
+        similarity.spearman_p_value(range(9), range(9))
