@@ -152,8 +152,8 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
         pending = [c for c in grid_cells if status[c.name] is None and c.name not in errors]
         running = _held(claims_dirs, timeout_s) & {c.name for c in pending}
         line = progress.line(done, running, workers=max(len(running), 1))
-        if line != last_line:
-            log(line)
+        if line != last_line:  # with the clock time: a resumed grid's log gives its total
+            log(f"{line} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
             last_line = line
         if not pending:
             break
