@@ -83,7 +83,10 @@ def split_cpu_jax(logical_cpus):
 
 def make_keras_distribution(distribute_config):
     """The JAX backend's KerasDistribution for the `config.distribute` block."""
-    name = distribute_config.strategy
+    name, backend = distribute_config.strategy, keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(f"training runs on KERAS_BACKEND=tensorflow or jax, not {backend}; "
+                         "see README, Keras backends")
     if name == "multi_worker":  # validate.py refuses this first; here for direct callers
         raise ValueError("--config.distribute.strategy=multi_worker needs the TensorFlow "
                          "backend (KERAS_BACKEND=tensorflow); see README")
@@ -144,6 +147,14 @@ def make_strategy(distribute_config):
 def is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
         strategy.extended._in_multi_worker_mode()
+
+
+def barrier(strategy):
+    """Under MultiWorkerMirroredStrategy, returns when every worker has called it (an
+    all-reduce of one number): a worker that goes on to read what the chief writes at the
+    end of a run (a base's model.keras, copied next) finds it complete. Elsewhere a no-op."""
+    if is_multi_worker(strategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
 
 
 def is_chief(strategy):

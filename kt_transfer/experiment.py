@@ -168,16 +168,20 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         os.makedirs(config.workdir, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=".tmp-worker-", dir=config.workdir)
         try:
-            return _train_run(config, dataset, treatment, base, scratch, log, strategy,
-                              guard, stopwatch, run_path=out), out
+            metrics = _train_run(config, dataset, treatment, base, scratch, log, strategy,
+                                 guard, stopwatch, run_path=out)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        distribute.barrier(strategy)  # the chief has written the run: e.g. a base to copy
+        return metrics, out
     with run_lock(out):
         stored = read_metrics(out)  # another process may have finished it meanwhile
         if stored is not None:
             return stored, out
-        return _train_run(config, dataset, treatment, base, out, log, strategy, guard,
-                          stopwatch), out
+        metrics = _train_run(config, dataset, treatment, base, out, log, strategy, guard,
+                             stopwatch)
+    distribute.barrier(strategy)  # the other workers wait here for what was written
+    return metrics, out
 
 
 def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stopwatch,

@@ -114,3 +114,36 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path,
     assert len([p for p in written if p.endswith("model.keras")]) == 2
     assert not [p for p in written if ".tmp-worker-" in p]  # scratch copies removed
     assert "== A2B (AnB, n=2)" in logs[0] and "== A2B (AnB, n=2)" in logs[1]
+
+
+BARRIER = r"""
+import os, sys, time
+from ml_collections import ConfigDict
+from kt_transfer import distribute
+strategy = distribute.make_strategy(ConfigDict(dict(strategy="multi_worker", logical_cpus=0)))
+marker = sys.argv[1]
+if distribute.is_chief(strategy):
+    time.sleep(3)  # a slow export
+    with open(marker, "w") as f:
+        f.write("written")
+distribute.barrier(strategy)
+assert open(marker).read() == "written", "a worker passed the barrier before the chief wrote"
+print("PASSED BARRIER")
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_waits_at_the_barrier_until_the_chief_has_written(tmp_path):
+    """The cause of a race seen under load: a worker read its base's model.keras before
+    the chief had finished writing it. Two real workers on 127.0.0.1."""
+    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen([sys.executable, "-c", BARRIER, str(tmp_path / "marker")],
+                                      env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0 and "PASSED BARRIER" in output, output[-3000:]
