@@ -61,14 +61,21 @@ def _images(config, dataset, half, subset, limit):
         yield images[:take].numpy(), labels[:take].numpy()
 
 
-def cka_between(first, second, batches):
-    """[7, 7] minibatch CKA matrix between the layers of two networks."""
-    acc = similarity.MinibatchCKA()
-    act_a, act_b = _activations(first), _activations(second)
-    for images, _ in batches:
-        xs = [keras.ops.convert_to_numpy(a) for a in act_a(images, training=False)]
-        ys = [keras.ops.convert_to_numpy(a) for a in act_b(images, training=False)]
-        acc.update(xs, ys)
+def layer_grams(model, batches):
+    """Per minibatch, the Gram matrix of each of the 7 layers' features: what CKA needs of
+    a network, computed once per network and image set."""
+    activations = _activations(model)
+    return [[similarity.gram(keras.ops.convert_to_numpy(a))
+             for a in activations(images, training=False)] for images, _ in batches]
+
+
+def cka_between(first, second, batches, diagonal=False):
+    """[7, 7] minibatch CKA matrix between the layers of two networks (or its diagonal).
+    Either network may be given as its layer_grams of these batches."""
+    acc = similarity.MinibatchCKA(diagonal=diagonal)
+    grams = [m if isinstance(m, list) else layer_grams(m, batches) for m in (first, second)]
+    for grams_x, grams_y in zip(*grams):
+        acc.update_grams(grams_x, grams_y)
     return acc.value()
 
 
@@ -149,8 +156,9 @@ def run_similarity(config, dataset, log=print):
 
 
 def _transfer_cka(config, dataset, exp_dir, sc, log):
-    """CKA, layer by layer, between each finished transfer network and its base."""
-    rows, bases, batches = [], {}, {}
+    """CKA, layer by layer, between each finished transfer network and its base (each
+    base's Grams computed once per half)."""
+    rows, base_grams, batches = [], {}, {}
     names = sorted(n for n in os.listdir(exp_dir) if "_" not in n
                    and os.path.exists(os.path.join(exp_dir, n, experiment.MODEL_FILE)))
     for run in names[:sc.max_transfer_runs]:
@@ -162,15 +170,17 @@ def _transfer_cka(config, dataset, exp_dir, sc, log):
             continue
         if not treatment.base_mode:  # RnB: no base to compare with
             continue
-        bases.setdefault(treatment.base_mode, _load(exp_dir, treatment.base_mode))
-        key = treatment.target
-        if key not in batches:
-            batches[key] = list(_images(config, dataset, key, "val",
-                                        sc.transfer_images))
-        matrix = cka_between(_load(exp_dir, run), bases[treatment.base_mode], batches[key])
+        half = treatment.target
+        if half not in batches:
+            batches[half] = list(_images(config, dataset, half, "val", sc.transfer_images))
+        key = (treatment.base_mode, half)
+        if key not in base_grams:
+            base_grams[key] = layer_grams(_load(exp_dir, treatment.base_mode), batches[half])
+        per_layer = cka_between(_load(exp_dir, run), base_grams[key], batches[half],
+                                diagonal=True)
         for i, name in enumerate(LAYERS):
             rows.append({"measure": f"CKA({run}, {treatment.base_mode})", "layer": name,
-                         "n": i + 1, "value": float(matrix[i, i])})
+                         "n": i + 1, "value": float(per_layer[i])})
     if rows:
         log(f"similarity: CKA of {len(rows) // len(LAYERS)} transfer networks with their "
             "bases")

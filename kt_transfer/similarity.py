@@ -45,20 +45,28 @@ def unbiased_hsic(gram_x, gram_y):
 
 
 class MinibatchCKA:
-    """Linear CKA matrix between the layers of two networks, accumulated over minibatches
-    of the same examples (Nguyen et al. 2021): memory is one minibatch's Gram matrices.
+    """Linear CKA between the layers of two networks, accumulated over minibatches of the
+    same examples (Nguyen et al. 2021): memory is one minibatch's Gram matrices.
 
     update(xs, ys) takes one minibatch's features of each layer of the first network
-    (xs) and of the second (ys); value() gives the [len(xs), len(ys)] CKA matrix.
+    (xs) and of the second (ys); value() gives the [len(xs), len(ys)] CKA matrix, or with
+    `diagonal=True` only its diagonal (layer i with layer i: 1/L of the work).
+    update_grams does the same from Gram matrices (gram()), so a network's Grams can be
+    computed once and compared with many others'.
     """
 
-    def __init__(self):
+    def __init__(self, diagonal=False):
+        self.diagonal = diagonal
         self.xy = self.xx = self.yy = None
 
     def update(self, xs, ys):
-        grams_x = [_gram(x) for x in xs]
-        grams_y = [_gram(y) for y in ys]
-        xy = np.array([[unbiased_hsic(gx, gy) for gy in grams_y] for gx in grams_x])
+        self.update_grams([gram(x) for x in xs], [gram(y) for y in ys])
+
+    def update_grams(self, grams_x, grams_y):
+        if self.diagonal:
+            xy = np.array([unbiased_hsic(gx, gy) for gx, gy in zip(grams_x, grams_y)])
+        else:
+            xy = np.array([[unbiased_hsic(gx, gy) for gy in grams_y] for gx in grams_x])
         xx = np.array([unbiased_hsic(gx, gx) for gx in grams_x])
         yy = np.array([unbiased_hsic(gy, gy) for gy in grams_y])
         if self.xy is None:
@@ -67,11 +75,12 @@ class MinibatchCKA:
             self.xy, self.xx, self.yy = self.xy + xy, self.xx + xx, self.yy + yy
 
     def value(self):
-        return self.xy / np.sqrt(np.outer(np.maximum(self.xx, 1e-300),
-                                          np.maximum(self.yy, 1e-300)))
+        xx, yy = np.maximum(self.xx, 1e-300), np.maximum(self.yy, 1e-300)
+        return self.xy / np.sqrt(xx * yy if self.diagonal else np.outer(xx, yy))
 
 
-def _gram(x):
+def gram(x):
+    """The linear kernel X X^T of one minibatch's features (flattened), in float64."""
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     return x @ x.T
 

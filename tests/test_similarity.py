@@ -63,6 +63,20 @@ def test_minibatch_cka_matches_the_full_batch_value():
     assert value[0, 0] == pytest.approx(similarity.linear_cka(big_x, big_y), abs=0.01)
 
 
+def test_the_diagonal_from_cached_grams_equals_the_full_matrixs_diagonal():
+    xs = [_features(n=60, d=d, seed=10 + d) for d in (3, 8, 5)]
+    ys = [x @ np.random.default_rng(d).normal(size=(x.shape[1], 4)) + 0.5 * _features(
+        n=60, d=4, seed=20 + d) for d, x in enumerate(xs)]  # layer i related to layer i
+    full, diagonal = similarity.MinibatchCKA(), similarity.MinibatchCKA(diagonal=True)
+    grams_y = [[similarity.gram(y[s:s + 20]) for y in ys] for s in (0, 20, 40)]
+    for batch, start in enumerate((0, 20, 40)):
+        full.update([x[start:start + 20] for x in xs], [y[start:start + 20] for y in ys])
+        diagonal.update_grams([similarity.gram(x[start:start + 20]) for x in xs],
+                              grams_y[batch])  # the second network's Grams, computed once
+    assert full.value().shape == (3, 3) and diagonal.value().shape == (3,)
+    np.testing.assert_allclose(diagonal.value(), np.diag(full.value()), rtol=1e-12)
+
+
 def test_logme_evidence_is_the_bayesian_linear_models_marginal_likelihood():
     rng = np.random.default_rng(8)
     f = rng.normal(size=(30, 4))
