@@ -17,7 +17,6 @@ matrix as an image), and a rank correlation with the grid's AnB curve where it e
 """
 
 import os
-import re
 import time
 
 import keras
@@ -207,7 +206,7 @@ def _rank_notes(rows, grid_curve):
                 "correlation"]
     measures = {}
     for r in rows:
-        if not re.match(r"CKA\([AB]\d", r["measure"]):  # not one transfer network's CKA
+        if results.is_layer_curve(r["measure"]):
             measures.setdefault(r["measure"], {})[r["n"]] = r["value"]
     return [f"Spearman rank correlation of {r['measure']} with this split's AnB top-1 over "
             f"n = {', '.join(map(str, r['ns']))}: {r['rho']:+.2f}, exact p = {r['p']:.3f}: "

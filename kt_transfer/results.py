@@ -188,6 +188,12 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
 SIMILARITY_DIR, SIMILARITY_TABLE = "similarity", "similarity.csv"
 
 
+def is_layer_curve(measure):
+    """Whether a --mode=similarity measure is a curve over the layers of the bases (CKA of
+    baseA with baseB, probe, LogME), not one transfer network's CKA (CKA(A3B+, baseA))."""
+    return not re.match(r"CKA\([AB]\d", measure)
+
+
 def similarity_curves(workdir, dataset, experiment, split_names):
     """{"<measure>, <split>": {n: value}}: the per-layer curves of the bases (CKA of baseA
     with baseB, probe, LogME) that --mode=similarity wrote for these splits; not the
@@ -200,7 +206,7 @@ def similarity_curves(workdir, dataset, experiment, split_names):
             continue
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                if re.match(r"CKA\([AB]\d", row["measure"]):  # CKA(A3B+, baseA): one net
+                if not is_layer_curve(row["measure"]):
                     continue
                 curves.setdefault(f"{row['measure']}, {split}", {})[int(row["n"])] = \
                     float(row["value"])
