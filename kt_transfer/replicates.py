@@ -61,6 +61,24 @@ class Estimate:
         return self.count >= 2 and (self.low > 0 or self.high < 0)
 
 
+def convergence_verdict(gains, threshold):
+    """Are the bases converged? From the top-1 gains of twice-budget runs over several bases.
+
+    Two runs of one base differ by a few points, so one gain says little: the verdict is
+    on the 95% interval of the mean gain, as for the findings. "converged" when the whole
+    interval is under `threshold`, "NOT converged" when it is all above, else
+    "inconclusive"; returns (Estimate, verdict).
+    """
+    estimate = Estimate.of(gains)
+    if estimate is None or estimate.count < 2:
+        return estimate, "inconclusive (one pair of runs: check more bases or splits)"
+    if estimate.high < threshold:
+        return estimate, "converged"
+    if estimate.low > threshold:
+        return estimate, "NOT converged"
+    return estimate, "inconclusive"
+
+
 def paper_name(mode):
     """(treatment in A -> B terms, direction): BnA -> (AnB, BtoA), AnA+ -> (BnB+, BtoA)."""
     target = mode.rstrip("+")[-1]

@@ -111,6 +111,17 @@ def test_verdicts(values, sign, verdict):
     assert contrast.verdict() == verdict
 
 
+@pytest.mark.parametrize("gains, verdict", [
+    ([0.002, -0.004, 0.001, 0.0], "converged"),  # flat: the interval is under 1 point
+    ([0.066, 0.048, 0.046, 0.055], "NOT converged"),  # still rising everywhere
+    ([0.001, 0.048, 0.046, 0.011], "inconclusive"),  # one flat base is not enough
+    ([0.001], "inconclusive (one pair"),  # one pair of runs: no interval
+])
+def test_convergence_is_judged_on_the_interval_of_the_mean_gain(gains, verdict):
+    estimate, said = replicates.convergence_verdict(gains, threshold=0.01)
+    assert said.startswith(verdict) and estimate.count == len(gains)
+
+
 def _records(effects, noise, replicates_n=4, seed=0):
     """Networks of `replicates_n` (split, direction) replicates: top-1 = base + effect(n)
     + noise, for treatments given as {treatment: function of n}."""

@@ -1,15 +1,21 @@
-"""Has the base converged? Trains it at the config's budget and at `--factor` times it.
+"""Have the bases converged? Trains each at the config's budget and at `--factor` times it.
 
-    python tools/check_convergence.py --workdir=workdir_convergence [--mode=baseB] \
-        [--factor=2] [--config=configs/embedded.py] [--config.train.total_steps=...]
+    python tools/check_convergence.py --workdir=workdir_convergence \
+        [--modes=baseA,baseB] [--splits=random0,random1] [--factor=2] \
+        [--config=configs/embedded.py] [--config.train.total_steps=...]
 
 The longer run scales the step schedule with the budget (total steps, lr step and
 validation interval x factor; the warmup stays), as the paper's solver would be
-stretched. It prints both validation curves and the final top-1 gain of the longer run,
-and draws convergence_<mode>.png in the workdir. A base is converged for this project's
-purpose when the gain is under 1 point top-1 (`--threshold`): then training the transfer
-networks the same number of steps measures transfer, not extra training. Both runs are
-ordinary runs (resumable; a finished one is not trained again).
+stretched. For every (split, base) it prints both validation curves and the final top-1
+gain of the longer run, then the mean gain over all of them with its 95% t interval, and
+draws convergence_<split>_<base>.png in the workdir.
+
+The bases are converged for this project's purpose when twice the budget gains under 1
+point top-1 (`--threshold`): then training the transfer networks the same number of
+steps measures transfer, not extra training. One pair of runs cannot say that: two
+runs of the same base differ by a few points, so the verdict is on the interval of the
+mean gain, as for the grid's findings (replicates.convergence_verdict).
+All runs are ordinary runs (resumable; a finished one is not trained again).
 """
 
 import os
@@ -21,10 +27,12 @@ from kt_transfer import config_files
 
 _CONFIG = config_flags.DEFINE_config_file("config", config_files.config_path("embedded"),
                                           "experiment config", lock_config=True)
-flags.DEFINE_string("workdir", "workdir_convergence", "where both runs are written")
-flags.DEFINE_string("mode", "baseB", "the base to check: baseA or baseB")
+flags.DEFINE_string("workdir", "workdir_convergence", "where the runs are written")
+flags.DEFINE_list("modes", ["baseA", "baseB"], "the bases to check")
+flags.DEFINE_list("splits", [], "the splits whose bases are checked (default: the "
+                  "config's grid.splits, or its split)")
 flags.DEFINE_integer("factor", 2, "the longer run's budget, in multiples of the config's")
-flags.DEFINE_float("threshold", 0.01, "top-1 gain under which the base counts as converged")
+flags.DEFINE_float("threshold", 0.01, "top-1 gain under which the bases count as converged")
 FLAGS = flags.FLAGS
 
 
@@ -40,29 +48,43 @@ def scaled(config, factor):
 
 def main(argv):
     del argv
-    from kt_transfer import experiment, sources, transfer, validate
+    from kt_transfer import experiment, replicates, sources, transfer, validate
 
     config = _CONFIG.value
     with config.unlocked():
         config.workdir = FLAGS.workdir
     validate.validate(config)
-    dataset = sources.resolve_dataset(config)
-    treatment = transfer.parse_treatment(FLAGS.mode)
-    runs = {}
-    for factor in (1, FLAGS.factor):
-        metrics, _ = experiment.run_treatment(scaled(config, factor), dataset, treatment)
-        if metrics["status"] != "finished":
-            raise SystemExit(f"error: the x{factor} run failed: {metrics['reason']}")
-        runs[factor] = metrics
-    for factor, metrics in runs.items():
-        curve = ", ".join(f"{e['step']}: {e['top1']:.3f}" for e in metrics["evaluations"])
-        print(f"x{factor} ({metrics['steps']} steps, {metrics['seconds']:.0f} s): final "
-              f"top-1 {metrics['top1']:.4f}; curve {curve}")
-    gain = runs[FLAGS.factor]["top1"] - runs[1]["top1"]
-    verdict = "converged" if gain < FLAGS.threshold else "NOT converged"
-    print(f"{FLAGS.mode}: x{FLAGS.factor} budget gains {gain:+.4f} top-1 -> {verdict} "
+    split_names = FLAGS.splits or list(config.grid.splits) or [config.split]
+    gains = []
+    for split in split_names:
+        with config.unlocked():
+            config.split = split
+        dataset = sources.resolve_dataset(config)
+        for mode in FLAGS.modes:
+            runs = {}
+            for factor in (1, FLAGS.factor):
+                metrics, _ = experiment.run_treatment(scaled(config, factor), dataset,
+                                                      transfer.parse_treatment(mode))
+                if metrics["status"] != "finished":
+                    raise SystemExit(f"error: {split} {mode} x{factor} failed: "
+                                     f"{metrics['reason']}")
+                runs[factor] = metrics
+            for factor, metrics in runs.items():
+                curve = ", ".join(f"{e['step']}: {e['top1']:.3f}"
+                                  for e in metrics["evaluations"])
+                print(f"{split} {mode} x{factor} ({metrics['steps']} steps, "
+                      f"{metrics['seconds']:.0f} s): final top-1 {metrics['top1']:.4f}; "
+                      f"curve {curve}")
+            gain = runs[FLAGS.factor]["top1"] - runs[1]["top1"]
+            gains.append(gain)
+            print(f"{split} {mode}: x{FLAGS.factor} budget gains {gain:+.4f} top-1")
+            _plot(runs, os.path.join(FLAGS.workdir, f"convergence_{split}_{mode}.png"))
+    estimate, verdict = replicates.convergence_verdict(gains, FLAGS.threshold)
+    interval = ("" if estimate.count < 2 else
+                f" [{estimate.low:+.4f}, {estimate.high:+.4f}], sd {estimate.sd:.4f}")
+    print(f"mean gain of x{FLAGS.factor} over {estimate.count} bases: {estimate.mean:+.4f}"
+          f"{interval} -> {verdict} "
           f"(threshold {FLAGS.threshold:.3f})")
-    _plot(runs, os.path.join(FLAGS.workdir, f"convergence_{FLAGS.mode}.png"))
 
 
 def _plot(runs, path):
