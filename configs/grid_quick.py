@@ -2,9 +2,9 @@
 
     python -m kt_transfer.main --config=configs/grid_quick.py --mode=grid
 
-2 random splits x 2 directions, the five treatments, 64 networks of 2,000 steps: about
-80 minutes on 2 CPU cores. Its runs are the default grid's (same settings, same run
-directories), so the full grid (`--mode=grid` with the default config) reuses them.
+2 random splits x 2 directions, the five treatments, 64 networks of 2,000 steps: 55 min
+on 2 CPU cores (measured, README). Its runs are the default grid's (same settings, same
+run directories), so the full grid (`--mode=grid` with the default config) reuses them.
 """
 
 from kt_transfer import config_files
