@@ -12,7 +12,7 @@ The bases are converged at this budget: twice the steps (schedule stretched) gai
 under 1 point top-1 on average over the four bases of the figure grid
 (tools/check_convergence.py; README, "Convergence"). That is what the small training
 set, the width and no dropout buy: with dropout, or 100 images a class, or width 0.25,
-twice the budget still gained 1-9 points.
+twice the budget still gained up to 10 points.
 
 Departures from the paper's protocol, each for CPU scale (README lists them with their
 costs): width 0.125, 80/71 px instead of 256/227, no dropout, 30 training images a class,
@@ -70,7 +70,7 @@ def get_config():
     config.model.input_size = 71  # the paper's 227, scaled; pool5 2x2 (227 px: 6x6)
     config.model.width = 0.125
     # The paper's fc6/fc7 dropout is 0.5. At CPU scale it keeps the bases from converging
-    # (twice the budget gained 1-5 points with it, under 1 without): README, "Convergence".
+    # (twice the budget gained up to 5 points with it, under 1 without): README, "Convergence".
     config.model.dropout = 0.0
     # fc8's outputs: "half" (one per class of the half) or "all" (one per class of the
     # dataset, as the paper's half networks kept 1000; labels are unchanged).
