@@ -235,6 +235,12 @@ def probe_batch(source, class_indices, *, size, resize_size, crop_size):
             tf.constant([label for _, label in picked], tf.int64))
 
 
+def run_seed(config, dataset):
+    """The seed of a run's initialization and data order: train.seed, plus k on a seeded
+    replicate split <split>.s<k> (splits.py), so its networks are other draws."""
+    return int(config.train.seed) + dataset.split.seed_offset
+
+
 def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout=None):
     """The inputs of one run on one half.
 
@@ -248,7 +254,7 @@ def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout
     """
     dc = config.dataset
     kwargs = dict(resize_size=dc.resize_size, crop_size=config.model.input_size,
-                  batch_size=config.train.batch_size, seed=config.train.seed,
+                  batch_size=config.train.batch_size, seed=run_seed(config, dataset),
                   deterministic=dc.deterministic, bad_files=bad_files)
 
     def pipeline(subset, training, skip_steps=0, part=None):

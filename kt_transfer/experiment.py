@@ -203,7 +203,8 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stop
     hparams = {"dataset": dataset.name, "split": dataset.split.name, "mode": treatment.mode,
                "n": treatment.n, "copied_lr_mult": float(config.train.copied_lr_mult),
                "copied_fc_lr_mult": copied_fc_lr_mult(config, treatment) or -1.0,
-               "base_lr": float(config.train.base_lr), "seed": int(config.train.seed)}
+               "base_lr": float(config.train.base_lr),
+               "seed": data.run_seed(config, dataset)}
     counter = train.StepCounter()
     logger = layer_logging.LayerLogger(
         os.path.join(out, "logs"), probe,  # a fixed validation batch across the classes
@@ -218,7 +219,7 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stop
             holdout_ds=holdout_ds[0] if holdout_ds else None, stopwatch=stopwatch)
     log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
     metrics.update(mode=treatment.mode, n=treatment.n, run=treatment.run_name,
-                   split=dataset.split.name, dataset=dataset.name,
+                   split=dataset.split.name, dataset=dataset.name, seed=hparams["seed"],
                    copied_lr_mult=float(config.train.copied_lr_mult),
                    mean_rgb=model.get_layer(model_lib.NORMALIZATION_LAYER).mean_rgb,
                    num_classes=len(half),
@@ -244,7 +245,7 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
     atomic.write_json(os.path.join(out, CONFIG_FILE),
                       {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
-    keras.utils.set_random_seed(config.train.seed * 1000 + zlib.crc32(
+    keras.utils.set_random_seed(data.run_seed(config, dataset) * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
     half = dataset.split.half(treatment.target)
     # Its own mean if it copies nothing; a transfer network inherits its base's.
@@ -264,7 +265,7 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
     holdout = config.train.get("holdout_fraction", 0.0)
     inputs = data.make_run_inputs(
         config, dataset, half, strategy, bad_files,
-        holdout=(holdout, config.train.seed) if holdout > 0 else None)
+        holdout=(holdout, data.run_seed(config, dataset)) if holdout > 0 else None)
     return model, plans, (*inputs, bad_files)
 
 

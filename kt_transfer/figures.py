@@ -130,21 +130,17 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
                   "BtoA": ("B -> A: natural -> man-made", "tab:purple", "baseA (man-made)")}
     for direction, (label, colour, base_label) in directions.items():
         nets = [r for r in natman_records if r["direction"] == direction]
-        points = sorted((r["n"], r["top1"]) for r in nets if r["treatment"] == "AnB")
-        if points:
-            ax_nat.plot(*zip(*points), marker="o", color=colour, label=f"{label} (AnB)")
-        for r in nets:
-            if r["treatment"] == "base":
-                ax_nat.axhline(r["top1"], color=colour, linestyle="--", linewidth=1,
-                               label=f"{base_label}: the target half's base")
-    points = sorted((r["n"], r["top1"]) for r in whole_records if r["treatment"] == "RnB")
-    if points:
-        ax_rand.plot(*zip(*points), marker="v", color="tab:gray",
-                     label="random frozen layers 1..n, all classes")
-    for r in whole_records:
-        if r["treatment"] == "base":
-            ax_rand.axhline(r["top1"], color="black", linestyle="--", linewidth=1,
-                            label="whole-dataset base")
+        _draw_seeds(ax_nat, nets, "AnB", "o", colour, f"{label} (AnB)")
+        bases = [r["top1"] for r in nets if r["treatment"] == "base"]
+        if bases:
+            ax_nat.axhline(statistics.fmean(bases), color=colour, linestyle="--", linewidth=1,
+                           label=f"{base_label}: the target half's base")
+    _draw_seeds(ax_rand, whole_records, "RnB", "v", "tab:gray",
+                "random frozen layers 1..n, all classes")
+    bases = [r["top1"] for r in whole_records if r["treatment"] == "base"]
+    if bases:
+        ax_rand.axhline(statistics.fmean(bases), color="black", linestyle="--", linewidth=1,
+                        label="whole-dataset base")
     for records, label, colour, treatment in (
             (random_records, "transfer, random halves (AnB)", "tab:red", "AnB"),
             (natman_records, "transfer, dissimilar halves (natman AnB)", "tab:green", "AnB"),
@@ -173,6 +169,24 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
         fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _draw_seeds(ax, records, treatment, marker, colour, label):
+    """Each network a faint point and, over a split's seeded replicates (natman,
+    natman.s1, ...), the mean per n as the line; mean of one network when unseeded."""
+    by_n = {}
+    for r in records:
+        if r["treatment"] == treatment:
+            by_n.setdefault(r["n"], []).append(r["top1"])
+    if not by_n:
+        return
+    ns = sorted(by_n)
+    if any(len(values) > 1 for values in by_n.values()):
+        ax.scatter([n for n in ns for _ in by_n[n]], [v for n in ns for v in by_n[n]],
+                   s=12, color=colour, alpha=0.3)
+        label += f" (mean of {max(len(v) for v in by_n.values())} seeds)"
+    ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker=marker, color=colour,
+            label=label)
 
 
 def _draw_relative(ax, records, treatment, label, colour):

@@ -14,6 +14,7 @@ Pure Python (no TensorFlow), like replicates.py.
 """
 
 import dataclasses
+import math
 import statistics
 
 from kt_transfer import replicates
@@ -73,10 +74,13 @@ def _mean_over(curve, ns):
 
 
 def _welch(first, second):
-    """Estimate of mean(first) - mean(second) for unpaired groups (Welch's interval)."""
-    if len(first) < 2 or len(second) < 2:
+    """Estimate of mean(first) - mean(second) for unpaired groups (Welch's interval); with
+    one value on a side, the difference without an interval (count 1: inconclusive)."""
+    if not first or not second:
         return None
     m1, m2 = statistics.fmean(first), statistics.fmean(second)
+    if len(first) < 2 or len(second) < 2:
+        return replicates.Estimate(m1 - m2, math.nan, 1, math.nan, math.nan)
     v1, v2 = statistics.variance(first) / len(first), statistics.variance(second) / len(second)
     se = (v1 + v2) ** 0.5
     df = (v1 + v2) ** 2 / (v1 ** 2 / (len(first) - 1) + v2 ** 2 / (len(second) - 1)) \
@@ -94,7 +98,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
       published: the published numbers (results.paper_results()).
       ns: the grid's n values; each contrast uses those of its pre-set n it has.
       natman_records: replicates.networks() of the natman split, if run (finding e).
-      whole_records: [{"n", "top1", "base_top1"}] of the random-weights control on all
+      whole_records: replicates.networks() of the random-weights control on all
         classes (the paper's nolearn), if run (finding f); else RnB on the halves is used.
     Returns:
       [Finding].
@@ -188,12 +192,8 @@ def _random_features(records, whole_records, paper, curves, paper_base, ns):
     paper_value = (_mean_over(control, deep) / paper["whole_imagenet_1000_classes"]
                    - _mean_over(curves["AnB"], deep) / paper_base)
     label = f"random / its base - AnB / base, n = {_ns(deep)}"
-    if whole_records:
-        by_n = {}
-        for r in whole_records:
-            if r["n"] in deep and r["base_top1"]:
-                by_n.setdefault(r["n"], []).append(r["top1"] / r["base_top1"])
-        estimate = _welch([v for vs in by_n.values() for v in vs],
+    if whole_records:  # one replicate per seed of the all-class split (all, all.s1, ...)
+        estimate = _welch(list(_relative(whole_records, "RnB", deep).values()),
                           list(_relative(records, "AnB", deep).values()))
         return Finding("f", claim, [Contrast(label + " (all-class control, unpaired)",
                                              "negative", paper_value, estimate)])

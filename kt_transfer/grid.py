@@ -79,13 +79,13 @@ def cells(grid_config, split_names=("random0",)):
 
 def _bases(split):
     """Split "all" has one base, the whole-dataset network (baseB; A is the same)."""
-    return ("baseB",) if split == splits.WHOLE else ("baseA", "baseB")
+    return ("baseB",) if splits.base_name(split) == splits.WHOLE else ("baseA", "baseB")
 
 
 def _treatments(grid_config, split):
     """(direction, treatment) pairs of a split: on "all", only the random-weights
     control (the paper's nolearn), once; nothing can transfer between equal halves."""
-    if split == splits.WHOLE:
+    if splits.base_name(split) == splits.WHOLE:
         return [("AtoB", mode) for mode in grid_config.treatments if mode.startswith("R")]
     return [(d, mode) for d in grid_config.directions for mode in grid_config.treatments]
 

@@ -117,7 +117,7 @@ def expected_networks(split_names, directions, treatments, ns):
     """{(split, direction, treatment, n)} the grid should produce (bases have n = 0)."""
     expected = set()
     for split in split_names:
-        whole = split == splits.WHOLE  # one base and the random control only
+        whole = splits.base_name(split) == splits.WHOLE  # one base, the random control
         for direction in ("AtoB",) if whole else directions:
             expected.add((split, direction, "base", 0))
             for treatment in treatments:

@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-from kt_transfer import atomic, figures, findings, replicates
+from kt_transfer import atomic, figures, findings, replicates, splits
 
 COLUMNS = ("dataset", "split", "experiment", "run", "mode", "n", "status", "top1", "top5",
            "mean_highest_top1", "base_top1", "train_seconds", "note")
@@ -96,7 +96,8 @@ def paper_results():
 
 def figure_title(dataset, split_names):
     title = f"{dataset}, split{'s' if len(split_names) > 1 else ''} {', '.join(split_names)}"
-    return title + (" (A = man-made, B = natural)" if "natman" in split_names else "")
+    natman = any(split_family(name) == "natman" for name in split_names)
+    return title + (" (A = man-made, B = natural)" if natman else "")
 
 
 def group_by_family(rows):
@@ -109,8 +110,10 @@ def group_by_family(rows):
 
 
 def split_family(split):
-    """Splits pooled as replicates: every random<seed> together; any other alone."""
-    return "random" if split.startswith("random") else split
+    """Splits pooled as replicates: every random<seed> together, and every seeded
+    replicate with its split (natman, natman.s1, natman.s2: "natman")."""
+    name = splits.base_name(split)
+    return "random" if name.startswith("random") else name
 
 
 def write_tables(rows, out_dir):
@@ -164,8 +167,10 @@ def report_experiment(rows, out_dir, dataset, split_names, paper_overlay=True,
     if split_family(split_names[0]) != "random":  # the findings pool the random splits
         return written, ""
     ns = ns or sorted({r["n"] for r in records if r["treatment"] != "base"}) or [1]
-    natman = replicates.networks([r for r in related_rows if r["split"] == "natman"])
-    whole = [r for r in replicates.networks([r for r in related_rows if r["split"] == "all"])
+    natman = replicates.networks([r for r in related_rows
+                                  if split_family(r["split"]) == "natman"])
+    whole = [r for r in replicates.networks([r for r in related_rows
+                                             if split_family(r["split"]) == splits.WHOLE])
              if r["treatment"] == "RnB"]
     found = findings.evaluate(records, paper, ns, natman_records=natman,
                               whole_records=whole)

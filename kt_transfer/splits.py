@@ -3,6 +3,9 @@
 `random0`..`random3` reproduce the paper's halves exactly (NumPy's legacy generator seeded
 with a one-element list); any `random<seed>` works for any class count by the same rule.
 `natman` is the paper's man-made (A) / natural (B) split, given per class as a group list.
+`<split>.s<k>` (natman.s1, all.s2, random0.s1) is a seeded replicate of a split: the
+same classes, networks initialized and data shuffled with train.seed + k. A split with
+fixed halves (natman, all) has no other replicates.
 """
 
 import dataclasses
@@ -36,6 +39,7 @@ class Split:
     name: str
     A: tuple
     B: tuple
+    seed_offset: int = 0  # k of a seeded replicate <split>.s<k>: runs use train.seed + k
 
     def half(self, which):
         if which not in ("A", "B"):
@@ -96,11 +100,32 @@ def whole_split(num_classes):
     return Split(WHOLE, every, every)
 
 
+_SEEDED = re.compile(r"(.+)\.s(\d+)")
+
+
+def parse_name(name):
+    """(the split's own name, seed offset): "natman.s2" -> ("natman", 2); "natman" -> 0."""
+    match = _SEEDED.fullmatch(name)
+    if not match:
+        return name, 0
+    offset = int(match.group(2))
+    if offset < 1:
+        raise ValueError(f"split {name!r}: a seeded replicate is <split>.s<k> with k >= 1 "
+                         f"(k = 0 is {match.group(1)!r} itself)")
+    return match.group(1), offset
+
+
+def base_name(name):
+    """The split a (seeded replicate's) name stands for: "all.s1" -> "all"."""
+    return parse_name(name)[0]
+
+
 def make_split(name, num_classes, groups=None):
     """Resolves a split name for a dataset.
 
     Args:
-      name: `random<seed>`, `natman`, or `all` (every class; see whole_split).
+      name: `random<seed>`, `natman`, or `all` (every class; see whole_split), each
+        optionally with `.s<k>`: a seeded replicate (same halves, train.seed + k).
       num_classes: classes in the dataset.
       groups: per-class man-made/natural labels; needed for `natman` unless the dataset
         has ImageNet's 1000 classes.
@@ -108,6 +133,10 @@ def make_split(name, num_classes, groups=None):
     Returns:
       A Split.
     """
+    own_name, offset = parse_name(name)
+    if offset:
+        split = make_split(own_name, num_classes, groups)
+        return dataclasses.replace(split, name=name, seed_offset=offset)
     if name == WHOLE:
         return whole_split(num_classes)
     match = re.fullmatch(r"random(\d+)", name)
@@ -126,5 +155,5 @@ def make_split(name, num_classes, groups=None):
         return group_split(groups)
     raise ValueError(
         f"unknown split {name!r}: use --config.split=random<seed> (e.g. random0), natman "
-        "or all"
+        "or all, optionally with .s<k> for a seeded replicate (natman.s1)"
     )

@@ -11,7 +11,7 @@ import math
 import os
 import re
 
-from kt_transfer import architecture, transfer
+from kt_transfer import architecture, splits, transfer
 from kt_transfer.model import INITS
 
 DATASETS = ("embedded", "folder", "tfds")
@@ -20,7 +20,8 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")
 DIRECTIONS = ("AtoB", "BtoA")
-SPLIT_PATTERN = re.compile(r"random\d+|natman|all")
+# A split, optionally a seeded replicate of it (natman.s1: train.seed + 1; splits.py).
+SPLIT_PATTERN = re.compile(r"(random\d+|natman|all)(\.s[1-9]\d*)?")
 WHOLE_SPLIT_MODES = ("baseB", "RnB")  # split=all: the whole-dataset base and its control
 MAX_EMBEDDED_CLASSES = 100
 
@@ -97,7 +98,8 @@ def _check_run(check, config):
     if not isinstance(config.split, str) or not SPLIT_PATTERN.fullmatch(config.split):
         check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
                    "random0..random3), natman, or all (every class: the whole-dataset "
-                   "base and the random-weights control)")
+                   "base and the random-weights control), optionally with .s<k> for a "
+                   "seeded replicate (natman.s1: the same halves, train.seed + k)")
     mode = config.mode
     if mode == "similarity":
         sc = config.similarity
@@ -121,7 +123,7 @@ def _check_run(check, config):
     except ValueError as e:
         check.problems.append(str(e))
         return
-    if config.split == "all" and treatment.mode not in WHOLE_SPLIT_MODES:
+    if splits.base_name(config.split) == splits.WHOLE and treatment.mode not in WHOLE_SPLIT_MODES:
         check.fail("mode", "with --config.split=all (every class) run the whole-dataset "
                    "base (--mode=baseB) or the random-weights control (--mode=RnB --n=N); "
                    "transfer between halves needs a split into halves (random0, natman)",
@@ -233,8 +235,10 @@ def _check_grid(check, gc):
                    got=gc.directions)
     for split in gc.splits:
         if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
-            check.fail("grid.splits", "give split names, random<seed> or natman, e.g. "
-                       "'(\"random0\", \"random1\")' (empty: the config's split)", got=split)
+            check.fail("grid.splits", "give split names, random<seed>, natman or all, "
+                       "each optionally with .s<k> (a seeded replicate), e.g. "
+                       "'(\"random0\", \"random1\")' or '(\"natman\", \"natman.s1\")' "
+                       "(empty: the config's split)", got=split)
     check.number("grid.claim_timeout_s", low=0, low_open=True)
     check.number("grid.workers_per_machine", low=0, integer=True)
     check.number("grid.cores_per_worker", low=1, integer=True)

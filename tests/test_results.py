@@ -93,3 +93,60 @@ def test_paper_numbers_are_packaged():
     published = results.paper_results()
     assert published["random_halves"]["AnB (transfer, frozen)"]["7"]["mean"] == 0.5425
     assert "mean of its 10 highest" in published["source"]
+
+
+def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tmp_path):
+    """natman, natman.s1, natman.s2 (and all, all.s1, all.s2) are replicates of one split:
+    each (split, direction) one replicate of (e) and each all-class seed one of (f), with
+    the control averaged over n within a seed, so the findings get intervals."""
+    workdir = str(tmp_path)
+    jitter = iter([0.000, 0.004, -0.003, 0.002, -0.001, 0.003, -0.004, 0.001] * 10)
+    for split in ("random0", "random1"):  # transfer between random halves: 0.9 of the base
+        _write_run(workdir, split, "baseA", "baseA", 0, 0.40)
+        _write_run(workdir, split, "baseB", "baseB", 0, 0.40)
+        for n in (6, 7):
+            _write_run(workdir, split, f"A{n}B", "AnB", n, 0.36 + next(jitter))
+            _write_run(workdir, split, f"B{n}A", "BnA", n, 0.36 + next(jitter))
+    for split in ("natman", "natman.s1", "natman.s2"):  # dissimilar halves: 0.6 of the base
+        _write_run(workdir, split, "baseA", "baseA", 0, 0.40)
+        _write_run(workdir, split, "baseB", "baseB", 0, 0.40)
+        for n in (6, 7):
+            _write_run(workdir, split, f"A{n}B", "AnB", n, 0.24 + next(jitter))
+            _write_run(workdir, split, f"B{n}A", "BnA", n, 0.24 + next(jitter))
+    for split in ("all", "all.s1", "all.s2"):  # random weights: 0.1 of the whole base
+        _write_run(workdir, split, "baseB", "baseB", 0, 0.50)
+        for n in (6, 7):
+            _write_run(workdir, split, f"R{n}B", "RnB", n, 0.05 + next(jitter))
+    written = results.write_report(workdir, str(tmp_path / "out"))
+    names = {os.path.basename(p) for p in written}
+    assert "embedded_natman_abcd1234_results.png" in names  # one family, not three
+    assert not any("natman.s1" in name or "all.s2" in name for name in names)
+    findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
+    line_e = next(l for l in findings_md.splitlines() if "(natman)" in l and "unpaired" in l)
+    assert "(4 replicates)" in line_e and line_e.rstrip().endswith("| shows |")  # min(6, 4)
+    assert abs(_estimate(line_e) - (0.6 - 0.9)) < 0.01
+    line_f = next(l for l in findings_md.splitlines() if "all-class control" in l)
+    assert "(3 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
+    assert abs(_estimate(line_f) - (0.1 - 0.9)) < 0.01
+
+
+def _estimate(findings_line):
+    """The mean of a findings.md line's "this grid" column: "-0.7996 [...] (3 ...)"."""
+    return float(findings_line.split("|")[4].split()[0])
+
+
+def test_one_all_class_network_per_n_gives_no_interval_for_f(tmp_path):
+    """Without seeds the all-class control is one replicate: its n values are not
+    replicates of each other, so (f) states the difference without an interval."""
+    workdir = str(tmp_path)
+    for split in ("random0", "random1"):
+        _write_run(workdir, split, "baseB", "baseB", 0, 0.40)
+        for n in (4, 7):
+            _write_run(workdir, split, f"A{n}B", "AnB", n, 0.36 - 0.01 * n)
+    _write_run(workdir, "all", "baseB", "baseB", 0, 0.50)
+    for n in (4, 7):
+        _write_run(workdir, "all", f"R{n}B", "RnB", n, 0.30 - 0.03 * n)
+    results.write_report(workdir, str(tmp_path / "out"))
+    findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
+    line_f = next(l for l in findings_md.splitlines() if "all-class control" in l)
+    assert "(1 replicate: no interval)" in line_f and "| inconclusive |" in line_f

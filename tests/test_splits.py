@@ -70,3 +70,21 @@ def test_grid_cells_on_the_whole_split_are_its_base_and_the_random_control():
     names = [c.name for c in grid.cells(config, ("random0", "all"))]
     assert [n for n in names if n.startswith("all/")] == ["all/baseB", "all/R1B", "all/R2B"]
     assert "random0/R1A" in names and "random0/B2A+" in names
+
+
+def test_a_seeded_replicate_has_its_splits_halves_and_its_own_seed():
+    natman = splits.make_split("natman", 1000)
+    seeded = splits.make_split("natman.s2", 1000)
+    assert (seeded.name, seeded.A, seeded.B, seeded.seed_offset) == \
+        ("natman.s2", natman.A, natman.B, 2)
+    assert splits.make_split("random0.s1", 10).A == splits.make_split("random0", 10).A
+    assert splits.base_name("all.s3") == "all" and splits.parse_name("random1") == ("random1", 0)
+    with pytest.raises(ValueError, match="k >= 1"):
+        splits.make_split("natman.s0", 1000)
+    from kt_transfer import config_files, data, grid
+    config = config_files.load("tiny")
+    config.train.seed = 5
+    dataset = type("Dataset", (), {"split": seeded})()
+    assert data.run_seed(config, dataset) == 7
+    names = [c.name for c in grid.cells(config.grid, ("all.s1",))]
+    assert names[0] == "all.s1/baseB" and all(n.startswith("all.s1/R") for n in names[1:])
