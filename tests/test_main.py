@@ -41,32 +41,16 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
     assert f"top-1 {metrics['top1']:.4f}" in again.stdout
 
 
+# How each kind of bad input reaches a user of the command line (a config value, an unknown
+# key, a missing folder, a bad --mode or --n), in a subprocess as a user runs it.
 @pytest.mark.parametrize("flags,message", [
     (["--mode=grid", "--config.model.input_size=50"], "--config.model.input_size=50"),
-    (["--mode=grid", "--config.grid.directions=('AtoB', 'BtoC')"], "--config.grid.directions"),
-    (["--mode=grid", "--config.grid.splits=('random0', 'halves')"], "--config.grid.splits"),
-    (["--mode=AnB", "--n=3", "--config.split=all"], "--mode='AnB': with --config.split=all"),
-    (["--mode=grid", "--config.model.fc8_outputs=most"], "--config.model.fc8_outputs"),
-    (["--mode=AnB", "--n=2", "--config.train.precision=fp8"], "--config.train.precision='fp8'"),
-    (["--mode=AnB", "--n=2", "--config.model.init=xavier"], "--config.model.init='xavier'"),
-    (["--mode=AnB", "--n=2", "--config.dataset.mean=median"], "use one of fixed, computed"),
-    (["--mode=AnB", "--n=2", "--config.dataset.resize_size=64"], "at most that"),
-    (["--mode=baseA", "--config.split=halves"], "--config.split='halves'"),
-    (["--mode=baseA", "--config.train.batch_size=0"], "--config.train.batch_size=0"),
-    (["--mode=baseA", "--config.distribute.strategy=tpu"], "--config.distribute.strategy"),
-    (["--mode=baseA", "--config.distribute.logical_cpus=3"], "give a multiple of 3"),
-    (["--mode=grid", "--config.grid.treatments=('AnB', 'CnD')"], "--config.grid.treatments"),
-    (["--mode=grid", "--config.grid.ns=(0, 8)"], "--config.grid.ns"),
-    (["--mode=tune", "--n=2", "--config.tune.tuner=grid"], "--config.tune.tuner='grid'"),
-    (["--mode=tune", "--n=2", "--config.tune.holdout_fraction=0.9"], "holdout_fraction"),
-    (["--mode=tune", "--n=2", "--config.tune.treatment=AnB"], "AnB+ or BnB+"),
-    (["--mode=AnB", "--n=0"], "--n between 1 and 7"),
-    (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
-    (["--mode=XnY", "--n=3"], "unknown --mode"),
+    (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
     (["--mode=baseA", "--config.dataset.name=folder", "--config.dataset.data_dir=/no/such/dir"],
      "--config.dataset.data_dir"),
-    (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
-    (["--mode=baseA", "--config.train.total_steps=5"], "--config.train.steps_per_epoch"),
+    (["--mode=XnY", "--n=3"], "unknown --mode"),
+    (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
+    (["--mode=grid", "--config.grid.splits=('random0', 'halves')"], "--config.grid.splits"),
 ])
 def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     """Checked before any work: no dataset generated, nothing under the workdir."""
@@ -79,6 +63,46 @@ def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     assert message in result.stderr and "error: " in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not os.listdir(tmp_path)  # nothing was started: no workdir, no data dir
+
+
+# Every other bad value, through validate.validate, the check the command line runs first
+# (the cases above show how its message reaches the user); in-process, without the
+# subprocess's seconds of TensorFlow start-up per case.
+@pytest.mark.parametrize("overrides,message", [
+    ({"mode": "grid", "grid.directions": ("AtoB", "BtoC")}, "--config.grid.directions"),
+    ({"mode": "grid", "grid.splits": ("natman.s0",)}, "--config.grid.splits"),
+    ({"mode": "AnB", "n": 3, "split": "all"}, "--mode='AnB': with --config.split=all"),
+    ({"mode": "grid", "model.fc8_outputs": "most"}, "--config.model.fc8_outputs"),
+    ({"mode": "AnB", "n": 2, "train.precision": "fp8"}, "--config.train.precision='fp8'"),
+    ({"mode": "AnB", "n": 2, "model.init": "xavier"}, "--config.model.init='xavier'"),
+    ({"mode": "AnB", "n": 2, "dataset.mean": "median"}, "use one of fixed, computed"),
+    ({"mode": "AnB", "n": 2, "dataset.resize_size": 64}, "at most that"),
+    ({"mode": "baseA", "split": "halves"}, "--config.split='halves'"),
+    ({"mode": "baseA", "split": "natman.s"}, "--config.split='natman.s'"),
+    ({"mode": "baseA", "train.batch_size": 0}, "--config.train.batch_size=0"),
+    ({"mode": "baseA", "distribute.strategy": "tpu"}, "--config.distribute.strategy"),
+    ({"mode": "baseA", "distribute.logical_cpus": 3}, "give a multiple of 3"),
+    ({"mode": "grid", "grid.treatments": ("AnB", "CnD")}, "--config.grid.treatments"),
+    ({"mode": "grid", "grid.ns": (0, 8)}, "--config.grid.ns"),
+    ({"mode": "tune", "n": 2, "tune.tuner": "grid"}, "--config.tune.tuner='grid'"),
+    ({"mode": "tune", "n": 2, "tune.holdout_fraction": 0.9}, "holdout_fraction"),
+    ({"mode": "tune", "n": 2, "tune.treatment": "AnB"}, "AnB+ or BnB+"),
+    ({"mode": "AnB", "n": 0}, "--n between 1 and 7"),
+    ({"mode": "baseA", "train.total_steps": 5}, "--config.train.steps_per_epoch"),
+])
+def test_bad_config_values_are_named_with_the_fix(overrides, message, tmp_path):
+    from kt_transfer import config_files, validate
+    config = config_files.load("tiny")
+    config.workdir = str(tmp_path / "wd")
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    with pytest.raises(validate.ConfigError) as raised:
+        validate.validate(config)
+    assert message in str(raised.value), str(raised.value)
 
 
 def test_every_bad_value_is_named_at_once(tmp_path):
