@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import keras
-import numpy as np
 import pytest
 
 from kt_transfer import config_files, grid
@@ -69,10 +67,8 @@ def _wait_for(path, pattern, proc, timeout_s=300):
 @pytest.mark.slow
 def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resumes(
         tmp_path, data_cache):
-    """Two replicates: random0 and its seeded replicate random0.s1 (same halves, other
-    initialization and data order), pooled as one split family."""
     args = [f"--config={TINY}", "--mode=grid", "--config.grid.ns=(1,)",
-            "--config.grid.splits=('random0', 'random0.s1')",
+            "--config.grid.splits=('random0', 'random1')",
             "--config.grid.treatments=('AnB', 'BnB', 'AnB+')",
             f"--workdir={tmp_path / 'wd'}", f"--config.dataset.data_dir={data_cache}",
             "--config.grid.claim_timeout_s=30"]
@@ -80,7 +76,7 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
     first = _worker(args, logs[0])
     second = _worker(args, logs[1])
     # Kill the first worker in the middle of a transfer cell (after the bases).
-    training = r"(?m)^Training ([AB]1B\+?) on half .* -> \S+/(random0(?:\.s1)?)/\w+/\S+$"
+    training = r"(?m)^Training ([AB]1B\+?) on half .* -> \S+/(random\d)/\w+/\S+$"
     text = _wait_for(logs[0], training, first)
     killed_cell = "{1}/{0}".format(*re.findall(training, text)[-1])
     first.send_signal(signal.SIGKILL)
@@ -92,10 +88,10 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
     outputs = [open(p).read() for p in logs]
     trained = collections.Counter(
         f"{split}/{name}" for out in outputs for name, split in re.findall(
-            r"^Training (\S+) on half .* -> \S+/(random0(?:\.s1)?)/\w+/\S+$", out, re.M))
+            r"^Training (\S+) on half .* -> \S+/(random\d)/\w+/\S+$", out, re.M))
     config = config_files.load("tiny").grid
     config.ns, config.treatments = (1,), ("AnB", "BnB", "AnB+")
-    cells = [c.name for c in grid.cells(config, ("random0", "random0.s1"))]
+    cells = [c.name for c in grid.cells(config, ("random0", "random1"))]
     assert len(cells) == 4 + 2 * 3 and set(trained) == set(cells)
     # Every cell trained once; the killed one twice (killed, then resumed to its end).
     assert trained == collections.Counter(cells) + collections.Counter([killed_cell])
@@ -113,13 +109,6 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
     exp_dir = os.path.join(os.path.dirname(report[0]), "random0",
                            os.path.basename(report[0])[len("grid-"):])
     assert not [n for n in os.listdir(os.path.join(exp_dir, grid.CLAIMS_DIR))]
-    seeded_dir = exp_dir.replace(f"{os.sep}random0{os.sep}", f"{os.sep}random0.s1{os.sep}")
-    first_layers = [keras.saving.load_model(os.path.join(d, "baseA", "model.keras"),
-                                            compile=False).get_layer("conv1").get_weights()[0]
-                    for d in (exp_dir, seeded_dir)]
-    assert not np.array_equal(*first_layers)  # the seeded replicate is another draw
-    assert [json.load(open(os.path.join(d, "baseA", "metrics.json")))["seed"]
-            for d in (exp_dir, seeded_dir)] == [0, 1]  # tiny's train.seed, + 1
     # Each cell records its training wall time; the grid reports their sum at the end.
     seconds = [json.load(open(os.path.join(exp_dir, c.split("/")[1], "metrics.json")))[
         "seconds"] for c in cells if c.startswith("random0/")]
