@@ -112,7 +112,9 @@ def get_config():
     # --mode=grid: the paper's experiment (Figure 2), replicated over splits and directions
     # (the paper pools AnB with BnA and BnB with AnA over its random splits). Treatments are
     # named in the A -> B direction; direction "BtoA" runs their mirror images (AnA, BnA+,
-    # RnA, ...). grid.splits empty: the config's one split.
+    # RnA, ...). grid.splits empty: the config's one split. A split with fixed halves
+    # (natman, all) gets replicates from seeds: "natman.s1" has natman's halves and
+    # train.seed + 1 (README, "Seeded replicates").
     config.grid = ml_collections.ConfigDict()
     config.grid.treatments = ("BnB", "BnB+", "AnB", "AnB+", "RnB")
     config.grid.ns = (1, 2, 3, 4, 5, 6, 7)
