@@ -126,11 +126,11 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     import matplotlib.pyplot as plt
 
     fig, (ax_nat, ax_rand, ax_rel) = plt.subplots(1, 3, figsize=(16, 4.8))
-    directions = {"AtoB": ("A -> B: man-made -> natural", "tab:green", "baseB (natural)"),
-                  "BtoA": ("B -> A: natural -> man-made", "tab:purple", "baseA (man-made)")}
+    directions = {"AtoB": ("A -> B: man-made -> natural (AnB)", "tab:green", "baseB (natural)"),
+                  "BtoA": ("B -> A: natural -> man-made (BnA)", "tab:purple", "baseA (man-made)")}
     for direction, (label, colour, base_label) in directions.items():
         nets = [r for r in natman_records if r["direction"] == direction]
-        _draw_seeds(ax_nat, nets, "AnB", "o", colour, f"{label} (AnB)")
+        _draw_seeds(ax_nat, nets, "AnB", "o", colour, label)  # BnA is "AnB" mirrored
         bases = [r["top1"] for r in nets if r["treatment"] == "base"]
         if bases:
             ax_nat.axhline(statistics.fmean(bases), color=colour, linestyle="--", linewidth=1,
