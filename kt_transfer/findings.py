@@ -178,10 +178,11 @@ def _dissimilar(records, natman_records, paper, curves, paper_base, high):
                        todo="run the natman grid: python -m kt_transfer.main --mode=grid "
                             "--config.grid.splits='(\"natman\",)' "
                             "--config.grid.treatments='(\"AnB\",)'")
-    estimate = _welch(list(_relative(natman_records, "AnB", high).values()),
-                      list(_relative(records, "AnB", high).values()))
-    return Finding("e", claim, [Contrast(label + " (unpaired)", "negative",
-                                         paper_natman - paper_random, estimate)])
+    natman, random = (list(_relative(rs, "AnB", high).values())
+                      for rs in (natman_records, records))
+    return Finding("e", claim, [Contrast(label + f" (unpaired: {len(natman)} natman, "
+                                         f"{len(random)} random replicates)", "negative",
+                                         paper_natman - paper_random, _welch(natman, random))])
 
 
 def _random_features(records, whole_records, paper, curves, paper_base, ns):
@@ -193,10 +194,11 @@ def _random_features(records, whole_records, paper, curves, paper_base, ns):
                    - _mean_over(curves["AnB"], deep) / paper_base)
     label = f"random / its base - AnB / base, n = {_ns(deep)}"
     if whole_records:  # one replicate per seed of the all-class split (all, all.s1, ...)
-        estimate = _welch(list(_relative(whole_records, "RnB", deep).values()),
-                          list(_relative(records, "AnB", deep).values()))
-        return Finding("f", claim, [Contrast(label + " (all-class control, unpaired)",
-                                             "negative", paper_value, estimate)])
+        control, transfer = (list(_relative(rs, treatment, deep).values()) for rs, treatment
+                             in ((whole_records, "RnB"), (records, "AnB")))
+        return Finding("f", claim, [Contrast(
+            label + f" (all-class control, unpaired: {len(control)} seeds, {len(transfer)} "
+            "random replicates)", "negative", paper_value, _welch(control, transfer))])
     estimate = replicates.paired(_relative(records, "RnB", deep),
                                  _relative(records, "AnB", deep))
     return Finding("f", claim, [Contrast(label + " (RnB on the half, paired; not the "

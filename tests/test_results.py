@@ -123,10 +123,12 @@ def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tm
     assert not any("natman.s1" in name or "all.s2" in name for name in names)
     findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
     line_e = next(l for l in findings_md.splitlines() if "(natman)" in l and "unpaired" in l)
+    assert "unpaired: 6 natman, 4 random replicates" in line_e
     assert "(4 replicates)" in line_e and line_e.rstrip().endswith("| shows |")  # min(6, 4)
     assert abs(_estimate(line_e) - (0.6 - 0.9)) < 0.01
     line_f = next(l for l in findings_md.splitlines() if "all-class control" in l)
     assert "(3 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
+    assert "unpaired: 3 seeds, 4 random replicates" in line_f
     assert abs(_estimate(line_f) - (0.1 - 0.9)) < 0.01
 
 
