@@ -175,8 +175,9 @@ def _dissimilar(records, natman_records, paper, curves, paper_base, high):
     if not natman_records:
         return Finding("e", claim, [Contrast(label, "negative", paper_natman - paper_random,
                                              None)],
-                       todo="run the natman grid: python -m kt_transfer.main --mode=grid "
-                            "--config.grid.splits='(\"natman\",)' "
+                       todo="run the natman grid, with seeded replicates for an interval: "
+                            "python -m kt_transfer.main --mode=grid --config.grid.splits="
+                            "'(\"natman\", \"natman.s1\", \"natman.s2\")' "
                             "--config.grid.treatments='(\"AnB\",)'")
     natman, random = (list(_relative(rs, "AnB", high).values())
                       for rs in (natman_records, records))
