@@ -171,13 +171,20 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     os.replace(tmp, path)
 
 
+def _values_by_n(records, treatment, value=lambda record: record["top1"]):
+    """{n: [value of each network of the treatment]}; a value of None is left out."""
+    by_n = {}
+    for r in records:
+        v = value(r) if r["treatment"] == treatment else None
+        if v is not None:
+            by_n.setdefault(r["n"], []).append(v)
+    return by_n
+
+
 def _draw_seeds(ax, records, treatment, marker, colour, label):
     """Each network a faint point and, over a split's seeded replicates (natman,
     natman.s1, ...), the mean per n as the line; mean of one network when unseeded."""
-    by_n = {}
-    for r in records:
-        if r["treatment"] == treatment:
-            by_n.setdefault(r["n"], []).append(r["top1"])
+    by_n = _values_by_n(records, treatment)
     if not by_n:
         return
     ns = sorted(by_n)
@@ -190,10 +197,7 @@ def _draw_seeds(ax, records, treatment, marker, colour, label):
 
 
 def _draw_relative(ax, records, treatment, label, colour):
-    by_n = {}
-    for r in records:
-        if r["treatment"] == treatment and r["base_top1"]:
-            by_n.setdefault(r["n"], []).append(r["top1"] / r["base_top1"])
+    by_n = _values_by_n(records, treatment, value=replicates.relative_top1)
     if by_n:
         ns = sorted(by_n)
         ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker="o", color=colour,

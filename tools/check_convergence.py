@@ -55,11 +55,10 @@ def main(argv):
         config.workdir = FLAGS.workdir
     validate.validate(config)
     split_names = FLAGS.splits or list(config.grid.splits) or [config.split]
+    resolved = sources.resolve_dataset(config)
     gains = []
     for split in split_names:
-        with config.unlocked():
-            config.split = split
-        dataset = sources.resolve_dataset(config)
+        dataset = resolved.with_split(split)  # as the grid does: the same images
         for mode in FLAGS.modes:
             runs = {}
             for factor in (1, FLAGS.factor):
