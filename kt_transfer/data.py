@@ -21,6 +21,7 @@ import tensorflow as tf
 from kt_transfer import images, sources, tfds_source
 
 HOLDOUT_BUCKETS = 10_000
+TFDS_WATCHDOG_LIMIT = 10_000  # files in a row that fail to decode before a TFDS run stops
 
 
 class BadFiles:
@@ -33,7 +34,7 @@ class BadFiles:
 
     def add(self, name):
         with self._lock:
-            self._seen.setdefault(name, describe_bad_file(name))
+            self._seen.setdefault(name, images.describe_bad_file(name))
 
     def all(self):
         with self._lock:
@@ -46,23 +47,26 @@ class BadFiles:
             return {n: self._seen[n] for n in names}
 
 
-def describe_bad_file(name):
-    """Why a file could not be used, told from its bytes (folder sources)."""
-    if not os.path.isfile(name):
-        return "could not be decoded"
-    with open(name, "rb") as f:
-        content = f.read()
-    if not content:
-        return "empty file"
-    if content[:2] == b"\xff\xd8":
-        return ("truncated JPEG (no end-of-image marker)" if b"\xff\xd9" not in content[-64:]
-                else "corrupt JPEG data")
-    if content[:8] == b"\x89PNG\r\n\x1a\n" or content[:3] == b"GIF" or content[:2] == b"BM":
-        return "corrupt image data"
-    return "not an image"
-
-
 CHUNK = 16  # elements decoded per error-isolated group
+
+
+class NothingReadableError(RuntimeError):
+    """The input pipeline went through a whole pass of a half's files and decoded none:
+    training would wait forever for a batch."""
+
+
+NOTHING_READ = "kt_transfer: no file of the pass could be decoded"
+
+
+def nothing_readable_error(bad_files):
+    """The error a run reports when its pipeline's watchdog fires (see make_dataset)."""
+    seen = bad_files.all()
+    first = "; ".join(f"{name}: {reason}" for name, reason in list(seen.items())[:3])
+    return NothingReadableError(
+        "the input pipeline went through all of the half's files and could decode none "
+        f"({len(seen)} unreadable files; the first: {first}); the images became "
+        "unreadable during training: check the files (and the disk they are on), then "
+        "run the same command again, which resumes from the last backup")
 
 
 def _decode_chunk(load, bad_files):
@@ -72,7 +76,7 @@ def _decode_chunk(load, bad_files):
     its survivors, batched, are compared by name with the chunk to find the files that
     failed, which are recorded in `bad_files`. (tf.data's `ignore_errors` alone drops
     elements without saying which.) Doing this per chunk rather than per element keeps
-    its cost small.
+    its cost small. Each chunk gives one element: (images, labels, files that failed).
     """
     def record(names):
         for name in names.numpy():
@@ -94,10 +98,24 @@ def _decode_chunk(load, bad_files):
                             lambda: tf.py_function(record, [failed_names], tf.int64),
                             lambda: tf.constant(0, tf.int64))
             with tf.control_dependencies([count]):
-                return tf.identity(images), labels
+                return tf.identity(images), labels, tf.size(failed_names, tf.int64)
 
-        return decoded.map(name_failures).unbatch()
+        return decoded.map(name_failures)
     return decode
+
+
+def _stop_when_nothing_decodes(limit):
+    """A tf.data scan over decoded chunks that fails (with NOTHING_READ) once `limit`
+    files in a row could not be decoded: a repeated stream of unreadable files would
+    otherwise keep training waiting for its first batch forever."""
+    def watch(failures_in_a_row, chunk):
+        images, labels, failed = chunk
+        failures_in_a_row = tf.where(tf.shape(labels)[0] > 0, tf.constant(0, tf.int64),
+                                     failures_in_a_row + failed)
+        check = tf.debugging.Assert(failures_in_a_row < limit, [NOTHING_READ])
+        with tf.control_dependencies([check]):
+            return failures_in_a_row, (tf.identity(images), labels)
+    return watch
 
 
 def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch_size,
@@ -147,6 +165,7 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         if training:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         read = tf.io.read_file
+        watchdog_limit = len(paths)  # one whole pass
     else:
         tfds_split = "train" if subset == "train" else source.val_split
         ds = tfds_source.read(source.builder, tfds_split, class_indices, training=training,
@@ -154,6 +173,7 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
         if training:
             ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
         read = tf.identity
+        watchdog_limit = TFDS_WATCHDOG_LIMIT
     if holdout is not None:
         part, fraction, holdout_seed = holdout
         ds = ds.filter(lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed),
@@ -175,8 +195,10 @@ def make_dataset(source, subset, class_indices, *, resize_size, crop_size, batch
     load.output_shape = (crop_size, crop_size, 3)
 
     ds = ds.interleave(_decode_chunk(load, bad_files), cycle_length=2 * (os.cpu_count() or 2),
-                       block_length=CHUNK, num_parallel_calls=tf.data.AUTOTUNE,
+                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=deterministic or not training)
+    ds = ds.scan(tf.constant(0, tf.int64), _stop_when_nothing_decodes(watchdog_limit))
+    ds = ds.unbatch()
     ds = ds.batch(batch_size, drop_remainder=training)
     options = tf.data.Options()
     options.deterministic = deterministic or not training

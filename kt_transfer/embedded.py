@@ -28,7 +28,10 @@ import threading
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from kt_transfer import splits
+from kt_transfer import atomic, splits
+
+# The generated JPEGs' size, for the space a generation needs (measured: about 0.6).
+APPROX_BYTES_PER_PIXEL_JPEG = 0.7
 
 GEOMETRIC = ("stripes", "checker", "squares", "triangles", "rings", "crosses", "grid",
              "hexagons", "nested", "dotgrid")
@@ -272,20 +275,25 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
     specs = class_specs(spec.num_classes)
     total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
     log(f"Generating the embedded dataset ({total} images) in {root} (once) ...")
+    needed = int(total * APPROX_BYTES_PER_PIXEL_JPEG * spec.image_size ** 2)
+    atomic.check_space(cache_dir, needed)
     tmp = tempfile.mkdtemp(prefix=f".{spec.dirname}.tmp-", dir=cache_dir)
     try:
-        # "spawn" workers import only NumPy and PIL, never a forked TensorFlow runtime;
-        # the variable tells the package not to load Keras in them.
-        workers = min(len(specs), os.cpu_count() or 1)
-        with _drawing_workers_skip_keras():
-            with concurrent.futures.ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(functools.partial(_write_class, tmp, spec), range(len(specs))))
-        with open(os.path.join(tmp, "classes.tsv"), "w") as f:
-            f.write("class_index\tfolder\tgroup\n")
-            f.writelines(f"{i}\t{c.folder}\t{c.group}\n" for i, c in enumerate(specs))
-        open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
-        _publish(tmp, root)
+        with atomic.reporting_full_disk(root, needed):
+            # "spawn" workers import only NumPy and PIL, never a forked TensorFlow
+            # runtime; the variable tells the package not to load Keras in them.
+            workers = min(len(specs), os.cpu_count() or 1)
+            with _drawing_workers_skip_keras():
+                with concurrent.futures.ProcessPoolExecutor(
+                        workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                    list(pool.map(functools.partial(_write_class, tmp, spec),
+                                  range(len(specs))))
+            with open(os.path.join(tmp, "classes.tsv"), "w") as f:
+                f.write("class_index\tfolder\tgroup\n")
+                f.writelines(f"{i}\t{c.folder}\t{c.group}\n" for i, c in enumerate(specs))
+            open(os.path.join(tmp, COMPLETE_MARKER), "w").close()
+            atomic.plain_dir_mode(tmp)  # shared caches: readable as a plain makedirs is
+            _publish(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # ours only; gone already if published
     return root

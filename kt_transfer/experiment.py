@@ -174,12 +174,18 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
             shutil.rmtree(scratch, ignore_errors=True)
         distribute.barrier(strategy)  # the chief has written the run: e.g. a base to copy
         return metrics, out
-    with run_lock(out):
-        stored = read_metrics(out)  # another process may have finished it meanwhile
-        if stored is not None:
-            return stored, out
-        metrics = _train_run(config, dataset, treatment, base, out, log, strategy, guard,
-                             stopwatch)
+    created = not os.path.exists(out)
+    try:
+        with run_lock(out):
+            stored = read_metrics(out)  # another process may have finished it meanwhile
+            if stored is not None:
+                return stored, out
+            metrics = _train_run(config, dataset, treatment, base, out, log, strategy, guard,
+                                 stopwatch)
+    except transfer.BaseMismatchError:
+        if created:  # refused before any training: leave no run directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     distribute.barrier(strategy)  # the other workers wait here for what was written
     return metrics, out
 
@@ -192,10 +198,22 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stop
     run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
     """
     run_path = run_path or out
+    bad_files = data.BadFiles()
+    try:
+        return _train_and_store(config, dataset, treatment, base, out, log, strategy, guard,
+                                stopwatch, run_path, bad_files)
+    except Exception as e:  # the input pipeline's watchdog (data.make_dataset)
+        if data.NOTHING_READ in str(e):
+            raise data.nothing_readable_error(bad_files) from None
+        raise
+
+
+def _train_and_store(config, dataset, treatment, base, out, log, strategy, guard, stopwatch,
+                     run_path, bad_files):
     with stopwatch.phase("setup"):
-        model, plans, inputs = _set_up(config, dataset, treatment, base, out, strategy, log)
-    train_data, val_ds, probe, *holdout_ds = inputs[:-1]
-    bad_files = inputs[-1]
+        model, plans, inputs = _set_up(config, dataset, treatment, base, out, strategy, log,
+                                       bad_files)
+    train_data, val_ds, probe, *holdout_ds = inputs
     half = dataset.split.half(treatment.target)
     log(f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
         f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
@@ -227,23 +245,38 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stop
                    base_model=config.base_model if external_base(config, treatment) else None)
     if metrics["status"] == "finished":
         with stopwatch.phase("export"):
-            tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
-            model.save(tmp_model)
-            os.replace(tmp_model, os.path.join(out, MODEL_FILE))
-            export.export_saved_model(model, out)
+            save_model(model, out)
+            with atomic.reporting_full_disk(os.path.join(out, export.SAVED_MODEL_DIR)):
+                export.export_saved_model(model, out)
     metrics["timings"] = stopwatch.rounded()  # this process's part of a resumed run
-    atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
+    with atomic.reporting_full_disk(os.path.join(out, METRICS_FILE)):
+        atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
     return metrics
 
 
-def _set_up(config, dataset, treatment, base, out, strategy, log):
+def save_model(model, out):
+    """Writes <out>/model.keras atomically, with the permissions of a plain write."""
+    tmp_model = os.path.join(out, ".tmp-" + MODEL_FILE)
+    try:
+        with atomic.reporting_full_disk(os.path.join(out, MODEL_FILE)):
+            model.save(tmp_model)
+            atomic.plain_file_mode(tmp_model)
+            os.replace(tmp_model, os.path.join(out, MODEL_FILE))
+    finally:
+        if os.path.exists(tmp_model):
+            os.remove(tmp_model)
+
+
+def _set_up(config, dataset, treatment, base, out, strategy, log, bad_files):
     """The run's config record, seed, model (compiled, layers copied) and inputs.
 
     Returns:
-      (model, layer plans, (train, val, probe[, holdout], bad_files)).
+      (model, layer plans, (train, val, probe[, holdout])); files the inputs skip are
+      recorded in `bad_files`.
     """
-    atomic.write_json(os.path.join(out, CONFIG_FILE),
-                      {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
+    with atomic.reporting_full_disk(os.path.join(out, CONFIG_FILE)):
+        atomic.write_json(os.path.join(out, CONFIG_FILE),
+                          {**config.to_dict(), "mode": treatment.mode, "n": treatment.n})
     # A distinct but reproducible seed per run: fresh layers never repeat the base's init.
     keras.utils.set_random_seed(data.run_seed(config, dataset) * 1000 + zlib.crc32(
         treatment.run_name.encode()) % 1000)
@@ -261,12 +294,11 @@ def _set_up(config, dataset, treatment, base, out, strategy, log):
             mean_rgb=mean_rgb, scale=config.dataset.scale, mean_image=mean_image,
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment))
         train.compile_model(model, config.train, plans)
-    bad_files = data.BadFiles()
     holdout = config.train.get("holdout_fraction", 0.0)
     inputs = data.make_run_inputs(
         config, dataset, half, strategy, bad_files,
         holdout=(holdout, data.run_seed(config, dataset)) if holdout > 0 else None)
-    return model, plans, (*inputs, bad_files)
+    return model, plans, inputs
 
 
 def weights_fingerprint(model):

@@ -38,6 +38,7 @@ def export_saved_model(model, run_dir):
         atomic.write_json(os.path.join(tmp, METADATA_FILE), {
             "mean_rgb": norm.mean_rgb, "scale": norm.scale,
             "input_size": int(model.input_shape[1]), "num_classes": int(model.output_shape[-1])})
+        atomic.plain_dir_mode(tmp)  # readable by whoever serves it, as a plain write is
         if os.path.exists(target):
             shutil.rmtree(target)
         os.rename(tmp, target)

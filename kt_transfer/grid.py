@@ -177,6 +177,8 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
             time.sleep(poll_s)
         except claims.ClaimLostError as e:
             log(f"grid: {e}")
+        except atomic.DiskFullError:
+            raise  # every other cell would fail the same way: stop, rerun when there is room
         except (RuntimeError, ValueError) as e:  # keep working the other cells
             _record_error(claims_dirs[cell.split], cell.treatment.run_name, str(e))
             log(f"grid: {cell.name} could not run: {e}")

@@ -16,6 +16,8 @@ GIF or BMP, whatever its file name says) is decoded whole, with 1 or 4 channels 
 CMYK) converted to RGB, and resized.
 """
 
+import os
+
 import tensorflow as tf
 
 
@@ -86,3 +88,31 @@ def preprocess(image_bytes, *, training, resize_size, crop_size, seed=(0, 0)):
     """One image to the network's input, eagerly (tests, serving clients)."""
     return decode_crop(image_bytes, tf.constant(seed, tf.int64), training=training,
                        resize_size=resize_size, crop_size=crop_size)
+
+
+def describe_bad_file(name):
+    """Why a file could not be used, told from its bytes (folder sources)."""
+    if not os.path.isfile(name):
+        return "could not be decoded"
+    with open(name, "rb") as f:
+        content = f.read()
+    if not content:
+        return "empty file"
+    if content.startswith(b"version https://git-lfs"):
+        return "a git-lfs pointer, not the image (run `git lfs pull` in its repository)"
+    if content[:2] == b"\xff\xd8":
+        return ("truncated JPEG (no end-of-image marker)" if b"\xff\xd9" not in content[-64:]
+                else "corrupt JPEG data")
+    if content[:8] == b"\x89PNG\r\n\x1a\n" or content[:3] == b"GIF" or content[:2] == b"BM":
+        return "corrupt image data"
+    return "not an image"
+
+
+def decodes(path):
+    """Whether the file at `path` decodes as an image (eagerly; for checks before
+    training)."""
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return True
+    except (tf.errors.OpError, ValueError):
+        return False

@@ -79,11 +79,34 @@ def list_files(root, subset, classes, class_indices):
     return paths, labels
 
 
+class NoReadableImagesError(ValueError):
+    """Not one image of a half's training (or validation) files can be decoded."""
+
+
+REASONS_SHOWN = 3
+
+
 def check_readable(source, class_indices):
-    """Fails before training if a class of the split has no train or val images."""
-    if source.kind == "folder":
-        for subset in ("train", source.val_split):
-            list_files(source.root, subset, source.classes, class_indices)
+    """Fails before training if a class of the split has no train or val images, or if
+    no file of the half's train or val images decodes (all corrupt; git-lfs pointers
+    named .jpg): training would otherwise wait forever for its first batch.
+
+    Files are tried in order until one decodes, so a healthy half costs one decode.
+    """
+    if source.kind != "folder":
+        return
+    from kt_transfer import images  # TensorFlow: only once there is a folder to check
+    for subset in ("train", source.val_split):
+        paths, _ = list_files(source.root, subset, source.classes, class_indices)
+        if any(images.decodes(path) for path in paths):
+            continue
+        reasons = "; ".join(f"{os.path.relpath(p, source.root)}: "
+                            f"{images.describe_bad_file(p)}" for p in paths[:REASONS_SHOWN])
+        raise NoReadableImagesError(
+            f"none of the {len(paths)} {subset} images of this half "
+            f"({len(class_indices)} classes) under {os.path.join(source.root, subset)} can "
+            f"be decoded (the first: {reasons}); replace them with real images, or point "
+            "--config.dataset.data_dir at another folder")
 
 
 
