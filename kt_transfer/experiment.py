@@ -159,7 +159,8 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
             raise RuntimeError(f"{base.run_name} failed ({base_metrics['reason']}); "
                                f"nothing to copy from. Its record: {base_out}")
         with stopwatch.phase("base_loading"):
-            base = transfer.load_base(os.path.join(base_out, MODEL_FILE))
+            base = transfer.load_base(os.path.join(base_out, MODEL_FILE),
+                                      label=f"the base network {base_out}/{MODEL_FILE}")
     strategy = strategy or distribute.current_strategy()
     if not distribute.is_chief(strategy):
         # Every worker trains (the steps are collective), but only the chief writes the

@@ -38,12 +38,20 @@ flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.w
 flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
                     ".keras file or SavedModel directory) instead of the workdir's own base. "
                     "Overrides config.base_model.")
+flags.DEFINE_bool("traceback", False, "On an error, show Python's traceback as well as "
+                  "the one error: line (for reporting a bug).")
 FLAGS = flags.FLAGS
 
 
 def resolve_config():
     """The config file with the --mode/--n/--workdir shortcuts applied."""
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+    except OSError as e:  # ml_collections' "Failed loading config file": a broken file
+        cause = e.__cause__ or e.__context__ or e
+        sys.exit(f"error: the --config file could not be loaded ({type(cause).__name__}: "
+                 f"{str(cause).splitlines()[0] if str(cause) else ''}); fix that file, or "
+                 "give another (see configs/)")
     with config.unlocked():
         for key in ("mode", "n", "workdir", "base_model"):
             if FLAGS[key].value is not None:
@@ -61,7 +69,7 @@ def main(argv):
     try:
         validate.validate(config)
     except validate.ConfigError as e:
-        sys.exit(f"error: {e}")
+        _fail(e)
     from kt_transfer import distribute, experiment, report, sources, transfer, tune
     treatment = None
     if config.mode not in ("grid", "tune", "similarity"):
@@ -69,8 +77,8 @@ def main(argv):
     try:
         strategy = distribute.make_strategy(config.distribute)
         dataset = sources.resolve_dataset(config)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # incl. a full disk
+        _fail(e)
     try:
         if config.mode == "grid":
             _run_grid(config, dataset, strategy)
@@ -83,12 +91,19 @@ def main(argv):
             representations.run_similarity(config, dataset)
             return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
-    except (RuntimeError, FileNotFoundError,
-            transfer.BaseMismatchError) as e:  # busy run dir, failed or unfit base, no runs
-        sys.exit(f"error: {e}")
+    except (RuntimeError, FileNotFoundError,  # busy run dir, failed base, no runs, full disk
+            transfer.BaseMismatchError) as e:  # unfit or unreadable base
+        _fail(e)
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
         sys.exit(1)
+
+
+def _fail(error):
+    """Ends the command with one `error:` line (and the traceback with --traceback)."""
+    if FLAGS.traceback:
+        raise error
+    sys.exit(f"error: {error}")
 
 
 def _run_grid(config, dataset, strategy):
@@ -130,6 +145,10 @@ def _parse_flags(argv):
     """absl's parsing, with a bad flag value or a misspelled --config.* key (of a
     --config file; the default file's keys are checked at the flag's definition)
     reported as one error line rather than ml_collections' traceback."""
+    config_file = _config_file_argument(argv)
+    if config_file is not None and not os.path.isfile(config_file):
+        sys.exit(f"error: --config={config_file}: no such file; give a config file, e.g. "
+                 f"--config={_DEFAULT_CONFIG} (the default) or one of configs/")
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -138,6 +157,20 @@ def _parse_flags(argv):
         bad = [a for a in argv[1:] if a.startswith("--config.")]
         sys.exit(f"error: no such config key {e!s}: check the spelling of the --config.* "
                  f"overrides ({' '.join(bad)}) against the --config file")
+    except Exception as e:  # the --config file itself fails to run (a syntax error, ...)
+        sys.exit(f"error: --config={config_file} could not be loaded ({type(e).__name__}: "
+                 f"{str(e).splitlines()[0] if str(e) else ''}); fix that file, or give "
+                 "another (see configs/)")
+
+
+def _config_file_argument(argv):
+    """The path given to --config, if any (without its ":override" suffix)."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("--config="):
+            return arg[len("--config="):].split(":")[0]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":")[0]
+    return None
 
 
 def run():

@@ -12,6 +12,7 @@ whether they are frozen. Modes:
 import dataclasses
 import os
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -99,6 +100,11 @@ class BaseMismatchError(ValueError):
     being built."""
 
 
+class UnreadableBaseError(BaseMismatchError):
+    """The base network's file cannot be loaded: truncated, not a Keras archive, not a
+    kt_transfer network, or holding code that safe mode refuses."""
+
+
 @dataclasses.dataclass
 class BaseNetwork:
     """What a transfer needs of a base: its weight layers and the input normalization
@@ -141,6 +147,11 @@ def base_model_format(path):
         raise FileNotFoundError(f"--base_model={path!r} does not exist; give a .keras file "
                                 "or a SavedModel directory (a run's model.keras or saved_model/)")
     if os.path.isfile(path) and path.endswith(".keras"):
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"--base_model={path!r} is not a readable .keras file: it is "
+                             "not a zip archive (truncated by an interrupted copy, or not "
+                             "saved by Keras); give a kt_transfer run's model.keras or "
+                             "saved_model/")
         return "keras"
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return "saved_model"
@@ -148,21 +159,52 @@ def base_model_format(path):
                      "directory (one holding saved_model.pb)")
 
 
-def load_base(path):
+def load_base(path, label=None):
     """The base network stored at `path`: a run's `model.keras` or its `saved_model/`.
 
     The one way every base is loaded (the workdir's own and --base_model alike). A
     SavedModel is read through its variables, named "<layer>/kernel" and "<layer>/bias"
     by Keras, and the normalization kt_transfer's export records beside them, so no
     Keras code is needed to load it.
+
+    Args:
+      label: how messages name it (default "--base_model=<path>").
+    Raises:
+      UnreadableBaseError: one line naming the file, what is wrong and what to give.
     """
+    label = label or f"--base_model={path!r}"
+    fix = "give a kt_transfer run's model.keras or saved_model/"
     if base_model_format(path) == "keras":
-        return base_network(keras.saving.load_model(path, safe_mode=True, compile=False),
-                            origin=path)
+        if not zipfile.is_zipfile(path):
+            raise UnreadableBaseError(
+                f"{label} is not a readable .keras file: it is not a zip archive (truncated "
+                f"by an interrupted copy, or not saved by Keras); {fix}")
+        try:
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as e:
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "Lambda" in str(e) or "safe_mode" in str(e):
+                raise UnreadableBaseError(
+                    f"{label} holds a Lambda layer (arbitrary Python code), which kt_transfer "
+                    f"does not load (Keras safe mode); {fix}") from None
+            raise UnreadableBaseError(f"{label} cannot be loaded as a Keras model "
+                                      f"({message[:200]}); {fix}") from None
+        names = [layer.name for layer in model.layers]
+        if model_lib.NORMALIZATION_LAYER not in names:
+            raise UnreadableBaseError(
+                f"{label} is a Keras model but not a kt_transfer network (no "
+                f"{model_lib.NORMALIZATION_LAYER!r} layer; its layers: "
+                f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}); {fix}")
+        return base_network(model, origin=path)
     import tensorflow as tf  # only here: SavedModels are a TensorFlow format
 
     from kt_transfer import export
-    by_name = {v.name.split(":")[0]: v.numpy() for v in tf.saved_model.load(path).variables}
+    try:
+        variables = tf.saved_model.load(path).variables
+    except Exception as e:
+        raise UnreadableBaseError(f"{label} cannot be loaded as a SavedModel "
+                                  f"({str(e).splitlines()[0][:200]}); {fix}") from None
+    by_name = {v.name.split(":")[0]: v.numpy() for v in variables}
     weights = {name: [by_name[f"{name}/kernel"], by_name[f"{name}/bias"]]
                for name in model_lib.LAYER_NAMES
                if f"{name}/kernel" in by_name and f"{name}/bias" in by_name}

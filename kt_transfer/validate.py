@@ -7,6 +7,7 @@ Only the config is read here (and whether paths exist): no model is built, no Te
 op runs.
 """
 
+import json
 import math
 import os
 import re
@@ -95,6 +96,8 @@ def _check_run(check, config):
     check.one_of("verbose", (0, 1, 2))
     if not isinstance(config.workdir, str) or not config.workdir:
         check.fail("workdir", "give a directory for the runs")
+    else:
+        _check_writable_dir(check, "workdir", config.workdir)
     if not isinstance(config.split, str) or not SPLIT_PATTERN.fullmatch(config.split):
         check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
                    "random0..random3), natman, or all (every class: the whole-dataset "
@@ -220,12 +223,48 @@ def _check_distribute(check):
         check.fail("distribute.strategy", f"multi_worker is TensorFlow's (several machines); "
                    f"KERAS_BACKEND={backend} runs on the devices of one machine: unset "
                    "KERAS_BACKEND, or use --config.distribute.strategy=auto")
+    if config.distribute.strategy == "multi_worker":
+        _check_tf_config(check)
     replicas = config.distribute.logical_cpus
     if (isinstance(replicas, int) and replicas > 1 and isinstance(config.train.batch_size, int)
             and config.train.batch_size % replicas):
         check.fail("train.batch_size", f"is the global batch, split over "
                    f"--config.distribute.logical_cpus={replicas} replicas: give a multiple "
                    f"of {replicas}")
+
+
+def _check_writable_dir(check, key, path):
+    """A folder kt_transfer will write in: a folder (or nothing yet) whose nearest
+    existing parent this user may write in."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        check.fail(key, f"{existing} is a file, not a folder: give a folder for the runs")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        check.fail(key, f"{existing} is not writable by this user (read-only, or another "
+                   "account's): give a folder you can write in")
+
+
+def _check_tf_config(check):
+    """multi_worker reads the cluster from TF_CONFIG: it must be JSON with a cluster and
+    this process's task, or TensorFlow fails with a JSON error that names nothing."""
+    raw = os.environ.get("TF_CONFIG")
+    example = ("e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
+               "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}'")
+    if raw is None:
+        check.fail("distribute.strategy", "multi_worker needs the environment variable "
+                   f"TF_CONFIG (the cluster's workers and this process's task), {example}")
+        return
+    try:
+        tf_config = json.loads(raw)
+        if not isinstance(tf_config, dict) or "cluster" not in tf_config \
+                or "task" not in tf_config:
+            raise ValueError("it needs the keys cluster and task")
+    except ValueError as e:
+        check.fail("distribute.strategy", f"multi_worker reads the environment variable "
+                   f"TF_CONFIG, which is not valid ({str(e).splitlines()[0]}; it holds "
+                   f"{raw[:80]!r}): set it to JSON, {example}")
 
 
 def _check_grid(check, gc):

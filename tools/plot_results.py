@@ -9,7 +9,7 @@ baseB dashed; --paper overlays the published ImageNet numbers (dotted).
 
 from absl import app, flags
 
-from kt_transfer import results
+from kt_transfer import keras_compat, results
 
 flags.DEFINE_string("workdir", "workdir", "workdir of kt_transfer runs")
 flags.DEFINE_string("out", None, "where to write (default: the workdir)")
@@ -24,4 +24,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # TensorFlow's and the CUDA runtime's start-up lines, as the CLI hides them.
+    with keras_compat.quiet_native_stderr():
+        keras_compat.probe_devices()
     app.run(main)
