@@ -95,16 +95,20 @@ def free_bytes(path):
     return shutil.disk_usage(path).free
 
 
-def megabytes(size):
-    return f"{size / 2**20:.1f} MB"
+def human_size(size):
+    """1.5 GB, 20.3 MB, 64 KB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 2**10:.0f} KB"
 
 
 def disk_full(path, needed=None):
     """The DiskFullError for a write to `path` (needing about `needed` bytes, if known)."""
     free = free_bytes(path)
-    need = f"about {megabytes(needed)} needed, " if needed else ""
+    need = f"about {human_size(needed)} needed, " if needed else ""
     return DiskFullError(
-        f"no space left on the device writing {path} ({need}{megabytes(free)} free); free "
+        f"no space left on the device writing {path} ({need}{human_size(free)} free); free "
         "some space and run the same command again: finished networks and the last backup "
         "are kept, and it continues from there")
 

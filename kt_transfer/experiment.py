@@ -19,8 +19,8 @@ import zlib
 
 import keras
 
-from kt_transfer import (atomic, data, distribute, export, layer_logging, mean, timing,
-                         train, transfer)
+from kt_transfer import (atomic, data, distribute, export, keras_compat, layer_logging,
+                         mean, timing, train, transfer)
 from kt_transfer import model as model_lib
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
@@ -199,10 +199,11 @@ def _train_run(config, dataset, treatment, base, out, log, strategy, guard, stop
     run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
     """
     run_path = run_path or out
-    bad_files = data.BadFiles()
+    bad_files = data.BadFiles()  # named by the run: the decoders' own lines are dropped
     try:
-        return _train_and_store(config, dataset, treatment, base, out, log, strategy, guard,
-                                stopwatch, run_path, bad_files)
+        with keras_compat.without_decoder_noise():
+            return _train_and_store(config, dataset, treatment, base, out, log, strategy,
+                                    guard, stopwatch, run_path, bad_files)
     except Exception as e:  # the input pipeline's watchdog (data.make_dataset)
         if data.NOTHING_READ in str(e):
             raise data.nothing_readable_error(bad_files) from None

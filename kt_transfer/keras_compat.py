@@ -7,15 +7,23 @@ on keras is raised, check each against the new version and widen or drop it.
   unbuilt model from an eagerly all-reduced first batch, which fails across workers, and
   (b) reduces scalar logs with `axis=0`. Seen on 3.5 through 3.15 (the newest tested).
 - TensorFlow's own start-up and SavedModel-export INFO lines, which bury kt_transfer's.
+- h5py crashes the process (a segmentation fault while closing the file) when the disk
+  fills up in the middle of `save_weights`; backups build the weights file in memory
+  through Keras' own H5 store and write its bytes with plain Python I/O, which fails with
+  an ordinary OSError. Uses `saving_lib._save_state` (3.x, checked on 3.15).
 """
 
 import contextlib
+import io
 import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 
 MULTI_WORKER_FIT_AFFECTED = ((3, 0), (3, 16))  # [from, to) : keras-team/keras#20585
+IN_MEMORY_WEIGHTS_CHECKED = ((3, 0), (3, 16))  # [from, to): saving_lib._save_state
 
 
 def keras_version():
@@ -71,6 +79,52 @@ VERBOSE_ENV = "KT_TRANSFER_VERBOSE"  # "1": show TensorFlow's start-up and INFO 
 
 def verbose():
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+# What libjpeg prints straight to stderr, and TensorFlow's decoder logs, for each file
+# that does not decode. The input pipeline names those files itself (data.BadFiles).
+DECODER_NOISE = re.compile(
+    r"^(Improper call to JPEG library in state \d+|Bogus |Corrupt JPEG data|Premature end "
+    r"of JPEG|Invalid JPEG file structure|Not a JPEG file|Unsupported marker type|"
+    r"Quantization table 0x|Huffman table 0x|JPEG datastream contains no image|"
+    r"Unsupported JPEG process|Suspension not allowed here|Warning: unknown JFIF|"
+    r"Empty JPEG image|Wrong JPEG library version|Invalid SOS parameters|"
+    r"[EW]\d{4} [\d:. ]+\d+ (jpeg_mem|decode_image_op|png_io|gif_io)\.cc)")
+
+
+@contextlib.contextmanager
+def without_decoder_noise():
+    """Drops the image decoders' per-file lines from stderr meanwhile (see DECODER_NOISE)
+    and passes every other line through, in order: native code writes to file
+    descriptor 2, so it is pointed at a pipe read by a thread that filters lines."""
+    if verbose():
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr: nothing to filter
+        yield
+        return
+    read_end, write_end = os.pipe()
+
+    def pump():
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if not DECODER_NOISE.match(line.decode(errors="replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="kt_transfer-stderr", daemon=True)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the thread reads to the end
+        thread.join(timeout=10)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -129,3 +183,21 @@ def quiet_tensorflow_info():
     finally:
         logger.setLevel(level)
         absl_logging.set_verbosity(absl_level)
+
+
+def weights_file_bytes(model):
+    """The bytes of the `.weights.h5` file `model.save_weights` would write (weights and
+    the optimizer's state), built in memory (see the module's docstring), or None on a
+    Keras version where this is unchecked (callers then use save_weights)."""
+    low, high = IN_MEMORY_WEIGHTS_CHECKED
+    if not low <= keras_version() < high:
+        return None
+    from keras.src.saving import saving_lib
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()

@@ -174,7 +174,7 @@ class PeriodicBackup(keras.callbacks.Callback):
         tmp = tempfile.mkdtemp(prefix=".tmp-backup-", dir=self.checkpoints_dir)
         try:
             with atomic.reporting_full_disk(self.checkpoints_dir, needed):
-                self.model.save_weights(os.path.join(tmp, WEIGHTS_FILE))
+                _save_weights(self.model, os.path.join(tmp, WEIGHTS_FILE))
                 atomic.write_json(os.path.join(tmp, STATE_FILE),
                                   {"step": step, "seconds": round(self.seconds(), 1),
                                    "evaluations": self._evaluations()})
@@ -202,6 +202,17 @@ class PeriodicBackup(keras.callbacks.Callback):
                 kept += 1
                 continue
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_weights(model, path):
+    """model.save_weights(path), through memory where Keras allows (keras_compat): a disk
+    that fills up half-way is then an OSError, not h5py's crash."""
+    content = keras_compat.weights_file_bytes(model)
+    if content is None:
+        model.save_weights(path)
+        return
+    with open(path, "wb") as f:
+        f.write(content)
 
 
 def _backup_size_estimate(model, checkpoints_dir):

@@ -137,7 +137,7 @@ def base_network(model, origin="a Keras model"):
     return BaseNetwork(weights, mean_rgb, scale, origin, mean_image)
 
 
-def base_model_format(path):
+def base_model_format(path, label=None):
     """"keras" or "saved_model": what --base_model points to, checked before any work.
 
     Raises:
@@ -148,10 +148,10 @@ def base_model_format(path):
                                 "or a SavedModel directory (a run's model.keras or saved_model/)")
     if os.path.isfile(path) and path.endswith(".keras"):
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"--base_model={path!r} is not a readable .keras file: it is "
-                             "not a zip archive (truncated by an interrupted copy, or not "
-                             "saved by Keras); give a kt_transfer run's model.keras or "
-                             "saved_model/")
+            raise UnreadableBaseError(
+                f"{label or f'--base_model={path!r}'} is not a readable .keras file: it is "
+                "not a zip archive (truncated by an interrupted copy, or not saved by "
+                "Keras); give a kt_transfer run's model.keras or saved_model/")
         return "keras"
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return "saved_model"
@@ -174,11 +174,7 @@ def load_base(path, label=None):
     """
     label = label or f"--base_model={path!r}"
     fix = "give a kt_transfer run's model.keras or saved_model/"
-    if base_model_format(path) == "keras":
-        if not zipfile.is_zipfile(path):
-            raise UnreadableBaseError(
-                f"{label} is not a readable .keras file: it is not a zip archive (truncated "
-                f"by an interrupted copy, or not saved by Keras); {fix}")
+    if base_model_format(path, label) == "keras":
         try:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as e:

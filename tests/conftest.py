@@ -1,6 +1,8 @@
 """Shared fixtures: tiny configs and a tiny generated dataset, built once per session."""
 
+import contextlib
 import os
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,3 +23,28 @@ def tiny_config(data_cache, tmp_path):
     config.workdir = str(tmp_path / "workdir")
     config.verbose = 0
     return config
+
+
+@pytest.fixture
+def small_filesystem():
+    """mount(path, size): a real filesystem of `size` (tmpfs) at `path`, a disk that
+    fills up; unmounted after the test. Skips where mounting is not allowed."""
+    mounted = []
+
+    @contextlib.contextmanager
+    def mount(path, size):
+        os.makedirs(path, exist_ok=True)
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                                capture_output=True)
+        if result.returncode:
+            pytest.skip(f"cannot mount a small filesystem here: {result.stderr.decode()[:200]}")
+        mounted.append(path)
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", "-l", path], check=False)
+            mounted.remove(path)
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", path], check=False)

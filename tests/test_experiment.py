@@ -119,3 +119,44 @@ def test_the_base_mean_image_is_computed_once_and_carried_to_the_transfer(tiny_c
                      axis=0)
     assert got.shape == (72, 72, 3)
     assert np.abs(got - direct).mean() < 1.0  # a repeated stream weights a few images twice
+
+
+# Faults (issue 22).
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_get_the_modes_a_plain_write_gives_under_the_umask(tiny_config, tmp_path,
+                                                                   umask):
+    """A shared workdir: other accounts can read results and serve the exported model."""
+    tiny_config.dataset.data_dir = str(tmp_path / "data")  # generated under this umask
+    old = os.umask(umask)
+    try:
+        dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+        _, out = experiment.run_treatment(tiny_config, dataset,
+                                          transfer.parse_treatment("baseB"),
+                                          log=lambda *_: None)
+    finally:
+        os.umask(old)
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    saved_model = os.path.join(out, "saved_model")
+    for path in (experiment.METRICS_FILE, experiment.CONFIG_FILE, experiment.MODEL_FILE,
+                 "saved_model/kt_transfer.json", "saved_model/saved_model.pb"):
+        assert oct(os.stat(os.path.join(out, path)).st_mode & 0o777) == oct(file_mode), path
+    backups = os.path.join(out, "checkpoints")
+    for path in [dataset.source.root, saved_model, os.path.join(saved_model, "variables"),
+                 *(os.path.join(backups, n) for n in os.listdir(backups))]:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(dir_mode), path
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+
+
+def test_a_refused_base_leaves_no_run_folder_behind(tiny_config, tmp_path):
+    from kt_transfer import model as model_lib
+
+    other = tiny_config.model.copy_and_resolve_references()
+    other.width = 0.125  # another network: its conv1 has twice the filters
+    model_lib.build_from_config(other, 6).save(tmp_path / "other.keras")
+    tiny_config.base_model = str(tmp_path / "other.keras")
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    treatment = transfer.parse_treatment("AnB", 2)
+    with pytest.raises(transfer.BaseMismatchError, match="layer 'conv1'"):
+        experiment.run_treatment(tiny_config, dataset, treatment, log=lambda *_: None)
+    assert not os.path.exists(experiment.run_dir(tiny_config, dataset, treatment))

@@ -1,6 +1,7 @@
 """The command line, end to end, in subprocesses (as a user runs it)."""
 
 import glob
+import re
 import json
 import os
 import subprocess
@@ -192,3 +193,118 @@ def test_grid_with_a_multi_worker_strategy_is_refused_up_front(tmp_path):
                      f"--workdir={tmp_path}/w")
     assert result.returncode != 0 and "whole runs over its workers" in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+# Faults (issue 22): what a user's mistake or a broken machine looks like on the command
+# line: one `error:` line naming the file or value and the fix, never a traceback.
+
+def _one_error_line(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_missing_or_broken_config_file_is_one_error_line(tmp_path):
+    line = _one_error_line(run_cli(f"--config={tmp_path}/nope.py", "--mode=baseA"))
+    assert f"--config={tmp_path}/nope.py: no such file" in line
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
+    line = _one_error_line(run_cli(f"--config={tmp_path}/broken.py", "--mode=baseA"))
+    assert "broken.py could not be loaded (SyntaxError" in line
+
+
+def test_a_lambda_layer_base_is_refused_in_one_line(tmp_path, data_cache):
+    import keras
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1)(inputs)).save(
+        tmp_path / "lambda.keras")
+    result = run_cli(f"--config={TINY}", "--mode=AnB", "--n=2", f"--workdir={tmp_path}/wd",
+                     f"--config.dataset.data_dir={data_cache}",
+                     f"--base_model={tmp_path}/lambda.keras")
+    line = _one_error_line(result)
+    assert f"--base_model='{tmp_path}/lambda.keras' holds a Lambda layer" in line
+
+
+def test_a_folder_of_git_lfs_pointers_is_refused_before_training(tmp_path, data_cache):
+    from kt_transfer import embedded
+    spec = embedded.EmbeddedSpec(num_classes=12, train_per_class=10, val_per_class=4,
+                                 image_size=72)
+    root = tmp_path / "images"
+    import shutil
+    shutil.copytree(embedded.ensure_dataset(spec, cache_dir=data_cache, log=lambda *_: None),
+                    root)
+    for path in root.glob("train/*/*"):
+        path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
+    result = run_cli(f"--config={TINY}", "--mode=baseA", f"--workdir={tmp_path}/wd",
+                     "--config.dataset.name=folder", f"--config.dataset.data_dir={root}")
+    line = _one_error_line(result)
+    assert "none of the 60 train images" in line and "git-lfs pointer" in line
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(tmp_path, data_cache,
+                                                                   small_filesystem):
+    """A real small filesystem: the run stops at a backup that does not fit, with the
+    path and the space; once there is room, the same command finishes the run from its
+    last backup, every evaluation kept."""
+    args = [f"--config={TINY}", "--mode=baseB", f"--config.dataset.data_dir={data_cache}",
+            "--config.train.total_steps=6", "--config.train.backup_every_steps=1"]
+    disk = str(tmp_path / "disk")
+    with small_filesystem(disk, "2m"):
+        full = run_cli(*args, f"--workdir={disk}/wd")
+        line = _one_error_line(full)
+        assert f"no space left on the device writing {disk}/wd/" in line
+        assert "MB needed" in line and "run the same command again" in line
+        leftovers = glob.glob(f"{disk}/**/.tmp-*", recursive=True)
+        assert not leftovers and not glob.glob(f"{disk}/**/metrics.json", recursive=True)
+        subprocess.run(["mount", "-o", "remount,size=64m", disk], check=True)
+        again = run_cli(*args, f"--workdir={disk}/wd")
+        assert again.returncode == 0, again.stderr[-3000:]
+        metrics = json.load(open(glob.glob(f"{disk}/**/metrics.json", recursive=True)[0]))
+    assert metrics["resumed_from_step"] > 0 and metrics["steps"] == 6
+    assert [e["step"] for e in metrics["evaluations"]] == [2, 4, 6]
+
+
+def test_plot_results_prints_no_tensorflow_start_up_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_results.py"),
+                             f"--workdir={tmp_path}"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    for noise in ("cuda", "cuInit", "oneDNN", "absl::InitializeLog"):
+        assert noise not in result.stderr, result.stderr[-2000:]
+
+
+def test_a_workdir_that_is_a_file_or_read_only_is_named(tmp_path, small_filesystem):
+    from kt_transfer import config_files, validate
+    config = config_files.load("tiny")
+    config.mode = "baseA"
+    (tmp_path / "a_file").write_text("")
+    config.workdir = str(tmp_path / "a_file" / "runs")
+    with pytest.raises(validate.ConfigError, match=r"--workdir=.*a_file is a file, not a "):
+        validate.validate(config)
+    read_only = str(tmp_path / "ro")
+    with small_filesystem(read_only, "1m"):
+        subprocess.run(["mount", "-o", "remount,ro", read_only], check=True)
+        config.workdir = os.path.join(read_only, "runs")
+        with pytest.raises(validate.ConfigError, match=f"{read_only} is not writable"):
+            validate.validate(config)
+
+
+@pytest.mark.parametrize("tf_config,message", [
+    (None, "needs the environment variable TF_CONFIG"),
+    ("{cluster: [host1]}", "TF_CONFIG, which is not valid (Expecting property name"),
+    ('{"task": {"type": "worker", "index": 0}}', "it needs the keys cluster and task"),
+])
+def test_multi_worker_names_a_missing_or_bad_tf_config(tf_config, message, monkeypatch,
+                                                       tmp_path):
+    from kt_transfer import config_files, validate
+    config = config_files.load("tiny")
+    config.mode, config.workdir = "baseA", str(tmp_path / "wd")
+    config.distribute.strategy = "multi_worker"
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(validate.ConfigError, match=re.escape(message)):
+        validate.validate(config)

@@ -192,7 +192,7 @@ def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path
     assert reasons["not_an_image.JPEG"] == "not an image"
 
 
-def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path):
+def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path, capfd):
     log = []
     dataset = sources.resolve_dataset(tiny_config, log=log.append)
     root = str(tmp_path / "ds")
@@ -211,6 +211,11 @@ def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path):
     listed = [line.split("\t")[0] for line in
               open(os.path.join(out, "bad_files.tsv")).read().splitlines()[1:]]
     assert set(bad_val) <= set(listed) <= set(bad) | set(bad_val)  # no good file listed
+    # Named once by kt_transfer, not again by libjpeg and TensorFlow's decoder per read.
+    err = capfd.readouterr().err
+    for noise in ("Premature end of JPEG", "Bogus Huffman", "jpeg_mem.cc",
+                  "Improper call to JPEG library"):
+        assert noise not in err, err[-2000:]
 
 
 def test_missing_or_empty_classes_fail_before_training(tmp_path, tiny_root, tiny_config):
@@ -265,3 +270,62 @@ def test_shrinking_is_antialiased_like_pillow():
     crop = images.decode_crop(png, tf.constant([0, 0], tf.int64), training=False,
                               resize_size=72, crop_size=67).numpy()
     np.testing.assert_allclose(crop, np.floor(ours[2:69, 2:69] + 0.5), atol=1)
+
+
+# Faults (issue 22): a half with nothing readable fails, it never waits forever.
+
+LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+               b"size 12345\n")
+
+
+def _replace_with_lfs_pointers(root, subset, classes):
+    """The common case of a dataset checked out without `git lfs pull`."""
+    for name in classes:
+        folder = os.path.join(root, subset, name)
+        for file_name in os.listdir(folder):
+            with open(os.path.join(folder, file_name), "wb") as f:
+                f.write(LFS_POINTER)
+
+
+@pytest.mark.parametrize("subset", ["train", "val"])
+def test_a_half_with_no_readable_image_fails_before_training_naming_the_folder(
+        tiny_root, tmp_path, subset):
+    root = str(tmp_path / "ds")
+    shutil.copytree(tiny_root, root)
+    source = sources.folder_source(root)
+    _replace_with_lfs_pointers(root, subset, [source.classes[i] for i in (0, 1)])
+    sources.check_readable(source, (2, 3))  # the other classes are fine
+    with pytest.raises(sources.NoReadableImagesError) as error:
+        sources.check_readable(source, (0, 1))
+    message = str(error.value)
+    count = 2 * (SPEC.train_per_class if subset == "train" else SPEC.val_per_class)
+    assert f"none of the {count} {subset} images" in message and os.path.join(root, subset) in message
+    assert "git-lfs pointer" in message and "--config.dataset.data_dir" in message
+
+
+def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(
+        tiny_root, tmp_path):
+    """The files became unreadable after the check (a disk gone, a sync that replaced
+    them): the training stream stops after one whole pass that decoded nothing."""
+    import threading
+
+    root = str(tmp_path / "ds")
+    shutil.copytree(tiny_root, root)
+    source = sources.folder_source(root)
+    ds = data.make_dataset(source, "train", (0, 1), batch_size=2, training=True, **KW)
+    _replace_with_lfs_pointers(root, "train", [source.classes[i] for i in (0, 1)])
+    outcome = []
+
+    def first_batch():
+        try:
+            next(iter(ds))
+            outcome.append("a batch")
+        except tf.errors.InvalidArgumentError as e:
+            outcome.append(str(e))
+
+    reader = threading.Thread(target=first_batch, daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    assert outcome, "the training stream is still waiting for a readable file"
+    assert data.NOTHING_READ in outcome[0]

@@ -3,6 +3,8 @@ ends where an uninterrupted run ends (same steps, data stream and weights), and 
 mixed_float16 the step count is the steps trained, not the updates the loss scaler let
 through."""
 
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -106,7 +108,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     final = whole.evaluate(_val_data(), return_dict=True, verbose=0)
     assert expected["top1"] == pytest.approx(final["top1"])  # the same as evaluating anew
     assert expected["loss"] == pytest.approx(final["loss"], rel=1e-5)
-    assert len(train.list_backups(str(tmp_path / "b" / "checkpoints"))) == 1  # the last only
+    # The last backup and the one before it (a fallback if the last is damaged later).
+    assert [os.path.basename(p) for p in train.list_backups(str(tmp_path / "b" / "checkpoints"))] \
+        == ["backup-000000010", "backup-000000012"]
 
 
 def test_mean_highest_averages_the_ten_best_evaluations():
@@ -146,3 +150,100 @@ def test_mixed_float16_counts_every_trained_step_and_resumes_exactly(tmp_path):
     assert again["resumed_from_step"] == 3 and again["steps"] == 8
     for got, want in zip(resumed.get_weights(), model.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+
+
+# Faults (issue 22): what a kill, a damaged backup or a full disk may not lose.
+
+def _killed_run(tmp_path, config, kill_after, name="b"):
+    """A run killed (an exception out of fit, as kill -9 leaves it) after `kill_after`
+    steps; returns its run directory."""
+    run = str(tmp_path / name)
+    with pytest.raises(_Killed):
+        train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
+                               verbose=0, extra_callbacks=[_KillAfter(kill_after)])
+    return run
+
+
+def test_a_kill_after_an_epoch_boundary_keeps_that_epochs_evaluation(tmp_path):
+    """The backup at the step that ends an epoch is written after the epoch's validation,
+    so a run killed in the next epoch resumes with that evaluation."""
+    config = _train_config(backup_every_steps=2)  # step 4 ends epoch 1 and is an interval
+    run = _killed_run(tmp_path, config, kill_after=5)
+    _, state = train.latest_backup(os.path.join(run, "checkpoints"))
+    assert state["step"] == 4 and [e["step"] for e in state["evaluations"]] == [4]
+    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
+                                     verbose=0)
+    assert metrics["resumed_from_step"] == 4
+    assert [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
+
+
+def test_a_garbled_backup_is_reported_and_the_previous_one_is_used(tmp_path):
+    config = _train_config(backup_every_steps=2)
+    run = _killed_run(tmp_path, config, kill_after=7)  # backups at 4 and 6 kept
+    checkpoints = os.path.join(run, "checkpoints")
+    newest = train.list_backups(checkpoints)[-1]
+    assert newest.endswith("backup-000000006")
+    with open(os.path.join(newest, train.STATE_FILE), "w") as f:
+        f.write('{"step": 6, "evalu')  # garbled: cut short by a crash of the disk
+    log = []
+    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
+                                     verbose=0, log=log.append)
+    assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
+    warning = next(line for line in log if line.startswith("warning: backup"))
+    assert newest in warning and "state.json does not parse" in warning
+    # Set aside, not deleted, and not in the way: the new backups were kept.
+    assert os.path.isdir(os.path.join(checkpoints, "unreadable-backup-000000006"))
+    assert [os.path.basename(p) for p in train.list_backups(checkpoints)] == \
+        ["backup-000000010", "backup-000000012"]
+
+
+def test_a_truncated_backup_weights_file_falls_back_to_the_previous_backup(tmp_path):
+    config = _train_config(backup_every_steps=2)
+    run = _killed_run(tmp_path, config, kill_after=7)
+    newest = train.list_backups(os.path.join(run, "checkpoints"))[-1]
+    weights = os.path.join(newest, train.WEIGHTS_FILE)
+    os.truncate(weights, os.path.getsize(weights) // 2)
+    log = []
+    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
+                                     verbose=0, log=log.append)
+    assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
+    warning = next(line for line in log if line.startswith("warning: backup"))
+    assert newest in warning and "backup.weights.h5 cannot be read (truncated" in warning
+    assert len(warning.splitlines()) == 1
+
+
+def test_a_resumed_run_numbers_its_epochs_out_of_the_whole_run(tmp_path, capsys):
+    config = _train_config()  # 3 epochs of 4 steps, backups every 5
+    run = _killed_run(tmp_path, config, kill_after=6)
+    capsys.readouterr()
+    train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 2/3" in out and "Epoch 3/3" in out
+    assert "Epoch 2/2" not in out and "Epoch 1/1" not in out
+
+
+def test_a_full_disk_in_the_middle_of_a_backup_is_an_error_and_leaves_nothing_behind(
+        tmp_path, monkeypatch, small_filesystem):
+    """The space check before a backup is skipped here, so that the weights file's write
+    itself runs out of room (h5py's failure case)."""
+    config = _train_config(backup_every_steps=2)
+    run = tmp_path / "run"
+    checkpoints = str(run / "checkpoints")
+    with small_filesystem(checkpoints, "1m"):
+        with open(os.path.join(checkpoints, "filler"), "wb") as f:
+            f.write(b"\0" * (1000 * 1024))
+        monkeypatch.setattr(train.atomic, "check_space", lambda path, needed: None)
+        with pytest.raises(train.atomic.DiskFullError, match="no space left on the device "
+                                                              f"writing {checkpoints}"):
+            train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
+                                   config, verbose=0)
+        assert os.listdir(checkpoints) == ["filler"]  # no temporary backup folder
+        monkeypatch.undo()
+        with pytest.raises(train.atomic.DiskFullError, match="about .* KB needed"):
+            train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
+                                   config, verbose=0)  # refused before writing this time
+        assert os.listdir(checkpoints) == ["filler"]
+        os.remove(os.path.join(checkpoints, "filler"))
+        metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
+                                         config, verbose=0)
+    assert metrics["steps"] == 12 and [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]

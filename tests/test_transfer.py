@@ -100,3 +100,36 @@ def test_training_is_deterministic_under_a_seed(model_config):
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1]):
         assert np.array_equal(a, b)
+
+
+# Faults (issue 22): a base file that cannot be used is one line naming it and the fix.
+
+def test_an_unreadable_base_file_is_named_with_what_is_wrong(tmp_path, base):
+    good = str(tmp_path / "base.keras")
+    base.save(good)
+    truncated = str(tmp_path / "truncated.keras")
+    with open(good, "rb") as f, open(truncated, "wb") as out:
+        out.write(f.read()[:2000])
+    not_zip = str(tmp_path / "not_zip.keras")
+    with open(not_zip, "w") as f:
+        f.write("version https://git-lfs.github.com/spec/v1\n")
+    for path in (truncated, not_zip):
+        with pytest.raises(ValueError, match=f"--base_model='{path}' is not a readable "
+                                             ".keras file: it is not a zip archive"):
+            transfer.base_model_format(path)  # checked before any work (validate)
+        with pytest.raises(transfer.UnreadableBaseError, match="not a zip archive"):
+            transfer.load_base(path)
+
+    inputs = keras.Input((4,))
+    foreign = keras.Model(inputs, keras.layers.Dense(3, name="head")(inputs))
+    foreign.save(tmp_path / "foreign.keras")
+    with pytest.raises(transfer.UnreadableBaseError,
+                       match="is a Keras model but not a kt_transfer network.*head"):
+        transfer.load_base(str(tmp_path / "foreign.keras"))
+
+    lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    lambda_model.save(tmp_path / "lambda.keras")
+    with pytest.raises(transfer.UnreadableBaseError, match="holds a Lambda layer") as error:
+        transfer.load_base(str(tmp_path / "lambda.keras"))
+    assert len(str(error.value).splitlines()) == 1
+    assert transfer.load_base(good).weights.keys() >= {"conv1", "fc8"}
