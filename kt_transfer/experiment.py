@@ -248,8 +248,7 @@ def _train_and_store(config, dataset, treatment, base, out, log, strategy, guard
     if metrics["status"] == "finished":
         with stopwatch.phase("export"):
             save_model(model, out)
-            with atomic.reporting_full_disk(os.path.join(out, export.SAVED_MODEL_DIR)):
-                export.export_saved_model(model, out)
+            export.export_saved_model(model, out)
     metrics["timings"] = stopwatch.rounded()  # this process's part of a resumed run
     with atomic.reporting_full_disk(os.path.join(out, METRICS_FILE)):
         atomic.write_json(os.path.join(out, METRICS_FILE), metrics)

@@ -28,20 +28,26 @@ def with_probabilities(model):
 
 
 def export_saved_model(model, run_dir):
-    """Writes <run_dir>/saved_model atomically (a complete export or none)."""
+    """Writes <run_dir>/saved_model atomically (a complete export or none).
+
+    Raises:
+      atomic.DiskFullError: no room for it (and nothing of it is left behind).
+    """
     target = os.path.join(run_dir, SAVED_MODEL_DIR)
     tmp = tempfile.mkdtemp(prefix=".tmp-saved_model-", dir=run_dir)
     try:
-        with keras_compat.quiet_tensorflow_info():
-            with_probabilities(model).export(tmp, format="tf_saved_model", verbose=False)
-        norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
-        atomic.write_json(os.path.join(tmp, METADATA_FILE), {
-            "mean_rgb": norm.mean_rgb, "scale": norm.scale,
-            "input_size": int(model.input_shape[1]), "num_classes": int(model.output_shape[-1])})
-        atomic.plain_dir_mode(tmp)  # readable by whoever serves it, as a plain write is
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.rename(tmp, target)
+        with atomic.reporting_full_disk(target):
+            with keras_compat.quiet_tensorflow_info():
+                with_probabilities(model).export(tmp, format="tf_saved_model", verbose=False)
+            norm = model.get_layer(model_lib.NORMALIZATION_LAYER)
+            atomic.write_json(os.path.join(tmp, METADATA_FILE), {
+                "mean_rgb": norm.mean_rgb, "scale": norm.scale,
+                "input_size": int(model.input_shape[1]),
+                "num_classes": int(model.output_shape[-1])})
+            atomic.plain_dir_mode(tmp)  # readable by whoever serves it, as a plain write is
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -347,11 +347,11 @@ def restore_backup(model, checkpoints_dir, log=print):
       (steps already done, training seconds already spent, the validation evaluations
       up to that step); (0, 0.0, []) if no backup.
     """
-    model.optimizer.build(model.trainable_variables)
     while True:
         path, state = latest_backup(checkpoints_dir, log)
         if path is None:
             return 0, 0.0, []
+        model.optimizer.build(model.trainable_variables)  # its state is in the backup
         try:
             model.load_weights(os.path.join(path, WEIGHTS_FILE))
         except Exception as e:  # readable, but not this network's (or damaged since)

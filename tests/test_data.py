@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from kt_transfer import embedded, sources, splits
+from kt_transfer import atomic, embedded, sources, splits
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 
@@ -99,3 +99,20 @@ def test_concurrent_generations_all_end_with_one_complete_dataset(tmp_path):
     assert os.listdir(tmp_path) == [SPEC.dirname]
     count = sum(len(files) for _, _, files in os.walk(roots[0]))
     assert count == SPEC.num_classes * (SPEC.train_per_class + SPEC.val_per_class) + 2
+
+
+def test_generating_on_a_full_disk_is_an_error_naming_the_space_and_leaves_nothing(
+        tmp_path, small_filesystem):
+    cache = str(tmp_path / "cache")
+    with small_filesystem(cache, "64k"):
+        with pytest.raises(atomic.DiskFullError) as error:  # checked before drawing
+            embedded.ensure_dataset(SPEC, cache_dir=cache, log=lambda *_: None)
+        assert "no space left on the device writing " + cache in str(error.value)
+        assert "needed" in str(error.value) and os.listdir(cache) == []
+        # The estimate fits, the disk does not (other files filled it meanwhile):
+        # the generation itself runs out of room, and still leaves nothing behind.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(atomic, "check_space", lambda path, needed: None)
+            with pytest.raises(atomic.DiskFullError):
+                embedded.ensure_dataset(SPEC, cache_dir=cache, log=lambda *_: None)
+        assert os.listdir(cache) == []

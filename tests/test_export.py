@@ -138,3 +138,28 @@ def test_import_kt_transfer_is_enough_to_load_a_saved_network(tiny_config, tmp_p
     assert result.stdout.strip().splitlines()[-1] == "MultiOptimizer"
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
                                keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
+
+
+def test_a_full_disk_at_export_is_an_error_and_the_rerun_keeps_every_evaluation(
+        tiny_config, tmp_path, monkeypatch):
+    """The run's last backup holds every evaluation, so the rerun after an export that
+    failed (here an injected ENOSPC at the SavedModel's write) only exports."""
+    import errno
+
+    from kt_transfer import atomic
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    treatment = transfer.parse_treatment("baseB")
+    monkeypatch.setattr(export.keras_compat, "quiet_tensorflow_info", no_space)
+    with pytest.raises(atomic.DiskFullError, match="saved_model"):
+        experiment.run_treatment(tiny_config, dataset, treatment, log=lambda *_: None)
+    out = experiment.run_dir(tiny_config, dataset, treatment)
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+    assert not os.path.exists(os.path.join(out, experiment.METRICS_FILE))
+    monkeypatch.undo()
+    metrics, _ = experiment.run_treatment(tiny_config, dataset, treatment, log=lambda *_: None)
+    assert metrics["resumed_from_step"] == metrics["steps"] == tiny_config.train.total_steps
+    assert [e["step"] for e in metrics["evaluations"]] == [2, 4]
