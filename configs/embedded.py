@@ -41,7 +41,9 @@ def get_config():
     # embedded: where it is generated (default $KT_TRANSFER_DATA_DIR or ~/.cache/kt_transfer).
     config.dataset.data_dir = ""
     config.dataset.tfds_name = ""  # tfds: imagenet2012, cifar100, imagenette, ...
-    config.dataset.tfds_manual_dir = ""  # imagenet2012's tar files; default <data_dir>/downloads/manual
+    config.dataset.tfds_manual_dir = (
+        ""  # imagenet2012's tar files; default <data_dir>/downloads/manual
+    )
     config.dataset.tfds_val_split = ""  # default: validation, or test where there is none
     config.dataset.resize_size = 80  # the paper's 256, scaled
     # "fixed": subtract mean_rgb; "computed": the per-channel mean of the base half's

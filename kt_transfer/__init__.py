@@ -10,11 +10,13 @@ layers, the Caffe solver and its schedule), so a saved `model.keras` loads with
 
 import os
 
-from kt_transfer import keras_compat
+from kt_transfer.training import keras_compat
 
 __version__ = "0.1.0"
 
-# Worker processes that only draw images (embedded.py) set this: they need no Keras.
+# Worker processes that only draw images (data/embedded.py) set this: they need no Keras.
 if not os.environ.get("_KT_TRANSFER_NO_KERAS"):
     with keras_compat.quiet_native_stderr():  # TensorFlow's start-up lines, if it loads
-        from kt_transfer import model, optimizer  # noqa: F401  (registers the classes)
+        # Registers the classes (layers, solver, schedule) with Keras.
+        from kt_transfer.networks import caffenet  # noqa: F401
+        from kt_transfer.training import optimizer  # noqa: F401

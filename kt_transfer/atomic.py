@@ -110,7 +110,8 @@ def disk_full(path, needed=None):
     return DiskFullError(
         f"no space left on the device writing {path} ({need}{human_size(free)} free); free "
         "some space and run the same command again: finished networks and the last backup "
-        "are kept, and it continues from there")
+        "are kept, and it continues from there"
+    )
 
 
 def check_space(path, needed):

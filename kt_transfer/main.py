@@ -22,24 +22,38 @@ from kt_transfer import config_files
 _DEFAULT_CONFIG = config_files.config_path("embedded")
 try:  # ml_collections applies the --config.* overrides of sys.argv here, at definition
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True)
+        "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True
+    )
 except (AttributeError, KeyError) as e:
-    sys.exit(f"error: no such config key {e!s}: check the spelling of the --config.* "
-             f"overrides ({' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}) "
-             "against the config file (configs/embedded.py by default)")
-flags.DEFINE_string("mode", None, "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
-                    "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
-                    "whole experiment, config.grid); or tune (keras-tuner searches the copied "
-                    "layers' lr scale, config.tune, with --n); or similarity (CKA, linear "
-                    "probes and LogME from trained networks, config.similarity). Overrides "
-                    "config.mode.")
+    sys.exit(
+        f"error: no such config key {e!s}: check the spelling of the --config.* "
+        f"overrides ({' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}) "
+        "against the config file (configs/embedded.py by default)"
+    )
+flags.DEFINE_string(
+    "mode",
+    None,
+    "Treatment: baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, "
+    "BnA+, AnA, AnA+, RnB, RnA (R = random frozen features); or grid (the "
+    "whole experiment, config.grid); or tune (keras-tuner searches the copied "
+    "layers' lr scale, config.tune, with --n); or similarity (CKA, linear "
+    "probes and LogME from trained networks, config.similarity). Overrides "
+    "config.mode.",
+)
 flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
-flags.DEFINE_string("base_model", None, "Copy layers from this exported base network (a "
-                    ".keras file or SavedModel directory) instead of the workdir's own base. "
-                    "Overrides config.base_model.")
-flags.DEFINE_bool("traceback", False, "On an error, show Python's traceback as well as "
-                  "the one error: line (for reporting a bug).")
+flags.DEFINE_string(
+    "base_model",
+    None,
+    "Copy layers from this exported base network (a "
+    ".keras file or SavedModel directory) instead of the workdir's own base. "
+    "Overrides config.base_model.",
+)
+flags.DEFINE_bool(
+    "traceback",
+    False,
+    "On an error, show Python's traceback as well as the one error: line (for reporting a bug).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -49,9 +63,11 @@ def resolve_config():
         config = _CONFIG.value
     except OSError as e:  # ml_collections' "Failed loading config file": a broken file
         cause = e.__cause__ or e.__context__ or e
-        sys.exit(f"error: the --config file could not be loaded ({type(cause).__name__}: "
-                 f"{str(cause).splitlines()[0] if str(cause) else ''}); fix that file, or "
-                 "give another (see configs/)")
+        sys.exit(
+            f"error: the --config file could not be loaded ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}); fix that file, or "
+            "give another (see configs/)"
+        )
     with config.unlocked():
         for key in ("mode", "n", "workdir", "base_model"):
             if FLAGS[key].value is not None:
@@ -66,11 +82,17 @@ def main(argv):
     _set_output_verbosity(FLAGS.verbosity)
     # Every value is checked before any work: no dataset generated, nothing written.
     from kt_transfer import validate
+
     try:
         validate.validate(config)
     except validate.ConfigError as e:
         _fail(e)
-    from kt_transfer import distribute, experiment, report, sources, transfer, tune
+    from kt_transfer.analysis import report
+    from kt_transfer.data import sources
+    from kt_transfer.networks import transfer
+    from kt_transfer.runs import experiment, tune
+    from kt_transfer.training import distribute
+
     treatment = None
     if config.mode not in ("grid", "tune", "similarity"):
         treatment = transfer.parse_treatment(config.mode, config.n)  # validated above
@@ -87,12 +109,16 @@ def main(argv):
             tune.run_sweep(config, dataset, strategy=strategy)
             return
         if config.mode == "similarity":
-            from kt_transfer import representations
+            from kt_transfer.analysis import representations
+
             representations.run_similarity(config, dataset)
             return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
-    except (RuntimeError, FileNotFoundError,  # busy run dir, failed base, no runs, full disk
-            transfer.BaseMismatchError) as e:  # unfit or unreadable base
+    except (
+        RuntimeError,
+        FileNotFoundError,  # busy run dir, failed base, no runs, full disk
+        transfer.BaseMismatchError,
+    ) as e:  # unfit or unreadable base
         _fail(e)
     print(report.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
@@ -109,19 +135,28 @@ def _fail(error):
 def _run_grid(config, dataset, strategy):
     """The grid: in this process, or in several pinned worker processes on this machine
     (local_workers.py) whose end this process waits for, then summarizes."""
-    from kt_transfer import distribute, grid, local_workers
+    from kt_transfer.runs import grid, local_workers
+    from kt_transfer.training import distribute
+
     workers = local_workers.workers_for(
-        config.grid, has_gpus=distribute.has_gpus()
-        or config.distribute.strategy == "multi_worker")
+        config.grid, has_gpus=distribute.has_gpus() or config.distribute.strategy == "multi_worker"
+    )
     prefix = local_workers.worker_prefix()
     if workers == 1:
         if prefix:  # one of several: lines prefixed, no interleaved progress bars
             with config.unlocked():
                 config.verbose = 0
-            print(f"{prefix}grid: pinned to cores "
-                  f"{','.join(map(str, local_workers.available_cpus()))}", flush=True)
-        grid.run_grid(config, dataset, log=lambda line: print(prefix + str(line), flush=True),
-                      strategy=strategy)
+            print(
+                f"{prefix}grid: pinned to cores "
+                f"{','.join(map(str, local_workers.available_cpus()))}",
+                flush=True,
+            )
+        grid.run_grid(
+            config,
+            dataset,
+            log=lambda line: print(prefix + str(line), flush=True),
+            strategy=strategy,
+        )
         return
     started = time.time()
     codes = local_workers.run_workers(sys.argv, workers)
@@ -136,7 +171,8 @@ def _set_output_verbosity(verbosity):
     --verbosity=1 also TensorFlow's INFO lines (the SavedModel export's). The native
     start-up lines come before flags are parsed: KT_TRANSFER_VERBOSE=1 shows those too
     (keras_compat's quiet_* helpers read it)."""
-    from kt_transfer import keras_compat
+    from kt_transfer.training import keras_compat
+
     if verbosity >= 1:
         os.environ[keras_compat.VERBOSE_ENV] = "1"
 
@@ -147,27 +183,33 @@ def _parse_flags(argv):
     reported as one error line rather than ml_collections' traceback."""
     config_file = _config_file_argument(argv)
     if config_file is not None and not os.path.isfile(config_file):
-        sys.exit(f"error: --config={config_file}: no such file; give a config file, e.g. "
-                 f"--config={_DEFAULT_CONFIG} (the default) or one of configs/")
+        sys.exit(
+            f"error: --config={config_file}: no such file; give a config file, e.g. "
+            f"--config={_DEFAULT_CONFIG} (the default) or one of configs/"
+        )
     try:
         return FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"error: {e}\nPass --help to see the flags.")
     except (AttributeError, KeyError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(f"error: no such config key {e!s}: check the spelling of the --config.* "
-                 f"overrides ({' '.join(bad)}) against the --config file")
+        sys.exit(
+            f"error: no such config key {e!s}: check the spelling of the --config.* "
+            f"overrides ({' '.join(bad)}) against the --config file"
+        )
     except Exception as e:  # the --config file itself fails to run (a syntax error, ...)
-        sys.exit(f"error: --config={config_file} could not be loaded ({type(e).__name__}: "
-                 f"{str(e).splitlines()[0] if str(e) else ''}); fix that file, or give "
-                 "another (see configs/)")
+        sys.exit(
+            f"error: --config={config_file} could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); fix that file, or give "
+            "another (see configs/)"
+        )
 
 
 def _config_file_argument(argv):
     """The path given to --config, if any (without its ":override" suffix)."""
     for i, arg in enumerate(argv[1:], start=1):
         if arg.startswith("--config="):
-            return arg[len("--config="):].split(":")[0]
+            return arg[len("--config=") :].split(":")[0]
         if arg == "--config" and i + 1 < len(argv):
             return argv[i + 1].split(":")[0]
     return None
@@ -175,7 +217,8 @@ def _config_file_argument(argv):
 
 def run():
     """Console-script entry point (`kt-transfer`)."""
-    from kt_transfer import keras_compat
+    from kt_transfer.training import keras_compat
+
     # Once absl has parsed the flags, TensorFlow looks for GPUs at some later point (even
     # at interpreter exit) and the CUDA runtime prints its "no driver" line: look first.
     with keras_compat.quiet_native_stderr():

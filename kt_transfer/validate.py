@@ -12,15 +12,15 @@ import math
 import os
 import re
 
-from kt_transfer import architecture, splits, transfer
-from kt_transfer.model import INITS
+from kt_transfer.data import splits
+from kt_transfer.networks import architecture, transfer
+from kt_transfer.networks.caffenet import INITS
+from kt_transfer.training import distribute
 
 DATASETS = ("embedded", "folder", "tfds")
 MEANS = ("fixed", "computed", "base_image")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "mirrored", "multi_worker", "one_device")
 TUNERS = ("random", "bayesian", "hyperband")
-DIRECTIONS = ("AtoB", "BtoA")
 # A split, optionally a seeded replicate of it (natman.s1: train.seed + 1; splits.py).
 SPLIT_PATTERN = re.compile(r"(random\d+|natman|all)(\.s[1-9]\d*)?")
 WHOLE_SPLIT_MODES = ("baseB", "RnB")  # split=all: the whole-dataset base and its control
@@ -57,14 +57,19 @@ class _Checker:
         """low <= value <= high (low < value with low_open); an int if `integer`."""
         value = self.value(key)
         kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or (
-                not integer and not math.isfinite(value)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, kind)
+            or (not integer and not math.isfinite(value))
+        ):
             self.fail(key, f"must be {'an integer' if integer else 'a number'}")
             return False
         too_low = low is not None and (value <= low if low_open else value < low)
         if too_low or (high is not None and value > high):
-            bounds = (f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
-                      f"<= {high:g}" if high is not None else "")
+            bounds = (
+                f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+                f"<= {high:g}" if high is not None else "",
+            )
             self.fail(key, "must be " + " and ".join(b for b in bounds if b))
             return False
         return True
@@ -99,27 +104,36 @@ def _check_run(check, config):
     else:
         _check_writable_dir(check, "workdir", config.workdir)
     if not isinstance(config.split, str) or not SPLIT_PATTERN.fullmatch(config.split):
-        check.fail("split", "use random<seed> (e.g. random0; the paper's halves are "
-                   "random0..random3), natman, or all (every class: the whole-dataset "
-                   "base and the random-weights control), optionally with .s<k> for a "
-                   "seeded replicate (natman.s1: the same halves, train.seed + k)")
+        check.fail(
+            "split",
+            "use random<seed> (e.g. random0; the paper's halves are "
+            "random0..random3), natman, or all (every class: the whole-dataset "
+            "base and the random-weights control), optionally with .s<k> for a "
+            "seeded replicate (natman.s1: the same halves, train.seed + k)",
+        )
     mode = config.mode
     if mode == "similarity":
         sc = config.similarity
         if not sc.halves or any(h not in ("A", "B") for h in sc.halves):
-            check.fail("similarity.halves", "give A and/or B, e.g. '(\"A\", \"B\")'")
+            check.fail("similarity.halves", 'give A and/or B, e.g. \'("A", "B")\'')
         for key in ("max_images", "probe_train_images", "probe_epochs", "transfer_images"):
             check.number(f"similarity.{key}", low=4, integer=True)
         check.number("similarity.max_transfer_runs", low=0, integer=True)
         return
     if mode in ("grid", "tune"):
         if config.base_model and mode == "grid":
-            check.fail("base_model", "--mode=grid trains its own bases and copies from "
-                       "them; --base_model is for one transfer run (e.g. --mode=AnB --n=4)")
+            check.fail(
+                "base_model",
+                "--mode=grid trains its own bases and copies from "
+                "them; --base_model is for one transfer run (e.g. --mode=AnB --n=4)",
+            )
         if config.distribute.strategy == "multi_worker":
-            check.fail("distribute.strategy", f"--mode={mode} spreads whole runs over its "
-                       "workers, multi_worker spreads one run over machines: give each grid "
-                       "or tuner worker mirrored (or auto) instead")
+            check.fail(
+                "distribute.strategy",
+                f"--mode={mode} spreads whole runs over its "
+                "workers, multi_worker spreads one run over machines: give each grid "
+                "or tuner worker mirrored (or auto) instead",
+            )
         return
     try:
         treatment = transfer.parse_treatment(mode, config.n)
@@ -127,14 +141,20 @@ def _check_run(check, config):
         check.problems.append(str(e))
         return
     if splits.base_name(config.split) == splits.WHOLE and treatment.mode not in WHOLE_SPLIT_MODES:
-        check.fail("mode", "with --config.split=all (every class) run the whole-dataset "
-                   "base (--mode=baseB) or the random-weights control (--mode=RnB --n=N); "
-                   "transfer between halves needs a split into halves (random0, natman)",
-                   got=mode)
+        check.fail(
+            "mode",
+            "with --config.split=all (every class) run the whole-dataset "
+            "base (--mode=baseB) or the random-weights control (--mode=RnB --n=N); "
+            "transfer between halves needs a split into halves (random0, natman)",
+            got=mode,
+        )
     if config.base_model:
         if treatment.base_mode is None:
-            check.fail("base_model", f"--base_model is for treatments that copy layers from "
-                       f"a base (AnB, AnB+, BnB, ...); --mode={mode} copies none")
+            check.fail(
+                "base_model",
+                f"--base_model is for treatments that copy layers from "
+                f"a base (AnB, AnB+, BnB, ...); --mode={mode} copies none",
+            )
         else:
             try:
                 transfer.base_model_format(config.base_model)
@@ -145,24 +165,32 @@ def _check_run(check, config):
 def _check_dataset(check, dc):
     check.one_of("dataset.name", DATASETS)
     if dc.name == "folder" and not (dc.data_dir and os.path.isdir(dc.data_dir)):
-        check.fail("dataset.data_dir", "must be an existing ImageNet-style folder (train/, "
-                   "val/) when --config.dataset.name=folder")
+        check.fail(
+            "dataset.data_dir",
+            "must be an existing ImageNet-style folder (train/, "
+            "val/) when --config.dataset.name=folder",
+        )
     if dc.name == "tfds" and not dc.tfds_name:
-        check.fail("dataset.tfds_name", "name a TFDS dataset (imagenet2012, cifar100, ...) "
-                   "when --config.dataset.name=tfds")
+        check.fail(
+            "dataset.tfds_name",
+            "name a TFDS dataset (imagenet2012, cifar100, ...) when --config.dataset.name=tfds",
+        )
     check.number("dataset.resize_size", low=1, integer=True)
     check.one_of("dataset.mean", MEANS)
     mean_rgb = dc.mean_rgb
-    if not (isinstance(mean_rgb, (tuple, list)) and len(mean_rgb) == 3 and all(
-            isinstance(v, (int, float)) and 0 <= v <= 255 for v in mean_rgb)):
-        check.fail("dataset.mean_rgb", "give three numbers in 0..255, e.g. '(123.68, 116.78, "
-                   "103.94)'")
+    if not (
+        isinstance(mean_rgb, (tuple, list))
+        and len(mean_rgb) == 3
+        and all(isinstance(v, (int, float)) and 0 <= v <= 255 for v in mean_rgb)
+    ):
+        check.fail(
+            "dataset.mean_rgb", "give three numbers in 0..255, e.g. '(123.68, 116.78, 103.94)'"
+        )
     check.number("dataset.mean_images", low=1, integer=True)
     check.boolean("dataset.deterministic")
     check.number("dataset.scale", low=0, low_open=True)
     if dc.name == "embedded":
-        check.number("dataset.embedded.num_classes", low=2, high=MAX_EMBEDDED_CLASSES,
-                     integer=True)
+        check.number("dataset.embedded.num_classes", low=2, high=MAX_EMBEDDED_CLASSES, integer=True)
         check.number("dataset.embedded.train_per_class", low=1, integer=True)
         check.number("dataset.embedded.val_per_class", low=1, integer=True)
         check.number("dataset.embedded.image_size", low=16, integer=True)
@@ -178,22 +206,36 @@ def _check_model(check, config):
     minimum = architecture.min_input_size()
     if check.number("model.input_size", low=1, integer=True):
         if mc.input_size < minimum:
-            check.fail("model.input_size", f"the 8-layer network needs at least {minimum} "
-                       "(pool5 must keep a 1x1 map); smaller images can be upscaled with "
-                       f"--config.dataset.resize_size >= {minimum}")
-        elif isinstance(config.dataset.resize_size, int) and \
-                mc.input_size > config.dataset.resize_size:
-            check.fail("model.input_size", f"crops are taken from images resized to "
-                       f"--config.dataset.resize_size={config.dataset.resize_size}; use at "
-                       "most that (or raise the resize size)")
+            check.fail(
+                "model.input_size",
+                f"the 8-layer network needs at least {minimum} "
+                "(pool5 must keep a 1x1 map); smaller images can be upscaled with "
+                f"--config.dataset.resize_size >= {minimum}",
+            )
+        elif (
+            isinstance(config.dataset.resize_size, int)
+            and mc.input_size > config.dataset.resize_size
+        ):
+            check.fail(
+                "model.input_size",
+                f"crops are taken from images resized to "
+                f"--config.dataset.resize_size={config.dataset.resize_size}; use at "
+                "most that (or raise the resize size)",
+            )
     check.number("model.width", low=0, low_open=True)
     check.number("model.dropout", low=0, high=0.99)
     check.one_of("model.init", INITS)
 
 
 def _check_train(check, tc):
-    for key in ("batch_size", "total_steps", "steps_per_epoch", "lr_step_size",
-                "backup_every_steps", "log_every_steps"):
+    for key in (
+        "batch_size",
+        "total_steps",
+        "steps_per_epoch",
+        "lr_step_size",
+        "backup_every_steps",
+        "log_every_steps",
+    ):
         check.number(f"train.{key}", low=1, integer=True)
     check.number("train.base_lr", low=0, low_open=True)
     check.number("train.lr_gamma", low=0, low_open=True, high=1)
@@ -208,29 +250,46 @@ def _check_train(check, tc):
     check.number("train.seed", low=0, integer=True)
     check.one_of("train.precision", PRECISIONS)
     check.boolean("train.jit_compile")
-    if isinstance(tc.total_steps, int) and isinstance(tc.steps_per_epoch, int) and \
-            tc.steps_per_epoch > 0 and tc.total_steps % tc.steps_per_epoch:
-        check.fail("train.total_steps", f"must be a multiple of --config.train.steps_per_epoch"
-                   f"={tc.steps_per_epoch} (validation runs after each epoch); change either")
+    if (
+        isinstance(tc.total_steps, int)
+        and isinstance(tc.steps_per_epoch, int)
+        and tc.steps_per_epoch > 0
+        and tc.total_steps % tc.steps_per_epoch
+    ):
+        check.fail(
+            "train.total_steps",
+            f"must be a multiple of --config.train.steps_per_epoch"
+            f"={tc.steps_per_epoch} (validation runs after each epoch); change either",
+        )
 
 
 def _check_distribute(check):
-    check.one_of("distribute.strategy", STRATEGIES)
+    check.one_of("distribute.strategy", distribute.STRATEGIES)
     check.number("distribute.logical_cpus", low=0, integer=True)
     config = check.config
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if config.distribute.strategy == "multi_worker" and backend != "tensorflow":
-        check.fail("distribute.strategy", f"multi_worker is TensorFlow's (several machines); "
-                   f"KERAS_BACKEND={backend} runs on the devices of one machine: unset "
-                   "KERAS_BACKEND, or use --config.distribute.strategy=auto")
+        check.fail(
+            "distribute.strategy",
+            f"multi_worker is TensorFlow's (several machines); "
+            f"KERAS_BACKEND={backend} runs on the devices of one machine: unset "
+            "KERAS_BACKEND, or use --config.distribute.strategy=auto",
+        )
     if config.distribute.strategy == "multi_worker":
         _check_tf_config(check)
     replicas = config.distribute.logical_cpus
-    if (isinstance(replicas, int) and replicas > 1 and isinstance(config.train.batch_size, int)
-            and config.train.batch_size % replicas):
-        check.fail("train.batch_size", f"is the global batch, split over "
-                   f"--config.distribute.logical_cpus={replicas} replicas: give a multiple "
-                   f"of {replicas}")
+    if (
+        isinstance(replicas, int)
+        and replicas > 1
+        and isinstance(config.train.batch_size, int)
+        and config.train.batch_size % replicas
+    ):
+        check.fail(
+            "train.batch_size",
+            f"is the global batch, split over "
+            f"--config.distribute.logical_cpus={replicas} replicas: give a multiple "
+            f"of {replicas}",
+        )
 
 
 def _check_writable_dir(check, key, path):
@@ -242,42 +301,60 @@ def _check_writable_dir(check, key, path):
     if not os.path.isdir(existing):
         check.fail(key, f"{existing} is a file, not a folder: give a folder for the runs")
     elif not os.access(existing, os.W_OK | os.X_OK):
-        check.fail(key, f"{existing} is not writable by this user (read-only, or another "
-                   "account's): give a folder you can write in")
+        check.fail(
+            key,
+            f"{existing} is not writable by this user (read-only, or another "
+            "account's): give a folder you can write in",
+        )
 
 
 def _check_tf_config(check):
     """multi_worker reads the cluster from TF_CONFIG: it must be JSON with a cluster and
     this process's task, or TensorFlow fails with a JSON error that names nothing."""
     raw = os.environ.get("TF_CONFIG")
-    example = ("e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", "
-               "\"host2:12345\"]}, \"task\": {\"type\": \"worker\", \"index\": 0}}'")
+    example = (
+        'e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", '
+        '"host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+    )
     if raw is None:
-        check.fail("distribute.strategy", "multi_worker needs the environment variable "
-                   f"TF_CONFIG (the cluster's workers and this process's task), {example}")
+        check.fail(
+            "distribute.strategy",
+            "multi_worker needs the environment variable "
+            f"TF_CONFIG (the cluster's workers and this process's task), {example}",
+        )
         return
     try:
         tf_config = json.loads(raw)
-        if not isinstance(tf_config, dict) or "cluster" not in tf_config \
-                or "task" not in tf_config:
+        if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
             raise ValueError("it needs the keys cluster and task")
     except ValueError as e:
-        check.fail("distribute.strategy", f"multi_worker reads the environment variable "
-                   f"TF_CONFIG, which is not valid ({str(e).splitlines()[0]}; it holds "
-                   f"{raw[:80]!r}): set it to JSON, {example}")
+        check.fail(
+            "distribute.strategy",
+            f"multi_worker reads the environment variable "
+            f"TF_CONFIG, which is not valid ({str(e).splitlines()[0]}; it holds "
+            f"{raw[:80]!r}): set it to JSON, {example}",
+        )
 
 
 def _check_grid(check, gc):
-    if not gc.directions or any(d not in DIRECTIONS for d in gc.directions) \
-            or len(set(gc.directions)) != len(gc.directions):
-        check.fail("grid.directions", "give AtoB and/or BtoA, e.g. '(\"AtoB\", \"BtoA\")'",
-                   got=gc.directions)
+    if (
+        not gc.directions
+        or any(d not in splits.DIRECTIONS for d in gc.directions)
+        or len(set(gc.directions)) != len(gc.directions)
+    ):
+        check.fail(
+            "grid.directions", 'give AtoB and/or BtoA, e.g. \'("AtoB", "BtoA")\'', got=gc.directions
+        )
     for split in gc.splits:
         if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
-            check.fail("grid.splits", "give split names, random<seed>, natman or all, "
-                       "each optionally with .s<k> (a seeded replicate), e.g. "
-                       "'(\"random0\", \"random1\")' or '(\"natman\", \"natman.s1\")' "
-                       "(empty: the config's split)", got=split)
+            check.fail(
+                "grid.splits",
+                "give split names, random<seed>, natman or all, "
+                "each optionally with .s<k> (a seeded replicate), e.g. "
+                '\'("random0", "random1")\' or \'("natman", "natman.s1")\' '
+                "(empty: the config's split)",
+                got=split,
+            )
     check.number("grid.claim_timeout_s", low=0, low_open=True)
     check.number("grid.workers_per_machine", low=0, integer=True)
     check.number("grid.cores_per_worker", low=1, integer=True)
@@ -285,17 +362,20 @@ def _check_grid(check, gc):
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
         check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
     if not gc.treatments:
-        check.fail("grid.treatments", "name the treatments to run, e.g. '(\"AnB\", \"BnB\")'")
+        check.fail("grid.treatments", 'name the treatments to run, e.g. \'("AnB", "BnB")\'')
     for mode in gc.treatments:
         try:
             treatment = transfer.parse_treatment(mode, 1)
         except ValueError:
             treatment = None
         if treatment is None or treatment.source is None or treatment.target != "B":
-            check.fail("grid.treatments", "name treatments in the A -> B direction (BnB, "
-                       "BnB+, AnB, AnB+, RnB); direction BtoA of grid.directions runs their "
-                       "mirror images",
-                       got=mode)
+            check.fail(
+                "grid.treatments",
+                "name treatments in the A -> B direction (BnB, "
+                "BnB+, AnB, AnB+, RnB); direction BtoA of grid.directions runs their "
+                "mirror images",
+                got=mode,
+            )
 
 
 def _check_tune(check, config):
@@ -306,12 +386,15 @@ def _check_tune(check, config):
     check.number("tune.seed", low=0, integer=True)
     check.number("tune.holdout_fraction", low=0, high=0.5)
     if not tc.copied_lr_mults or not all(
-            isinstance(v, (int, float)) and v >= 0 for v in tc.copied_lr_mults):
-        check.fail("tune.copied_lr_mults", "give the scales to try, each >= 0, e.g. "
-                   "'(1.0, 0.1, 0.0)'")
+        isinstance(v, (int, float)) and v >= 0 for v in tc.copied_lr_mults
+    ):
+        check.fail(
+            "tune.copied_lr_mults", "give the scales to try, each >= 0, e.g. '(1.0, 0.1, 0.0)'"
+        )
     if not all(isinstance(v, (int, float)) and v >= 0 for v in tc.copied_fc_lr_mults):
-        check.fail("tune.copied_fc_lr_mults", "give scales >= 0, or () to tune them with the "
-                   "conv layers")
+        check.fail(
+            "tune.copied_fc_lr_mults", "give scales >= 0, or () to tune them with the conv layers"
+        )
     if config.mode == "tune":
         try:
             tune_treatment(config)
@@ -327,9 +410,13 @@ def tune_treatment(config):
     """
     treatment = transfer.parse_treatment(config.tune.treatment, config.n)
     if not treatment.fine_tune or treatment.base_mode is None:
-        raise ValueError(f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
-                         "tunes copied layers that learn; use AnB+ or BnB+ (or BnA+, AnA+)")
+        raise ValueError(
+            f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
+            "tunes copied layers that learn; use AnB+ or BnB+ (or BnA+, AnA+)"
+        )
     if config.tune.copied_fc_lr_mults and treatment.n < 6:
-        raise ValueError(f"--config.tune.copied_fc_lr_mults needs copied fc layers (n >= 6); "
-                         f"with --n={treatment.n} only conv layers are copied")
+        raise ValueError(
+            f"--config.tune.copied_fc_lr_mults needs copied fc layers (n >= 6); "
+            f"with --n={treatment.n} only conv layers are copied"
+        )
     return treatment

@@ -34,8 +34,9 @@ def small_filesystem():
     @contextlib.contextmanager
     def mount(path, size):
         os.makedirs(path, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                                capture_output=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True
+        )
         if result.returncode:
             pytest.skip(f"cannot mount a small filesystem here: {result.stderr.decode()[:200]}")
         mounted.append(path)

@@ -7,14 +7,22 @@ import subprocess
 import sys
 import time
 
-from kt_transfer import claims
+from kt_transfer.runs import claims
 
 
 def _far_away_claim(path):
     """A claim held by a process of another machine (only its age can free it)."""
     with open(path, "w") as f:
-        json.dump({"host": "far-away", "machine": "far-away:boot:1", "pid": 7,
-                   "pid_start": "1", "token": "x"}, f)
+        json.dump(
+            {
+                "host": "far-away",
+                "machine": "far-away:boot:1",
+                "pid": 7,
+                "pid_start": "1",
+                "token": "x",
+            },
+            f,
+        )
 
 
 def test_a_claim_is_exclusive_until_released_or_stale(tmp_path):
@@ -39,8 +47,9 @@ def test_a_claim_is_exclusive_until_released_or_stale(tmp_path):
 
 
 def test_a_claim_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     record = {**claims.identity(), "pid": int(dead), "pid_start": "0", "token": "x"}
     (tmp_path / "B2B.claim.0").write_text(json.dumps(record))
     claim = claims.try_claim(str(tmp_path), "B2B", timeout_s=3600)
@@ -52,8 +61,12 @@ def test_a_live_process_with_the_same_host_name_elsewhere_is_not_presumed_dead(t
     """Containers share host names, and PIDs are reused: the same host name with another
     machine id, or a live PID whose start time differs, is judged by age alone."""
     me = claims.identity()
-    other_container = {**me, "machine": me["machine"] + "-other-namespace", "pid": 999999,
-                       "token": "x"}
+    other_container = {
+        **me,
+        "machine": me["machine"] + "-other-namespace",
+        "pid": 999999,
+        "token": "x",
+    }
     (tmp_path / "A2B.claim.0").write_text(json.dumps(other_container))
     assert claims.try_claim(str(tmp_path), "A2B", timeout_s=3600) is None
     reused_pid = {**me, "pid_start": "not-my-start", "token": "y"}  # my PID, another process
@@ -93,8 +106,10 @@ def test_many_processes_racing_for_one_stale_claim_have_exactly_one_winner(tmp_p
         old = time.time() - 600
         os.utime(stale, (old, old))
         barrier, wins = context.Barrier(workers), context.Queue()
-        procs = [context.Process(target=_race, args=(str(claims_dir), barrier, wins))
-                 for _ in range(workers)]
+        procs = [
+            context.Process(target=_race, args=(str(claims_dir), barrier, wins))
+            for _ in range(workers)
+        ]
         for p in procs:
             p.start()
         for p in procs:

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from kt_transfer import atomic, embedded, sources, splits
+from kt_transfer import atomic
+from kt_transfer.data import embedded, sources, splits
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 
@@ -25,8 +26,11 @@ def test_embedded_dataset_is_deterministic_and_imagenet_shaped(tmp_path):
     assert len([f for f in files if f.startswith("val/")]) == 6 * 2
     classes = sources.list_classes(first)
     assert len(classes) == 6 and classes == sorted(classes)
-    groups = {line.split("\t")[2].strip() for line in open(os.path.join(first, "classes.tsv"))
-              if not line.startswith("class_index")}
+    groups = {
+        line.split("\t")[2].strip()
+        for line in open(os.path.join(first, "classes.tsv"))
+        if not line.startswith("class_index")
+    }
     assert groups == {splits.MAN_MADE, splits.NATURAL}  # both families present
 
 
@@ -44,8 +48,9 @@ def test_interrupted_generation_is_never_used(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-generation
 
     monkeypatch.setattr(embedded, "_write_class", crash_after_first_class)
-    monkeypatch.setattr(embedded.concurrent.futures, "ProcessPoolExecutor",
-                        lambda *a, **k: _InlinePool())
+    monkeypatch.setattr(
+        embedded.concurrent.futures, "ProcessPoolExecutor", lambda *a, **k: _InlinePool()
+    )
     with pytest.raises(KeyboardInterrupt):
         embedded.ensure_dataset(SPEC, cache_dir=str(tmp_path), log=lambda *_: None)
     assert calls and os.listdir(tmp_path) == []  # no half-written dataset left behind
@@ -66,10 +71,9 @@ class _InlinePool:
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    return embedded.ensure_dataset(SPEC, cache_dir=str(tmp_path_factory.mktemp("ds")),
-                                   log=lambda *_: None)
-
-
+    return embedded.ensure_dataset(
+        SPEC, cache_dir=str(tmp_path_factory.mktemp("ds")), log=lambda *_: None
+    )
 
 
 def test_a_completed_dataset_is_never_deleted_or_moved(tmp_path):
@@ -92,9 +96,16 @@ def test_a_completed_dataset_is_never_deleted_or_moved(tmp_path):
 
 def test_concurrent_generations_all_end_with_one_complete_dataset(tmp_path):
     import concurrent.futures
+
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        roots = list(pool.map(lambda _: embedded.ensure_dataset(
-            SPEC, cache_dir=str(tmp_path), log=lambda *_: None), range(3)))
+        roots = list(
+            pool.map(
+                lambda _: embedded.ensure_dataset(
+                    SPEC, cache_dir=str(tmp_path), log=lambda *_: None
+                ),
+                range(3),
+            )
+        )
     assert len(set(roots)) == 1 and os.path.exists(os.path.join(roots[0], "COMPLETE"))
     assert os.listdir(tmp_path) == [SPEC.dirname]
     count = sum(len(files) for _, _, files in os.walk(roots[0]))
@@ -102,7 +113,8 @@ def test_concurrent_generations_all_end_with_one_complete_dataset(tmp_path):
 
 
 def test_generating_on_a_full_disk_is_an_error_naming_the_space_and_leaves_nothing(
-        tmp_path, small_filesystem):
+    tmp_path, small_filesystem
+):
     cache = str(tmp_path / "cache")
     with small_filesystem(cache, "64k"):
         with pytest.raises(atomic.DiskFullError) as error:  # checked before drawing

@@ -7,10 +7,10 @@ import socket
 import subprocess
 import sys
 
-from ml_collections import ConfigDict
 import pytest
+from ml_collections import ConfigDict
 
-from kt_transfer import distribute
+from kt_transfer.training import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -19,7 +19,9 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 MIRRORED_VS_DEFAULT = r"""
 import keras, numpy as np, tensorflow as tf
 from ml_collections import ConfigDict
-from kt_transfer import config_files, distribute, train, transfer
+from kt_transfer import config_files
+from kt_transfer.training import distribute, train
+from kt_transfer.networks import transfer
 
 strategy = distribute.make_strategy(ConfigDict(dict(strategy="mirrored", logical_cpus=2)))
 assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
@@ -50,9 +52,13 @@ assert moved > 1e-3 and worst < 1e-5, (worst, moved)
 
 
 def test_mirrored_on_two_logical_cpus_matches_the_default_strategy():
-    result = subprocess.run([sys.executable, "-c", MIRRORED_VS_DEFAULT], capture_output=True,
-                            text=True, timeout=300,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_VS_DEFAULT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAX_DIFF" in result.stdout
 
@@ -64,6 +70,7 @@ def test_unknown_strategy_names_the_choices():
 
 def test_auto_without_gpus_is_the_default_strategy():
     import tensorflow as tf
+
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has GPUs")
     strategy = distribute.make_strategy(ConfigDict(dict(strategy="auto", logical_cpus=0)))
@@ -91,9 +98,17 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path,
     """Two real worker processes on 127.0.0.1 under MultiWorkerMirroredStrategy."""
     workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
     workdir = tmp_path / "wd"
-    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=AnB",
-            "--n=2", f"--workdir={workdir}", f"--config.dataset.data_dir={data_cache}",
-            "--config.distribute.strategy=multi_worker"]
+    args = [
+        sys.executable,
+        "-m",
+        "kt_transfer.main",
+        f"--config={TINY}",
+        "--mode=AnB",
+        "--n=2",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_cache}",
+        "--config.distribute.strategy=multi_worker",
+    ]
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
@@ -103,12 +118,16 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path,
     for index, proc in enumerate(procs):
         assert proc.wait(timeout=600) == 0, open(tmp_path / f"worker{index}.log").read()[-3000:]
     logs = [open(tmp_path / f"worker{i}.log").read() for i in range(2)]
-    fingerprints = [dict(re.findall(r"^(\S+): weights fingerprint (\w+)$", log, re.M))
-                    for log in logs]
+    fingerprints = [
+        dict(re.findall(r"^(\S+): weights fingerprint (\w+)$", log, re.M)) for log in logs
+    ]
     assert set(fingerprints[0]) == {"baseA", "A2B"}
     assert fingerprints[0] == fingerprints[1]  # the same weights on both workers
-    written = [os.path.relpath(os.path.join(root, name), workdir)
-               for root, _, names in os.walk(workdir) for name in names]
+    written = [
+        os.path.relpath(os.path.join(root, name), workdir)
+        for root, _, names in os.walk(workdir)
+        for name in names
+    ]
     assert sorted(p for p in written if p.endswith("metrics.json"))  # written ...
     assert len([p for p in written if p.endswith("metrics.json")]) == 2  # ... once per run
     assert len([p for p in written if p.endswith("model.keras")]) == 2
@@ -119,7 +138,7 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path,
 BARRIER = r"""
 import os, sys, time
 from ml_collections import ConfigDict
-from kt_transfer import distribute
+from kt_transfer.training import distribute
 strategy = distribute.make_strategy(ConfigDict(dict(strategy="multi_worker", logical_cpus=0)))
 marker = sys.argv[1]
 if distribute.is_chief(strategy):
@@ -141,9 +160,15 @@ def test_a_worker_waits_at_the_barrier_until_the_chief_has_written(tmp_path):
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
-        procs.append(subprocess.Popen([sys.executable, "-c", BARRIER, str(tmp_path / "marker")],
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", BARRIER, str(tmp_path / "marker")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     for proc, output in zip(procs, outputs):
         assert proc.returncode == 0 and "PASSED BARRIER" in output, output[-3000:]

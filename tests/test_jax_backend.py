@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kt_transfer import experiment, sources, transfer
-from kt_transfer import model as model_lib
-from kt_transfer import optimizer as optimizer_lib
+from kt_transfer.data import sources
+from kt_transfer.networks import caffenet, transfer
+from kt_transfer.runs import experiment
+from kt_transfer.training import optimizer as optimizer_lib
 
 pytest.importorskip("jax")
 
@@ -25,7 +26,8 @@ import numpy as np
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
 import kt_transfer
-from kt_transfer import model as model_lib, optimizer as optimizer_lib, train, transfer
+from kt_transfer.networks import caffenet, transfer
+from kt_transfer.training import optimizer as optimizer_lib, train
 """
 EPILOGUE = """
 assert "tensorflow" not in sys.modules, "the core imported TensorFlow"
@@ -38,19 +40,29 @@ def _run_jax(tmp_path, script, *args):
     blocker = tmp_path / "no_tensorflow"
     blocker.mkdir(exist_ok=True)
     (blocker / "tensorflow.py").write_text("raise ImportError('TensorFlow is blocked')\n")
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([str(blocker), REPO])}
-    result = subprocess.run([sys.executable, "-c", PRELUDE + script + EPILOGUE,
-                             *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=600, cwd=str(tmp_path))
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), \
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(blocker), REPO]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", PRELUDE + script + EPILOGUE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
         result.stdout[-2000:] + result.stderr[-4000:]
+    )
     return result.stdout
 
 
 SAME_OUTPUTS = """
 size, width, classes = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-model = model_lib.build_caffenet(classes, size, width=width, init="he", scale=1 / 64)
+model = caffenet.build_caffenet(classes, size, width=width, init="he", scale=1 / 64)
 model.load_weights(sys.argv[1])
 np.save(sys.argv[6], keras.ops.convert_to_numpy(model(np.load(sys.argv[5]), training=False)))
 """
@@ -59,13 +71,21 @@ np.save(sys.argv[6], keras.ops.convert_to_numpy(model(np.load(sys.argv[5]), trai
 @pytest.mark.parametrize("size,width,classes", [(71, 0.25, 50), (227, 1.0, 1000)])
 def test_the_same_weights_give_the_same_caffenet_outputs(tmp_path, size, width, classes):
     keras.utils.set_random_seed(0)
-    model = model_lib.build_caffenet(classes, size, width=width, init="he", scale=1 / 64)
+    model = caffenet.build_caffenet(classes, size, width=width, init="he", scale=1 / 64)
     model.save_weights(tmp_path / "w.weights.h5")
     x = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype("uint8")
     np.save(tmp_path / "x.npy", x)
     want = model(x, training=False).numpy()
-    _run_jax(tmp_path, SAME_OUTPUTS, tmp_path / "w.weights.h5", size, width, classes,
-             tmp_path / "x.npy", tmp_path / "y.npy")
+    _run_jax(
+        tmp_path,
+        SAME_OUTPUTS,
+        tmp_path / "w.weights.h5",
+        size,
+        width,
+        classes,
+        tmp_path / "x.npy",
+        tmp_path / "y.npy",
+    )
     got = np.load(tmp_path / "y.npy")
     assert got.shape == (2, classes)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -82,7 +102,9 @@ def tiny_model(mults, solver):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 """
-CAFFE_STEP = TINY_MODEL + """
+CAFFE_STEP = (
+    TINY_MODEL
+    + """
 import ml_collections
 data = np.load(sys.argv[1])
 solver = ml_collections.ConfigDict(dict(base_lr=0.05, lr_step_size=1000, lr_gamma=0.1,
@@ -93,6 +115,7 @@ for _ in range(2):
     model.train_on_batch(data["x"], data["y"])
 np.savez(sys.argv[2], *model.get_weights())
 """
+)
 
 
 def test_two_solver_steps_of_a_plus_treatment_equal_the_hand_computed_caffe_update(tmp_path):
@@ -102,35 +125,50 @@ def test_two_solver_steps_of_a_plus_treatment_equal_the_hand_computed_caffe_upda
     mults = {"conv2": 0.3, "fc8": 1.0}
     namespace = {"keras": keras, "optimizer_lib": optimizer_lib}
     exec(TINY_MODEL, namespace)
-    solver = ml_collections.ConfigDict(dict(base_lr=lr, lr_step_size=1000, lr_gamma=0.1,
-                                            momentum=momentum, weight_decay=decay,
-                                            bias_lr_mult=bias_mult))
+    solver = ml_collections.ConfigDict(
+        dict(
+            base_lr=lr,
+            lr_step_size=1000,
+            lr_gamma=0.1,
+            momentum=momentum,
+            weight_decay=decay,
+            bias_lr_mult=bias_mult,
+        )
+    )
     keras.utils.set_random_seed(3)
     model = namespace["tiny_model"](mults, solver)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 4)).astype("float32"), rng.integers(0, 3, size=8)
     start = model.get_weights()
-    weights = {f"{layer}/{kind}": model.get_layer(layer).get_weights()[i]
-               for layer in ("conv1", "conv2", "fc8") for i, kind in enumerate(("kernel",
-                                                                                  "bias"))}
+    weights = {
+        f"{layer}/{kind}": model.get_layer(layer).get_weights()[i]
+        for layer in ("conv1", "conv2", "fc8")
+        for i, kind in enumerate(("kernel", "bias"))
+    }
     velocity = {}
     for _ in range(2):  # Caffe: v = momentum v + lr m (grad + decay w); w -= v
         with tf.GradientTape() as tape:
             loss = model.loss(y, model(x, training=True))
-        grads = dict(zip((v.path for v in model.trainable_variables),
-                         (g.numpy() for g in tape.gradient(loss, model.trainable_variables))))
+        grads = dict(
+            zip(
+                (v.path for v in model.trainable_variables),
+                (g.numpy() for g in tape.gradient(loss, model.trainable_variables)),
+            )
+        )
         for layer, mult in mults.items():
             for kind, lr_mult, wd in (("kernel", mult, decay), ("bias", mult * bias_mult, 0)):
                 path = f"{layer}/{kind}"
                 velocity[path] = momentum * velocity.get(path, 0.0) + lr * lr_mult * (
-                    grads[path] + wd * weights[path])
+                    grads[path] + wd * weights[path]
+                )
                 weights[path] = weights[path] - velocity[path]
         model.train_on_batch(x, y)  # keeps this model's weights in step with the sums
     np.savez(tmp_path / "data.npz", x=x, y=y, **{f"w{i}": w for i, w in enumerate(start)})
     _run_jax(tmp_path, CAFFE_STEP, tmp_path / "data.npz", tmp_path / "out.npz")
     got = np.load(tmp_path / "out.npz")
-    for i, path in enumerate(f"{layer}/{kind}" for layer in ("conv1", "conv2", "fc8")
-                             for kind in ("kernel", "bias")):
+    for i, path in enumerate(
+        f"{layer}/{kind}" for layer in ("conv1", "conv2", "fc8") for kind in ("kernel", "bias")
+    ):
         want = start[i] if path.startswith("conv1") else weights[path]
         np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-5, atol=1e-7, err_msg=path)
     assert np.array_equal(got["arr_0"], start[0])  # frozen: bit-identical
@@ -144,7 +182,7 @@ solver = ml_collections.ConfigDict(dict(base_lr=0.001, lr_step_size=100, lr_gamm
                                         momentum=0.9, weight_decay=5e-4, bias_lr_mult=2.0,
                                         warmup_steps=2, jit_compile=True))
 keras.utils.set_random_seed(0)
-base = model_lib.build_from_config(model_config, 10, scale=1 / 64)
+base = caffenet.build_from_config(model_config, 10, scale=1 / 64)
 model, plans = transfer.build_model(transfer.parse_treatment("AnB", 3), model_config, 10, base)
 train.compile_model(model, solver, plans)
 before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in model.layers}
@@ -172,23 +210,26 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model(np.load(sys.argv[2]), trai
 """
 
 
-def test_a_run_trained_on_tensorflow_loads_on_jax_with_the_same_predictions(tiny_config,
-                                                                            tmp_path):
+def test_a_run_trained_on_tensorflow_loads_on_jax_with_the_same_predictions(tiny_config, tmp_path):
     dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
-    _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("baseA"),
-                                      log=lambda *_: None)
+    _, out = experiment.run_treatment(
+        tiny_config, dataset, transfer.parse_treatment("baseA"), log=lambda *_: None
+    )
     path = os.path.join(out, experiment.MODEL_FILE)
     model = keras.saving.load_model(path, safe_mode=True)
     x = np.random.default_rng(2).integers(0, 256, (3, 67, 67, 3)).astype("uint8")
     np.save(tmp_path / "x.npy", x)
     _run_jax(tmp_path, LOAD_KERAS, path, tmp_path / "x.npy", tmp_path / "y.npy")
     want = model(x, training=False).numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-4,
-                               atol=1e-5 * max(1.0, np.abs(want).max()))
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), want, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(want).max())
+    )
 
 
 def test_the_step_benchmark_runs_on_jax_without_tensorflow(tmp_path):
-    out = _run_jax(tmp_path, """
+    out = _run_jax(
+        tmp_path,
+        """
 import runpy
 sys.argv = [sys.argv[1], "--backend=jax", "--steps=1", "--warmup=1",
             "--treatments=baseB,A7B", "--config=tiny", "--batch=4"]
@@ -196,7 +237,9 @@ try:
     runpy.run_path(sys.argv[0], run_name="__main__")
 except SystemExit as e:
     assert not e.code, e.code
-""", os.path.join(REPO, "tools", "bench_step.py"))
+""",
+        os.path.join(REPO, "tools", "bench_step.py"),
+    )
     rows = [line.split() for line in out.splitlines() if line.startswith(("baseB", "A7B"))]
     assert [r[0] for r in rows] == ["baseB", "A7B"]
     assert float(rows[1][4]) < float(rows[0][4])  # A7B: no backward pass below fc8

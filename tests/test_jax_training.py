@@ -16,7 +16,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import kt_transfer  # noqa: F401  (registers the custom layers for load_model)
-from kt_transfer import layer_logging, train, transfer
+from kt_transfer.networks import transfer
+from kt_transfer.training import layer_logging, train
 
 pytest.importorskip("jax")
 
@@ -25,10 +26,20 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def _run_on_jax(args, cwd, timeout=600):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
-                            timeout=timeout, cwd=str(cwd))
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    result = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=str(cwd),
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
@@ -36,7 +47,9 @@ def _run_on_jax(args, cwd, timeout=600):
 DATA_PARALLEL_VS_ONE_DEVICE = r"""
 import keras, numpy as np, tensorflow as tf
 from ml_collections import ConfigDict
-from kt_transfer import config_files, distribute, train, transfer
+from kt_transfer import config_files
+from kt_transfer.training import distribute, train
+from kt_transfer.networks import transfer
 assert keras.backend.backend() == "jax"
 
 parallel = distribute.make_strategy(ConfigDict(dict(strategy="mirrored", logical_cpus=2)))
@@ -80,10 +93,20 @@ def test_the_cli_trains_a_transfer_on_jax_with_every_output(tmp_path, data_cache
     frozen bit-identical, model.keras and a SavedModel that TensorFlow serves, and the
     per-layer TensorBoard curves."""
     out = _run_on_jax(
-        ["-m", "kt_transfer.main", f"--config={TINY}", "--mode=AnB", "--n=2",
-         f"--workdir={tmp_path / 'wd'}", f"--config.dataset.data_dir={data_cache}",
-         "--config.distribute.strategy=mirrored", "--config.distribute.logical_cpus=2",
-         "--config.verbose=0"], tmp_path)
+        [
+            "-m",
+            "kt_transfer.main",
+            f"--config={TINY}",
+            "--mode=AnB",
+            "--n=2",
+            f"--workdir={tmp_path / 'wd'}",
+            f"--config.dataset.data_dir={data_cache}",
+            "--config.distribute.strategy=mirrored",
+            "--config.distribute.logical_cpus=2",
+            "--config.verbose=0",
+        ],
+        tmp_path,
+    )
     assert "training baseA first" in out and "== A2B (AnB, n=2)" in out
     runs = {os.path.basename(p): p for p in glob.glob(str(tmp_path / "wd" / "*" / "*" / "*" / "*"))}
     assert set(runs) == {"baseA", "A2B"}
@@ -95,8 +118,9 @@ def test_the_cli_trains_a_transfer_on_jax_with_every_output(tmp_path, data_cache
     for name in ("conv1", "conv2"):  # copied and frozen: bit-identical after training
         for b, t in zip(base.get_layer(name).get_weights(), a2b.get_layer(name).get_weights()):
             np.testing.assert_array_equal(b, t)
-    assert not np.array_equal(base.get_layer("conv3").get_weights()[0],
-                              a2b.get_layer("conv3").get_weights()[0])
+    assert not np.array_equal(
+        base.get_layer("conv3").get_weights()[0], a2b.get_layer("conv3").get_weights()[0]
+    )
 
     x = np.random.default_rng(0).uniform(0, 255, (3, 67, 67, 3)).astype("float32")
     loaded = tf.saved_model.load(os.path.join(runs["A2B"], "saved_model"))  # kept: its
@@ -114,7 +138,7 @@ def test_the_cli_trains_a_transfer_on_jax_with_every_output(tmp_path, data_cache
 JAX_GRADIENTS = r"""
 import sys
 import keras, numpy as np
-from kt_transfer import layer_logging, train
+from kt_transfer.training import layer_logging, train
 assert keras.backend.backend() == "jax"
 model = keras.saving.load_model(sys.argv[1])
 logger = layer_logging.LayerLogger(sys.argv[2], (np.load(sys.argv[3]), np.load(sys.argv[4])),
@@ -136,16 +160,27 @@ def test_the_layer_loggers_gradients_on_jax_equal_tensorflows(tiny_config, tmp_p
     y = rng.integers(0, 6, 8)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    logger = layer_logging.LayerLogger(str(tmp_path / "tf_logs"), (x, y), ["conv3", "fc8"], 1,
-                                       {}, train.StepCounter())
+    logger = layer_logging.LayerLogger(
+        str(tmp_path / "tf_logs"), (x, y), ["conv3", "fc8"], 1, {}, train.StepCounter()
+    )
     logger.set_model(model)
     expected = {k: np.asarray(v) for k, v in logger._gradients().items()}
-    _run_on_jax(["-c", JAX_GRADIENTS, model_path, str(tmp_path / "jax_logs"),
-                 str(tmp_path / "x.npy"), str(tmp_path / "y.npy"),
-                 str(tmp_path / "g.npz")], tmp_path)
+    _run_on_jax(
+        [
+            "-c",
+            JAX_GRADIENTS,
+            model_path,
+            str(tmp_path / "jax_logs"),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+            str(tmp_path / "g.npz"),
+        ],
+        tmp_path,
+    )
     on_jax = np.load(tmp_path / "g.npz")
     assert set(on_jax.files) == {"conv3", "fc8"}
     for name, grad in expected.items():
         assert np.linalg.norm(grad) > 0
-        np.testing.assert_allclose(on_jax[name], grad, rtol=1e-3,
-                                   atol=1e-5 * float(np.abs(grad).max()))
+        np.testing.assert_allclose(
+            on_jax[name], grad, rtol=1e-3, atol=1e-5 * float(np.abs(grad).max())
+        )

@@ -11,8 +11,10 @@ import urllib.request
 import numpy as np
 import pytest
 
-from kt_transfer import experiment, layer_logging, sources, transfer
-from kt_transfer import model as model_lib
+from kt_transfer.data import sources
+from kt_transfer.networks import caffenet, transfer
+from kt_transfer.runs import experiment
+from kt_transfer.training import layer_logging
 
 
 def _free_port():
@@ -23,8 +25,7 @@ def _free_port():
 
 def _get(url, body=None):
     headers = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
-    request = urllib.request.Request(url, data=body and json.dumps(body).encode(),
-                                     headers=headers)
+    request = urllib.request.Request(url, data=body and json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -32,14 +33,25 @@ def _get(url, body=None):
 @pytest.mark.slow
 def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
     dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
-    _, out = experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment("AnB", 3),
-                                      log=lambda *_: None)
+    _, out = experiment.run_treatment(
+        tiny_config, dataset, transfer.parse_treatment("AnB", 3), log=lambda *_: None
+    )
     logdir = os.path.dirname(out)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", f"--logdir={logdir}", "--host=127.0.0.1",
-         f"--port={port}", "--load_fast=false", "--reload_interval=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            f"--logdir={logdir}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--load_fast=false",
+            "--reload_interval=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}/data"
     try:
         deadline, scalars = time.time() + 60, {}
@@ -50,16 +62,22 @@ def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
                 pass
             time.sleep(0.5)
         tags = scalars["A3B/logs/layers"]
-        for name in model_lib.LAYER_NAMES:
-            for metric in ("weight_norm", "grad_norm", "update_ratio", "effective_lr",
-                           "activation_mean", "zero_fraction"):
+        for name in caffenet.LAYER_NAMES:
+            for metric in (
+                "weight_norm",
+                "grad_norm",
+                "update_ratio",
+                "effective_lr",
+                "activation_mean",
+                "zero_fraction",
+            ):
                 assert f"{name}/{metric}" in tags, (name, metric)
         assert "epoch_top1" in scalars["A3B/logs/validation"]
         assert "conv1/filters" in _get(f"{base}/plugin/images/tags")["A3B/logs/layers"]
-        frozen_lr = _get(f"{base}/plugin/scalars/scalars?tag=conv1/effective_lr"
-                         f"&run=A3B/logs/layers")
-        trained_lr = _get(f"{base}/plugin/scalars/scalars?tag=fc8/effective_lr"
-                          f"&run=A3B/logs/layers")
+        frozen_lr = _get(
+            f"{base}/plugin/scalars/scalars?tag=conv1/effective_lr&run=A3B/logs/layers"
+        )
+        trained_lr = _get(f"{base}/plugin/scalars/scalars?tag=fc8/effective_lr&run=A3B/logs/layers")
         assert frozen_lr[-1][2] == 0.0
         # The solver's own rate: inside the warmup (100 steps in tiny's config), after
         # step s it is base_lr * (s + 1) / warmup_steps, not the bare schedule's base_lr.
@@ -69,9 +87,13 @@ def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
             assert value == pytest.approx(want, rel=1e-5), (step, value)
         # Gradients on the probe batch: finite and non-zero where the network learns,
         # zero where it is frozen (conv1..conv3 of A3B).
-        for name in model_lib.LAYER_NAMES:
-            norms = [v for _, _, v in _get(f"{base}/plugin/scalars/scalars?tag={name}/grad_norm"
-                                           f"&run=A3B/logs/layers")]
+        for name in caffenet.LAYER_NAMES:
+            norms = [
+                v
+                for _, _, v in _get(
+                    f"{base}/plugin/scalars/scalars?tag={name}/grad_norm&run=A3B/logs/layers"
+                )
+            ]
             assert norms and all(np.isfinite(norms)), name
             if name in ("conv1", "conv2", "conv3"):
                 assert all(v == 0.0 for v in norms), name

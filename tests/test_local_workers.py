@@ -12,7 +12,7 @@ import sys
 import ml_collections
 import pytest
 
-from kt_transfer import local_workers
+from kt_transfer.runs import local_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -40,24 +40,41 @@ def test_how_many_workers(monkeypatch):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_the_cli_runs_the_grid_in_pinned_workers_each_cell_once(tmp_path, data_cache):
     """On a seeded replicate (random0.s1: random0's halves, train.seed + 1)."""
-    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=grid",
-            "--config.grid.ns=(1,)", "--config.grid.treatments=('AnB', 'BnB')",
-            "--config.grid.splits=('random0.s1',)",
-            "--config.grid.workers_per_machine=2", f"--workdir={tmp_path / 'wd'}",
-            f"--config.dataset.data_dir={data_cache}"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    args = [
+        sys.executable,
+        "-m",
+        "kt_transfer.main",
+        f"--config={TINY}",
+        "--mode=grid",
+        "--config.grid.ns=(1,)",
+        "--config.grid.treatments=('AnB', 'BnB')",
+        "--config.grid.splits=('random0.s1',)",
+        "--config.grid.workers_per_machine=2",
+        f"--workdir={tmp_path / 'wd'}",
+        f"--config.dataset.data_dir={data_cache}",
+    ]
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
     shares = local_workers.cpu_shares(2)
     for i, share in enumerate(shares):  # each worker really ran on its own cores
         assert f"[worker {i}/2] grid: pinned to cores {','.join(map(str, share))}" in out
-    trained = collections.Counter(re.findall(r"^\[worker \d/2\] grid: (\S+) finished", out,
-                                             re.M))
+    trained = collections.Counter(re.findall(r"^\[worker \d/2\] grid: (\S+) finished", out, re.M))
     assert trained == collections.Counter(
-        ["random0.s1/baseA", "random0.s1/baseB", "random0.s1/A1B", "random0.s1/B1B"])
-    seeds = {json.load(open(path))["seed"] for path in glob.glob(
-        str(tmp_path / "wd" / "*" / "random0.s1" / "*" / "*" / "metrics.json"))}
+        ["random0.s1/baseA", "random0.s1/baseB", "random0.s1/A1B", "random0.s1/B1B"]
+    )
+    seeds = {
+        json.load(open(path))["seed"]
+        for path in glob.glob(
+            str(tmp_path / "wd" / "*" / "random0.s1" / "*" / "*" / "metrics.json")
+        )
+    }
     assert seeds == {1}  # tiny's train.seed 0, + 1
     workers_used = set(re.findall(r"^\[worker (\d)/2\] grid: \S+ finished", out, re.M))
     assert workers_used == {"0", "1"}  # the two bases, at least, ran side by side

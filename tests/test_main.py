@@ -1,9 +1,9 @@
 """The command line, end to end, in subprocesses (as a user runs it)."""
 
 import glob
-import re
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,19 +15,32 @@ TINY = os.path.join(REPO, "configs", "tiny.py")
 
 def run_cli(*args, cwd=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "kt_transfer.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "kt_transfer.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_cache):
-    args = [f"--config={TINY}", "--mode=AnB", "--n=2", f"--workdir={tmp_path / 'wd'}",
-            f"--config.dataset.data_dir={data_cache}"]
+    args = [
+        f"--config={TINY}",
+        "--mode=AnB",
+        "--n=2",
+        f"--workdir={tmp_path / 'wd'}",
+        f"--config.dataset.data_dir={data_cache}",
+    ]
     first = run_cli(*args, cwd=str(tmp_path))  # any directory works
     assert first.returncode == 0, first.stderr[-3000:]
     assert "training baseA first" in first.stdout
     assert "== A2B (AnB, n=2)" in first.stdout and "tensorboard --logdir" in first.stdout
-    run_dirs = {os.path.basename(p): p for p in glob.glob(str(tmp_path / "wd" / "*" / "*" / "*" / "*"))}
+    run_dirs = {
+        os.path.basename(p): p for p in glob.glob(str(tmp_path / "wd" / "*" / "*" / "*" / "*"))
+    }
     assert set(run_dirs) == {"baseA", "A2B"}
     for run in run_dirs.values():
         for name in ("config.json", "metrics.json", "model.keras", "logs", "checkpoints"):
@@ -44,21 +57,35 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
 
 # How each kind of bad input reaches a user of the command line (a config value, an unknown
 # key, a missing folder, a bad --mode or --n), in a subprocess as a user runs it.
-@pytest.mark.parametrize("flags,message", [
-    (["--mode=grid", "--config.model.input_size=50"], "--config.model.input_size=50"),
-    (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
-    (["--mode=baseA", "--config.dataset.name=folder", "--config.dataset.data_dir=/no/such/dir"],
-     "--config.dataset.data_dir"),
-    (["--mode=XnY", "--n=3"], "unknown --mode"),
-    (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
-    (["--mode=grid", "--config.grid.splits=('random0', 'halves')"], "--config.grid.splits"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--mode=grid", "--config.model.input_size=50"], "--config.model.input_size=50"),
+        (["--mode=baseA", "--config.train.learning_rate=0.1"], "learning_rate"),
+        (
+            [
+                "--mode=baseA",
+                "--config.dataset.name=folder",
+                "--config.dataset.data_dir=/no/such/dir",
+            ],
+            "--config.dataset.data_dir",
+        ),
+        (["--mode=XnY", "--n=3"], "unknown --mode"),
+        (["--mode=AnB", "--n=8"], "--n between 1 and 7"),
+        (["--mode=grid", "--config.grid.splits=('random0', 'halves')"], "--config.grid.splits"),
+    ],
+)
 def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     """Checked before any work: no dataset generated, nothing under the workdir."""
     import time
+
     started = time.monotonic()
-    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}/wd",
-                     f"--config.dataset.data_dir={tmp_path}/data", *flags)
+    result = run_cli(
+        f"--config={TINY}",
+        f"--workdir={tmp_path}/wd",
+        f"--config.dataset.data_dir={tmp_path}/data",
+        *flags,
+    )
     assert time.monotonic() - started < 30
     assert result.returncode != 0
     assert message in result.stderr and "error: " in result.stderr, result.stderr[-2000:]
@@ -69,30 +96,34 @@ def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
 # Every other bad value, through validate.validate, the check the command line runs first
 # (the cases above show how its message reaches the user); in-process, without the
 # subprocess's seconds of TensorFlow start-up per case.
-@pytest.mark.parametrize("overrides,message", [
-    ({"mode": "grid", "grid.directions": ("AtoB", "BtoC")}, "--config.grid.directions"),
-    ({"mode": "grid", "grid.splits": ("natman.s0",)}, "--config.grid.splits"),
-    ({"mode": "AnB", "n": 3, "split": "all"}, "--mode='AnB': with --config.split=all"),
-    ({"mode": "grid", "model.fc8_outputs": "most"}, "--config.model.fc8_outputs"),
-    ({"mode": "AnB", "n": 2, "train.precision": "fp8"}, "--config.train.precision='fp8'"),
-    ({"mode": "AnB", "n": 2, "model.init": "xavier"}, "--config.model.init='xavier'"),
-    ({"mode": "AnB", "n": 2, "dataset.mean": "median"}, "use one of fixed, computed"),
-    ({"mode": "AnB", "n": 2, "dataset.resize_size": 64}, "at most that"),
-    ({"mode": "baseA", "split": "halves"}, "--config.split='halves'"),
-    ({"mode": "baseA", "split": "natman.s"}, "--config.split='natman.s'"),
-    ({"mode": "baseA", "train.batch_size": 0}, "--config.train.batch_size=0"),
-    ({"mode": "baseA", "distribute.strategy": "tpu"}, "--config.distribute.strategy"),
-    ({"mode": "baseA", "distribute.logical_cpus": 3}, "give a multiple of 3"),
-    ({"mode": "grid", "grid.treatments": ("AnB", "CnD")}, "--config.grid.treatments"),
-    ({"mode": "grid", "grid.ns": (0, 8)}, "--config.grid.ns"),
-    ({"mode": "tune", "n": 2, "tune.tuner": "grid"}, "--config.tune.tuner='grid'"),
-    ({"mode": "tune", "n": 2, "tune.holdout_fraction": 0.9}, "holdout_fraction"),
-    ({"mode": "tune", "n": 2, "tune.treatment": "AnB"}, "AnB+ or BnB+"),
-    ({"mode": "AnB", "n": 0}, "--n between 1 and 7"),
-    ({"mode": "baseA", "train.total_steps": 5}, "--config.train.steps_per_epoch"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"mode": "grid", "grid.directions": ("AtoB", "BtoC")}, "--config.grid.directions"),
+        ({"mode": "grid", "grid.splits": ("natman.s0",)}, "--config.grid.splits"),
+        ({"mode": "AnB", "n": 3, "split": "all"}, "--mode='AnB': with --config.split=all"),
+        ({"mode": "grid", "model.fc8_outputs": "most"}, "--config.model.fc8_outputs"),
+        ({"mode": "AnB", "n": 2, "train.precision": "fp8"}, "--config.train.precision='fp8'"),
+        ({"mode": "AnB", "n": 2, "model.init": "xavier"}, "--config.model.init='xavier'"),
+        ({"mode": "AnB", "n": 2, "dataset.mean": "median"}, "use one of fixed, computed"),
+        ({"mode": "AnB", "n": 2, "dataset.resize_size": 64}, "at most that"),
+        ({"mode": "baseA", "split": "halves"}, "--config.split='halves'"),
+        ({"mode": "baseA", "split": "natman.s"}, "--config.split='natman.s'"),
+        ({"mode": "baseA", "train.batch_size": 0}, "--config.train.batch_size=0"),
+        ({"mode": "baseA", "distribute.strategy": "tpu"}, "--config.distribute.strategy"),
+        ({"mode": "baseA", "distribute.logical_cpus": 3}, "give a multiple of 3"),
+        ({"mode": "grid", "grid.treatments": ("AnB", "CnD")}, "--config.grid.treatments"),
+        ({"mode": "grid", "grid.ns": (0, 8)}, "--config.grid.ns"),
+        ({"mode": "tune", "n": 2, "tune.tuner": "grid"}, "--config.tune.tuner='grid'"),
+        ({"mode": "tune", "n": 2, "tune.holdout_fraction": 0.9}, "holdout_fraction"),
+        ({"mode": "tune", "n": 2, "tune.treatment": "AnB"}, "AnB+ or BnB+"),
+        ({"mode": "AnB", "n": 0}, "--n between 1 and 7"),
+        ({"mode": "baseA", "train.total_steps": 5}, "--config.train.steps_per_epoch"),
+    ],
+)
 def test_bad_config_values_are_named_with_the_fix(overrides, message, tmp_path):
     from kt_transfer import config_files, validate
+
     config = config_files.load("tiny")
     config.workdir = str(tmp_path / "wd")
     for key, value in overrides.items():
@@ -107,9 +138,15 @@ def test_bad_config_values_are_named_with_the_fix(overrides, message, tmp_path):
 
 
 def test_every_bad_value_is_named_at_once(tmp_path):
-    result = run_cli(f"--config={TINY}", f"--workdir={tmp_path}/wd", "--mode=grid",
-                     "--config.model.input_size=50", "--config.train.precision=fp8",
-                     "--config.model.init=xavier", "--config.dataset.mean=median")
+    result = run_cli(
+        f"--config={TINY}",
+        f"--workdir={tmp_path}/wd",
+        "--mode=grid",
+        "--config.model.input_size=50",
+        "--config.train.precision=fp8",
+        "--config.model.init=xavier",
+        "--config.dataset.mean=median",
+    )
     assert result.returncode != 0
     for key in ("model.input_size", "train.precision", "model.init", "dataset.mean"):
         assert f"--config.{key}=" in result.stderr
@@ -123,12 +160,17 @@ def test_the_main_job_prints_kt_transfers_lines_not_tensorflows(tmp_path, data_c
     quiet = run_cli(*args, f"--workdir={tmp_path / 'a'}", cwd=str(tmp_path))
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     output = quiet.stdout + quiet.stderr
-    for noise in ("oneDNN", "cuda", "cpu_feature_guard", "signature_serialization",
-                  "Writing fingerprint", "absl::InitializeLog"):
+    for noise in (
+        "oneDNN",
+        "cuda",
+        "cpu_feature_guard",
+        "signature_serialization",
+        "Writing fingerprint",
+        "absl::InitializeLog",
+    ):
         assert noise not in output, output[:3000]
     assert "Training baseA" in quiet.stdout and "== baseA" in quiet.stdout
-    verbose = run_cli(*args, f"--workdir={tmp_path / 'b'}", "--verbosity=1",
-                      cwd=str(tmp_path))
+    verbose = run_cli(*args, f"--workdir={tmp_path / 'b'}", "--verbosity=1", cwd=str(tmp_path))
     assert verbose.returncode == 0
     assert "Writing fingerprint" in verbose.stdout + verbose.stderr  # the export's INFO lines
 
@@ -137,36 +179,50 @@ def test_the_main_job_prints_kt_transfers_lines_not_tensorflows(tmp_path, data_c
 def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp_path, data_cache):
     import signal
     import time
-    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=baseB",
-            f"--workdir={tmp_path / 'wd'}", f"--config.dataset.data_dir={data_cache}",
-            "--config.train.total_steps=300", "--config.train.steps_per_epoch=100",
-            "--config.train.backup_every_steps=7"]
+
+    args = [
+        sys.executable,
+        "-m",
+        "kt_transfer.main",
+        f"--config={TINY}",
+        "--mode=baseB",
+        f"--workdir={tmp_path / 'wd'}",
+        f"--config.dataset.data_dir={data_cache}",
+        "--config.train.total_steps=300",
+        "--config.train.steps_per_epoch=100",
+        "--config.train.backup_every_steps=7",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    first = subprocess.Popen(args, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        args, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     backups = []
     while not backups and time.time() < deadline and first.poll() is None:
-        backups = glob.glob(str(tmp_path / "wd" / "**" / "backup-*" / "state.json"),
-                            recursive=True)
+        backups = glob.glob(str(tmp_path / "wd" / "**" / "backup-*" / "state.json"), recursive=True)
         time.sleep(0.05)
     assert backups and first.poll() is None, "the run ended before its first backup"
     time.sleep(1.0)  # somewhere mid-epoch, past the first backup
     first.send_signal(signal.SIGKILL)
     first.wait()
     assert not glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"), recursive=True)
-    before_kill = json.load(open(glob.glob(
-        str(tmp_path / "wd" / "**" / "backup-*" / "state.json"), recursive=True)[-1]))
+    before_kill = json.load(
+        open(glob.glob(str(tmp_path / "wd" / "**" / "backup-*" / "state.json"), recursive=True)[-1])
+    )
 
-    second = subprocess.run(args, env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                            timeout=600)
+    second = subprocess.run(
+        args, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    resumed = [l for l in second.stdout.splitlines() if l.startswith("Resuming from the backup")]
+    resumed = [
+        line for line in second.stdout.splitlines() if line.startswith("Resuming from the backup")
+    ]
     assert resumed, second.stdout[-2000:]
     step = int(resumed[0].split("step ")[1].split()[0])
     assert 0 < step < 300 and (step % 7 == 0 or step % 100 == 0)  # a backup point
-    metrics = json.load(open(glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"),
-                                       recursive=True)[0]))
+    metrics = json.load(
+        open(glob.glob(str(tmp_path / "wd" / "**" / "metrics.json"), recursive=True)[0])
+    )
     assert metrics["status"] == "finished" and metrics["steps"] == 300
     # The reported wall time is the whole run's: the killed process's part is kept.
     assert metrics["resumed_from_step"] == step
@@ -174,29 +230,33 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
 
 
 def test_base_model_flag_is_checked_before_any_work(tmp_path):
-    result = run_cli("--mode=AnB", "--n=2", f"--base_model={tmp_path}/nothing.keras",
-                   f"--workdir={tmp_path}/w")
+    result = run_cli(
+        "--mode=AnB", "--n=2", f"--base_model={tmp_path}/nothing.keras", f"--workdir={tmp_path}/w"
+    )
     assert result.returncode != 0 and "--base_model=" in result.stderr
     assert "SavedModel" in result.stderr and not (tmp_path / "w").exists()
     result = run_cli("--mode=baseB", f"--base_model={tmp_path}", f"--workdir={tmp_path}/w")
     assert result.returncode != 0 and "copies none" in result.stderr
     # The grid trains and copies its own bases: one --base_model for every cell is refused.
     (tmp_path / "base.keras").write_text("")
-    result = run_cli("--mode=grid", f"--base_model={tmp_path}/base.keras",
-                     f"--workdir={tmp_path}/w")
+    result = run_cli(
+        "--mode=grid", f"--base_model={tmp_path}/base.keras", f"--workdir={tmp_path}/w"
+    )
     assert result.returncode != 0 and "--mode=grid trains its own bases" in result.stderr
     assert not (tmp_path / "w").exists()
 
 
 def test_grid_with_a_multi_worker_strategy_is_refused_up_front(tmp_path):
-    result = run_cli("--mode=grid", "--config.distribute.strategy=multi_worker",
-                     f"--workdir={tmp_path}/w")
+    result = run_cli(
+        "--mode=grid", "--config.distribute.strategy=multi_worker", f"--workdir={tmp_path}/w"
+    )
     assert result.returncode != 0 and "whole runs over its workers" in result.stderr
     assert not (tmp_path / "w").exists()
 
 
 # Faults (issue 22): what a user's mistake or a broken machine looks like on the command
 # line: one `error:` line naming the file or value and the fix, never a traceback.
+
 
 def _one_error_line(result):
     assert result.returncode != 0
@@ -216,40 +276,58 @@ def test_a_missing_or_broken_config_file_is_one_error_line(tmp_path):
 
 def test_a_lambda_layer_base_is_refused_in_one_line(tmp_path, data_cache):
     import keras
+
     inputs = keras.Input((4,))
     keras.Model(inputs, keras.layers.Lambda(lambda x: x + 1)(inputs)).save(
-        tmp_path / "lambda.keras")
-    result = run_cli(f"--config={TINY}", "--mode=AnB", "--n=2", f"--workdir={tmp_path}/wd",
-                     f"--config.dataset.data_dir={data_cache}",
-                     f"--base_model={tmp_path}/lambda.keras")
+        tmp_path / "lambda.keras"
+    )
+    result = run_cli(
+        f"--config={TINY}",
+        "--mode=AnB",
+        "--n=2",
+        f"--workdir={tmp_path}/wd",
+        f"--config.dataset.data_dir={data_cache}",
+        f"--base_model={tmp_path}/lambda.keras",
+    )
     line = _one_error_line(result)
     assert f"--base_model='{tmp_path}/lambda.keras' holds a Lambda layer" in line
 
 
 def test_a_folder_of_git_lfs_pointers_is_refused_before_training(tmp_path, data_cache):
-    from kt_transfer import embedded
-    spec = embedded.EmbeddedSpec(num_classes=12, train_per_class=10, val_per_class=4,
-                                 image_size=72)
+    from kt_transfer.data import embedded
+
+    spec = embedded.EmbeddedSpec(num_classes=12, train_per_class=10, val_per_class=4, image_size=72)
     root = tmp_path / "images"
     import shutil
-    shutil.copytree(embedded.ensure_dataset(spec, cache_dir=data_cache, log=lambda *_: None),
-                    root)
+
+    shutil.copytree(embedded.ensure_dataset(spec, cache_dir=data_cache, log=lambda *_: None), root)
     for path in root.glob("train/*/*"):
         path.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
-    result = run_cli(f"--config={TINY}", "--mode=baseA", f"--workdir={tmp_path}/wd",
-                     "--config.dataset.name=folder", f"--config.dataset.data_dir={root}")
+    result = run_cli(
+        f"--config={TINY}",
+        "--mode=baseA",
+        f"--workdir={tmp_path}/wd",
+        "--config.dataset.name=folder",
+        f"--config.dataset.data_dir={root}",
+    )
     line = _one_error_line(result)
     assert "none of the 60 train images" in line and "git-lfs pointer" in line
     assert not (tmp_path / "wd").exists()
 
 
-def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(tmp_path, data_cache,
-                                                                   small_filesystem):
+def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(
+    tmp_path, data_cache, small_filesystem
+):
     """A real small filesystem: the run stops at a backup that does not fit, with the
     path and the space; once there is room, the same command finishes the run from its
     last backup, every evaluation kept."""
-    args = [f"--config={TINY}", "--mode=baseB", f"--config.dataset.data_dir={data_cache}",
-            "--config.train.total_steps=6", "--config.train.backup_every_steps=1"]
+    args = [
+        f"--config={TINY}",
+        "--mode=baseB",
+        f"--config.dataset.data_dir={data_cache}",
+        "--config.train.total_steps=6",
+        "--config.train.backup_every_steps=1",
+    ]
     disk = str(tmp_path / "disk")
     with small_filesystem(disk, "2m"):
         full = run_cli(*args, f"--workdir={disk}/wd")
@@ -268,15 +346,20 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(tmp_path, dat
 
 def test_plot_results_prints_no_tensorflow_start_up_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_results.py"),
-                             f"--workdir={tmp_path}"], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "plot_results.py"), f"--workdir={tmp_path}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     for noise in ("cuda", "cuInit", "oneDNN", "absl::InitializeLog"):
         assert noise not in result.stderr, result.stderr[-2000:]
 
 
 def test_a_workdir_that_is_a_file_or_read_only_is_named(tmp_path, small_filesystem):
     from kt_transfer import config_files, validate
+
     config = config_files.load("tiny")
     config.mode = "baseA"
     (tmp_path / "a_file").write_text("")
@@ -291,14 +374,17 @@ def test_a_workdir_that_is_a_file_or_read_only_is_named(tmp_path, small_filesyst
             validate.validate(config)
 
 
-@pytest.mark.parametrize("tf_config,message", [
-    (None, "needs the environment variable TF_CONFIG"),
-    ("{cluster: [host1]}", "TF_CONFIG, which is not valid (Expecting property name"),
-    ('{"task": {"type": "worker", "index": 0}}', "it needs the keys cluster and task"),
-])
-def test_multi_worker_names_a_missing_or_bad_tf_config(tf_config, message, monkeypatch,
-                                                       tmp_path):
+@pytest.mark.parametrize(
+    "tf_config,message",
+    [
+        (None, "needs the environment variable TF_CONFIG"),
+        ("{cluster: [host1]}", "TF_CONFIG, which is not valid (Expecting property name"),
+        ('{"task": {"type": "worker", "index": 0}}', "it needs the keys cluster and task"),
+    ],
+)
+def test_multi_worker_names_a_missing_or_bad_tf_config(tf_config, message, monkeypatch, tmp_path):
     from kt_transfer import config_files, validate
+
     config = config_files.load("tiny")
     config.mode, config.workdir = "baseA", str(tmp_path / "wd")
     config.distribute.strategy = "multi_worker"

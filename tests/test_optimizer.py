@@ -5,30 +5,43 @@ import numpy as np
 import tensorflow as tf
 from ml_collections import ConfigDict
 
-from kt_transfer import optimizer as optimizer_lib
+from kt_transfer.training import optimizer as optimizer_lib
 
 LR, MOMENTUM, DECAY, BIAS_MULT, COPIED_MULT = 0.05, 0.9, 5e-4, 2.0, 0.3
 
 
 def _solver_config():
-    return ConfigDict(dict(base_lr=LR, lr_step_size=1000, lr_gamma=0.1, momentum=MOMENTUM,
-                           weight_decay=DECAY, bias_lr_mult=BIAS_MULT))
+    return ConfigDict(
+        dict(
+            base_lr=LR,
+            lr_step_size=1000,
+            lr_gamma=0.1,
+            momentum=MOMENTUM,
+            weight_decay=DECAY,
+            bias_lr_mult=BIAS_MULT,
+        )
+    )
 
 
 def _tiny_model():
     keras.utils.set_random_seed(3)
     inputs = keras.Input((4,))
-    x = keras.layers.Dense(5, activation="relu", name="conv1",
-                           bias_initializer=keras.initializers.Constant(0.5))(inputs)
-    x = keras.layers.Dense(5, activation="relu", name="conv2",
-                           bias_initializer=keras.initializers.Constant(0.5))(x)
-    outputs = keras.layers.Dense(3, name="fc8",
-                                 bias_initializer=keras.initializers.Constant(0.1))(x)
+    x = keras.layers.Dense(
+        5, activation="relu", name="conv1", bias_initializer=keras.initializers.Constant(0.5)
+    )(inputs)
+    x = keras.layers.Dense(
+        5, activation="relu", name="conv2", bias_initializer=keras.initializers.Constant(0.5)
+    )(x)
+    outputs = keras.layers.Dense(3, name="fc8", bias_initializer=keras.initializers.Constant(0.1))(
+        x
+    )
     model = keras.Model(inputs, outputs)
     model.get_layer("conv1").trainable = False  # frozen copied layer
     mults = {"conv2": COPIED_MULT, "fc8": 1.0}  # fine-tuned copied layer, new layer
-    model.compile(optimizer=optimizer_lib.make_optimizer(_solver_config(), mults),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=optimizer_lib.make_optimizer(_solver_config(), mults),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model, mults
 
 
@@ -54,20 +67,29 @@ def test_two_steps_match_caffe_update_for_frozen_fine_tuned_and_new_layers():
             for kind, lr_mult, decay in (("kernel", mult, DECAY), ("bias", mult * BIAS_MULT, 0.0)):
                 path = f"{layer}/{kind}"
                 # Caffe: v = momentum * v + lr * (grad + decay * w); w = w - v
-                velocity[path] = (MOMENTUM * velocity.get(path, 0.0)
-                                  + LR * lr_mult * (grads[path] + decay * weights[path]))
+                velocity[path] = MOMENTUM * velocity.get(path, 0.0) + LR * lr_mult * (
+                    grads[path] + decay * weights[path]
+                )
                 expected = weights[path] - velocity[path]
-                got = model.get_layer(layer).kernel if kind == "kernel" else model.get_layer(layer).bias
-                np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7,
-                                           err_msg=path)
+                got = (
+                    model.get_layer(layer).kernel
+                    if kind == "kernel"
+                    else model.get_layer(layer).bias
+                )
+                np.testing.assert_allclose(
+                    got.numpy(), expected, rtol=1e-5, atol=1e-7, err_msg=path
+                )
     for before, after in zip(frozen_before, model.get_layer("conv1").get_weights()):
         assert np.array_equal(before, after)  # frozen: no update, no decay
 
 
 def test_step_schedule_is_caffes_step_policy():
     schedule = optimizer_lib.step_schedule(0.01, step_size=100, gamma=0.1)
-    np.testing.assert_allclose([float(schedule(s)) for s in (0, 99, 100, 250, 450)],
-                               [0.01, 0.01, 0.001, 0.0001, 1e-6], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(schedule(s)) for s in (0, 99, 100, 250, 450)],
+        [0.01, 0.01, 0.001, 0.0001, 1e-6],
+        rtol=1e-5,
+    )
 
 
 def test_caffe_sgd_serializes():
@@ -78,7 +100,10 @@ def test_caffe_sgd_serializes():
 
 def test_warmup_ramps_up_then_follows_the_step_policy():
     schedule = optimizer_lib.step_schedule(0.01, step_size=100, gamma=0.1, warmup_steps=10)
-    np.testing.assert_allclose([float(schedule(s)) for s in (0, 4, 9, 50, 100)],
-                               [0.001, 0.005, 0.01, 0.01, 0.001], rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(schedule(s)) for s in (0, 4, 9, 50, 100)],
+        [0.001, 0.005, 0.01, 0.01, 0.001],
+        rtol=1e-5,
+    )
     again = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     assert isinstance(again, optimizer_lib.StepSchedule) and again.warmup_steps == 10

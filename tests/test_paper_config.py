@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kt_transfer import config_files, experiment, export, sources, transfer, validate
+from kt_transfer import config_files, validate
+from kt_transfer.data import sources
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment
+from kt_transfer.training import export
 
 CLASSES = 4
 
@@ -37,17 +41,28 @@ def test_the_paper_config_trains_transfers_and_exports(tmp_path, precision="mixe
     config.workdir = str(tmp_path / "wd")
     config.verbose = 0
     config.dataset.mean_images = 8
-    config.train.update(batch_size=2, total_steps=2, steps_per_epoch=2, lr_step_size=1,
-                        backup_every_steps=2, log_every_steps=2, precision=precision)
+    config.train.update(
+        batch_size=2,
+        total_steps=2,
+        steps_per_epoch=2,
+        lr_step_size=1,
+        backup_every_steps=2,
+        log_every_steps=2,
+        precision=precision,
+    )
     config.mode, config.n = "AnB+", 3
     validate.validate(config)
-    assert (config.model.input_size, config.model.width, config.model.fc8_outputs,
-            config.dataset.mean) == (227, 1.0, "all", "base_image")
+    assert (
+        config.model.input_size,
+        config.model.width,
+        config.model.fc8_outputs,
+        config.dataset.mean,
+    ) == (227, 1.0, "all", "base_image")
     dataset = sources.resolve_dataset(config, log=lambda *_: None)
     try:
-        metrics, out = experiment.run_treatment(config, dataset,
-                                                transfer.parse_treatment("AnB+", 3),
-                                                log=lambda *_: None)
+        metrics, out = experiment.run_treatment(
+            config, dataset, transfer.parse_treatment("AnB+", 3), log=lambda *_: None
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     assert metrics["status"] == "finished" and metrics["steps"] == 2
@@ -60,11 +75,13 @@ def test_the_paper_config_trains_transfers_and_exports(tmp_path, precision="mixe
     base = keras.saving.load_model(os.path.join(base_out, experiment.MODEL_FILE), compile=False)
     np.testing.assert_array_equal(  # the transfer net subtracts its base's mean image
         keras.ops.convert_to_numpy(norm.mean_image),
-        keras.ops.convert_to_numpy(base.get_layer("pixel_normalization").mean_image))
+        keras.ops.convert_to_numpy(base.get_layer("pixel_normalization").mean_image),
+    )
     assert norm.mean_image.shape == (256, 256, 3)
     recorded = export.read_metadata(os.path.join(out, "saved_model"))
     assert recorded["scale"] == 1.0
     reloaded = transfer.load_base(os.path.join(out, "saved_model"))
     assert reloaded.mean_image.shape == (256, 256, 3)
-    np.testing.assert_array_equal(reloaded.weights["conv3"][0],
-                                  model.get_layer("conv3").kernel.numpy())
+    np.testing.assert_array_equal(
+        reloaded.weights["conv3"][0], model.get_layer("conv3").kernel.numpy()
+    )

@@ -11,7 +11,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kt_transfer import data, embedded, experiment, images, sources, transfer
+from kt_transfer.data import embedded, images, pipeline, sources
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 KW = dict(resize_size=72, crop_size=67)
@@ -19,8 +21,9 @@ KW = dict(resize_size=72, crop_size=67)
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    return embedded.ensure_dataset(SPEC, cache_dir=str(tmp_path_factory.mktemp("ds")),
-                                   log=lambda *_: None)
+    return embedded.ensure_dataset(
+        SPEC, cache_dir=str(tmp_path_factory.mktemp("ds")), log=lambda *_: None
+    )
 
 
 def _encode(image, fmt, **kwargs):
@@ -44,10 +47,12 @@ def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
     source = sources.folder_source(tiny_root)
     half = (4, 1, 5)  # the split's order, not sorted
     paths, labels = sources.list_files(tiny_root, "train", source.classes, half)
-    assert {os.path.basename(os.path.dirname(p)) for p in paths} == {source.classes[i] for i in half}
+    assert {os.path.basename(os.path.dirname(p)) for p in paths} == {
+        source.classes[i] for i in half
+    }
     for path, label in zip(paths, labels):
         assert os.path.basename(os.path.dirname(path)) == source.classes[half[label]]
-    ds = data.make_dataset(source, "val", half, batch_size=4, training=False, **KW)
+    ds = pipeline.make_dataset(source, "val", half, batch_size=4, training=False, **KW)
     xs, ys = zip(*_batches(ds))
     assert sorted(np.concatenate(ys).tolist()) == [0, 0, 1, 1, 2, 2]
     assert xs[0].shape[1:] == (67, 67, 3) and xs[0].dtype == np.uint8
@@ -65,12 +70,17 @@ def test_centre_crop_and_random_crop_mirror_eager_and_in_map():
         mirrored = columns[0] > columns[-1]
         seen_mirrored.add(bool(mirrored))
         left = int(columns.min())
-        window = _ramp(72, 72)[top:top + 67, left:left + 67]
+        window = _ramp(72, 72)[top : top + 67, left : left + 67]
         expected = window[:, ::-1] if mirrored else window
         np.testing.assert_array_equal(crop, expected)
         assert 0 <= top <= 5 and 0 <= left <= 5 and rows.shape == (67, 67)
-        in_map = next(iter(tf.data.Dataset.from_tensors(ramp).map(
-            lambda b: images.preprocess(b, training=True, seed=(seed, 1), **KW)))).numpy()
+        in_map = next(
+            iter(
+                tf.data.Dataset.from_tensors(ramp).map(
+                    lambda b: images.preprocess(b, training=True, seed=(seed, 1), **KW)
+                )
+            )
+        ).numpy()
         np.testing.assert_array_equal(in_map, crop)
     assert seen_mirrored == {True, False}
 
@@ -81,9 +91,10 @@ def test_fused_jpeg_crop_is_exact_and_other_sizes_are_resized():
     full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
     seed = tf.constant([3, 4], tf.int64)
     fused = images.decode_crop(jpeg, seed, training=True, resize_size=72, crop_size=67).numpy()
-    top, left = [int(v) for v in images.crop_offsets(seed, training=True, resize_size=72,
-                                                     crop_size=67)]
-    window = full[top:top + 67, left:left + 67]
+    top, left = [
+        int(v) for v in images.crop_offsets(seed, training=True, resize_size=72, crop_size=67)
+    ]
+    window = full[top : top + 67, left : left + 67]
     assert np.array_equal(fused, window) or np.array_equal(fused, window[:, ::-1])
     big = _encode(_ramp(100, 90), "PNG")
     resized = tf.cast(tf.round(tf.image.resize(_ramp(100, 90), [72, 72])), tf.uint8).numpy()
@@ -96,10 +107,10 @@ def test_the_probe_batch_covers_every_class_of_the_half(tiny_root):
     first images of a class-sorted list (which would be one or two classes)."""
     source = sources.folder_source(tiny_root)
     half = (4, 1, 5, 0)
-    images, labels = data.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
+    images, labels = pipeline.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
     assert images.shape == (6, 67, 67, 3) and images.dtype == tf.uint8
     assert sorted(labels.numpy().tolist()) == [0, 0, 1, 1, 2, 3]
-    again, _ = data.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
+    again, _ = pipeline.probe_batch(source, half, size=6, resize_size=72, crop_size=67)
     np.testing.assert_array_equal(images.numpy(), again.numpy())  # fixed
 
 
@@ -107,8 +118,16 @@ def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
     source = sources.folder_source(tiny_root)
 
     def first_batches(seed):
-        ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
-                               seed=seed, deterministic=True, **KW)
+        ds = pipeline.make_dataset(
+            source,
+            "train",
+            (0, 2, 3),
+            batch_size=4,
+            training=True,
+            seed=seed,
+            deterministic=True,
+            **KW,
+        )
         return _batches(ds.take(3))
 
     a, b, c = first_batches(1), first_batches(1), first_batches(2)
@@ -122,9 +141,18 @@ def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_ro
     source = sources.folder_source(tiny_root)
 
     def stream(skip_steps, steps, context=None):
-        ds = data.make_dataset(source, "train", (0, 2, 3), batch_size=4, training=True,
-                               seed=3, deterministic=True, input_context=context,
-                               skip_steps=skip_steps, **KW)
+        ds = pipeline.make_dataset(
+            source,
+            "train",
+            (0, 2, 3),
+            batch_size=4,
+            training=True,
+            seed=3,
+            deterministic=True,
+            input_context=context,
+            skip_steps=skip_steps,
+            **KW,
+        )
         return _batches(ds.take(steps))
 
     # 9 training images, batch 4: step 5 lies in the third pass, after reshuffles.
@@ -134,8 +162,9 @@ def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_ro
         np.testing.assert_array_equal(y_whole, y_resumed)
     assert not np.array_equal(whole[0][0], resumed[0][0])
     # A pipeline of two (multi-worker) skips its share of the global batch per step.
-    context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
-                                         num_replicas_in_sync=2)
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+    )
     whole, resumed = stream(0, 5, context), stream(3, 2, context)
     np.testing.assert_array_equal(whole[3][0], resumed[0][0])
 
@@ -144,10 +173,12 @@ def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
     source = sources.folder_source(tiny_root)
 
     def digests(worker):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
-                                             num_replicas_in_sync=2)
-        ds = data.make_dataset(source, "val", range(6), batch_size=4, training=False,
-                               input_context=context, **KW)
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2
+        )
+        ds = pipeline.make_dataset(
+            source, "val", range(6), batch_size=4, training=False, input_context=context, **KW
+        )
         batches = _batches(ds)
         assert max(len(x) for x, _ in batches) == 2  # global batch 4 over 2 replicas
         return [hashlib.sha1(image.tobytes()).hexdigest() for x, _ in batches for image in x]
@@ -159,16 +190,21 @@ def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
 
 def _write_bad_and_odd_files(folder):
     """Every bad-file case of a real dataset, next to odd but valid files."""
-    good = _encode(np.random.default_rng(1).integers(0, 255, (90, 80, 3), dtype=np.uint8),
-                   "JPEG")
+    good = _encode(np.random.default_rng(1).integers(0, 255, (90, 80, 3), dtype=np.uint8), "JPEG")
     header_broken = bytearray(good)
     header_broken[400:420] = b"\x00\xff" * 10
-    bad = {"truncated.JPEG": good[:len(good) // 2], "corrupt.JPEG": bytes(header_broken),
-           "not_an_image.JPEG": b"<html>404 not found</html>\n" * 20, "empty.JPEG": b""}
+    bad = {
+        "truncated.JPEG": good[: len(good) // 2],
+        "corrupt.JPEG": bytes(header_broken),
+        "not_an_image.JPEG": b"<html>404 not found</html>\n" * 20,
+        "empty.JPEG": b"",
+    }
     rgb = np.random.default_rng(2).integers(0, 255, (90, 80, 3), dtype=np.uint8)
-    odd = {"png_named.JPEG": _encode(rgb, "PNG"),
-           "cmyk.JPEG": _encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
-           "gray.JPEG": _encode(rgb[:, :, 0], "JPEG")}
+    odd = {
+        "png_named.JPEG": _encode(rgb, "PNG"),
+        "cmyk.JPEG": _encode(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "gray.JPEG": _encode(rgb[:, :, 0], "JPEG"),
+    }
     for name, content in {**bad, **odd}.items():
         with open(os.path.join(folder, name), "wb") as f:
             f.write(content)
@@ -180,9 +216,10 @@ def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path
     shutil.copytree(tiny_root, root)
     source = sources.folder_source(root)
     bad, _ = _write_bad_and_odd_files(os.path.join(root, "val", source.classes[0]))
-    bad_files = data.BadFiles()
-    ds = data.make_dataset(source, "val", (0, 1), batch_size=3, training=False,
-                           bad_files=bad_files, **KW)
+    bad_files = pipeline.BadFiles()
+    ds = pipeline.make_dataset(
+        source, "val", (0, 1), batch_size=3, training=False, bad_files=bad_files, **KW
+    )
     labels = np.concatenate([y for _, y in _batches(ds)])
     assert sorted(labels.tolist()) == [0] * (2 + 3) + [1] * 2  # the 3 odd files decoded
     assert sorted(bad_files.all()) == bad
@@ -202,19 +239,26 @@ def test_training_goes_on_past_bad_files_and_names_them(tiny_config, tmp_path, c
     first_of_a = dataset.classes[dataset.split.half("A")[0]]
     bad, _ = _write_bad_and_odd_files(os.path.join(root, "train", first_of_a))
     bad_val, _ = _write_bad_and_odd_files(os.path.join(root, "val", first_of_a))
-    metrics, out = experiment.run_treatment(tiny_config, dataset,
-                                            transfer.parse_treatment("baseA"), log=log.append)
+    metrics, out = experiment.run_treatment(
+        tiny_config, dataset, transfer.parse_treatment("baseA"), log=log.append
+    )
     assert metrics["status"] == "finished" and metrics["steps"] == tiny_config.train.total_steps
     text = "\n".join(log)
     assert "unreadable file(s)" in text and all(path in text for path in bad_val)
     assert metrics["bad_files"] >= len(bad_val)
-    listed = [line.split("\t")[0] for line in
-              open(os.path.join(out, "bad_files.tsv")).read().splitlines()[1:]]
+    listed = [
+        line.split("\t")[0]
+        for line in open(os.path.join(out, "bad_files.tsv")).read().splitlines()[1:]
+    ]
     assert set(bad_val) <= set(listed) <= set(bad) | set(bad_val)  # no good file listed
     # Named once by kt_transfer, not again by libjpeg and TensorFlow's decoder per read.
     err = capfd.readouterr().err
-    for noise in ("Premature end of JPEG", "Bogus Huffman", "jpeg_mem.cc",
-                  "Improper call to JPEG library"):
+    for noise in (
+        "Premature end of JPEG",
+        "Bogus Huffman",
+        "jpeg_mem.cc",
+        "Improper call to JPEG library",
+    ):
         assert noise not in err, err[-2000:]
 
 
@@ -245,11 +289,11 @@ def test_fused_decode_and_crop_equals_decode_then_crop(subsampling):
     full = tf.io.decode_jpeg(jpeg, channels=3).numpy()
     for seed in range(16):
         seed = tf.constant([seed, 0], tf.int64)
-        top, left = [int(v) for v in images.crop_offsets(seed, training=True, resize_size=72,
-                                                         crop_size=67)]
-        window = full[top:top + 67, left:left + 67]
-        fused = images.decode_crop(jpeg, seed, training=True, resize_size=72,
-                                   crop_size=67).numpy()
+        top, left = [
+            int(v) for v in images.crop_offsets(seed, training=True, resize_size=72, crop_size=67)
+        ]
+        window = full[top : top + 67, left : left + 67]
+        fused = images.decode_crop(jpeg, seed, training=True, resize_size=72, crop_size=67).numpy()
         assert np.array_equal(fused, window) or np.array_equal(fused, window[:, ::-1])
 
 
@@ -259,24 +303,26 @@ def test_shrinking_is_antialiased_like_pillow():
     stripes = np.zeros((250, 250, 3), np.uint8)
     stripes[:, ::3] = 255  # vertical stripes, period 3 px
     stripes[::5, :, 1] = 200  # horizontal ones, period 5 px, in green
-    reference = np.asarray(Image.fromarray(stripes).resize((72, 72), Image.BILINEAR),
-                           np.float32)
+    reference = np.asarray(Image.fromarray(stripes).resize((72, 72), Image.BILINEAR), np.float32)
     ours = images.resize(tf.constant(stripes), 72).numpy()
     aliased = tf.image.resize(tf.constant(stripes), [72, 72], antialias=False).numpy()
     assert np.abs(ours - reference).max() < 1.5  # within rounding of Pillow's 8 bits
     assert np.abs(aliased - reference).mean() > 30  # bands, not the average grey
     # The pipeline's on-the-fly path uses it: a 250 px JPEG-free (PNG) image, centre crop.
     png = tf.io.encode_png(tf.constant(stripes))
-    crop = images.decode_crop(png, tf.constant([0, 0], tf.int64), training=False,
-                              resize_size=72, crop_size=67).numpy()
+    crop = images.decode_crop(
+        png, tf.constant([0, 0], tf.int64), training=False, resize_size=72, crop_size=67
+    ).numpy()
     np.testing.assert_allclose(crop, np.floor(ours[2:69, 2:69] + 0.5), atol=1)
 
 
 # Faults (issue 22): a half with nothing readable fails, it never waits forever.
 
-LFS_POINTER = (b"version https://git-lfs.github.com/spec/v1\n"
-               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-               b"size 12345\n")
+LFS_POINTER = (
+    b"version https://git-lfs.github.com/spec/v1\n"
+    b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    b"size 12345\n"
+)
 
 
 def _replace_with_lfs_pointers(root, subset, classes):
@@ -290,7 +336,8 @@ def _replace_with_lfs_pointers(root, subset, classes):
 
 @pytest.mark.parametrize("subset", ["train", "val"])
 def test_a_half_with_no_readable_image_fails_before_training_naming_the_folder(
-        tiny_root, tmp_path, subset):
+    tiny_root, tmp_path, subset
+):
     root = str(tmp_path / "ds")
     shutil.copytree(tiny_root, root)
     source = sources.folder_source(root)
@@ -300,12 +347,13 @@ def test_a_half_with_no_readable_image_fails_before_training_naming_the_folder(
         sources.check_readable(source, (0, 1))
     message = str(error.value)
     count = 2 * (SPEC.train_per_class if subset == "train" else SPEC.val_per_class)
-    assert f"none of the {count} {subset} images" in message and os.path.join(root, subset) in message
+    assert (
+        f"none of the {count} {subset} images" in message and os.path.join(root, subset) in message
+    )
     assert "git-lfs pointer" in message and "--config.dataset.data_dir" in message
 
 
-def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(
-        tiny_root, tmp_path):
+def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(tiny_root, tmp_path):
     """The files became unreadable after the check (a disk gone, a sync that replaced
     them): the training stream stops after one whole pass that decoded nothing."""
     import threading
@@ -313,7 +361,7 @@ def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(
     root = str(tmp_path / "ds")
     shutil.copytree(tiny_root, root)
     source = sources.folder_source(root)
-    ds = data.make_dataset(source, "train", (0, 1), batch_size=2, training=True, **KW)
+    ds = pipeline.make_dataset(source, "train", (0, 1), batch_size=2, training=True, **KW)
     _replace_with_lfs_pointers(root, "train", [source.classes[i] for i in (0, 1)])
     outcome = []
 
@@ -328,4 +376,4 @@ def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(
     reader.start()
     reader.join(timeout=120)
     assert outcome, "the training stream is still waiting for a readable file"
-    assert data.NOTHING_READ in outcome[0]
+    assert pipeline.NOTHING_READ in outcome[0]

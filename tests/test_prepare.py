@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kt_transfer import data, images, prepare, sources
+from kt_transfer.data import images, pipeline, prepare, sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,14 +34,23 @@ def _folder(root):
     (root / "train/n002/text.JPEG").write_text("not an image")
     good = (root / "train/n002/n002_0.JPEG").read_bytes()
     (root / "train/n002/truncated.JPEG").write_bytes(good[:200])
-    (root / "classes.tsv").write_text("index\tfolder\tgroup\n0\tn001\tman-made\n"
-                                      "1\tn002\tnatural\n")
+    (root / "classes.tsv").write_text("index\tfolder\tgroup\n0\tn001\tman-made\n1\tn002\tnatural\n")
 
 
 def _run(src, dst):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "prepare_images.py"),
-                           f"--src={src}", f"--dst={dst}", "--size=72", "--workers=2"],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "prepare_images.py"),
+            f"--src={src}",
+            f"--dst={dst}",
+            "--size=72",
+            "--workers=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_prepare_images_resizes_skips_bad_files_and_resumes(tmp_path):
@@ -68,13 +77,22 @@ def test_prepare_images_resizes_skips_bad_files_and_resumes(tmp_path):
     # The training pipeline reads the copy: stored at the resize size, so each crop is
     # decoded alone; it matches the original resized on the fly within JPEG rounding.
     source = sources.folder_source(str(dst))
-    batch, _ = next(iter(data.make_dataset(source, "val", [0, 1], resize_size=72,
-                                           crop_size=67, batch_size=12, training=False)))
+    batch, _ = next(
+        iter(
+            pipeline.make_dataset(
+                source, "val", [0, 1], resize_size=72, crop_size=67, batch_size=12, training=False
+            )
+        )
+    )
     assert batch.shape == (6, 67, 67, 3)
     original = tf.io.read_file(str(src / "val/n001/n001_0.JPEG"))
     on_the_fly = images.preprocess(original, training=False, resize_size=72, crop_size=67)
-    copied = images.preprocess(tf.io.read_file(str(dst / "val/n001/n001_0.JPEG")),
-                               training=False, resize_size=72, crop_size=67)
+    copied = images.preprocess(
+        tf.io.read_file(str(dst / "val/n001/n001_0.JPEG")),
+        training=False,
+        resize_size=72,
+        crop_size=67,
+    )
     diff = np.abs(on_the_fly.numpy().astype(int) - copied.numpy().astype(int))
     assert diff.mean() < 2  # the copy's q95 JPEG and 8-bit rounding
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from kt_transfer import findings, replicates, results
+from kt_transfer.analysis import findings, replicates, results
 
 SPLITS = ("random0", "random1")
 
@@ -48,7 +48,8 @@ def test_mirror_images_are_pooled_each_against_its_own_base_and_missing_ones_nam
     # AnB (A -> B) and BnA (B -> A) of both splits: four networks, each counted once.
     assert sorted(r["top1"] for r in transfer) == pytest.approx([0.301, 0.311, 0.401, 0.411])
     assert {(r["split"], r["direction"]) for r in transfer} == {
-        (s, d) for s in SPLITS for d in ("AtoB", "BtoA")}
+        (s, d) for s in SPLITS for d in ("AtoB", "BtoA")
+    }
     for r in transfer:  # BnA is compared with baseA of its own split, AnB with baseB
         split_offset = SPLITS.index(r["split"]) / 100
         want = (0.60 if r["direction"] == "AtoB" else 0.50) + split_offset
@@ -73,9 +74,12 @@ def test_the_report_tables_give_mean_sd_count_and_interval(tmp_path):
     out = tmp_path / "out"
     written = results.write_report(str(tmp_path), str(out))
     names = {os.path.basename(p) for p in written}
-    assert {"results.csv", "embedded_random_abcd1234_replicates.csv",
-            "embedded_random_abcd1234_results.png",
-            "embedded_random_abcd1234_findings.md"} <= names
+    assert {
+        "results.csv",
+        "embedded_random_abcd1234_replicates.csv",
+        "embedded_random_abcd1234_results.png",
+        "embedded_random_abcd1234_findings.md",
+    } <= names
     summary = open(out / "embedded_random_abcd1234_replicates.csv").read().splitlines()
     assert summary[0] == ",".join(replicates.SUMMARY_COLUMNS)
     row = next(line for line in summary if line.startswith("AnB,1,"))
@@ -97,26 +101,32 @@ def test_t_interval_matches_the_textbook():
     assert single.count == 1 and math.isnan(single.low)
 
 
-@pytest.mark.parametrize("values, sign, verdict", [
-    ([0.05, 0.06, 0.055, 0.052], "positive", "shows"),  # a clear effect
-    ([0.05, 0.06, 0.055, 0.052], "negative", "does not show"),  # clear, the other way
-    ([0.01, -0.01, 0.02, -0.02], "positive", "inconclusive"),  # no effect
-    ([0.10, -0.05, 0.08, -0.02], "positive", "inconclusive"),  # noisy: spans zero
-    ([0.05], "positive", "inconclusive"),  # one replicate: no interval
-    ([-0.001, 0.002, 0.0, 0.001], "not_below", "shows"),  # at base
-    ([-0.05, -0.06, -0.055, -0.052], "not_below", "does not show"),  # below base
-])
+@pytest.mark.parametrize(
+    "values, sign, verdict",
+    [
+        ([0.05, 0.06, 0.055, 0.052], "positive", "shows"),  # a clear effect
+        ([0.05, 0.06, 0.055, 0.052], "negative", "does not show"),  # clear, the other way
+        ([0.01, -0.01, 0.02, -0.02], "positive", "inconclusive"),  # no effect
+        ([0.10, -0.05, 0.08, -0.02], "positive", "inconclusive"),  # noisy: spans zero
+        ([0.05], "positive", "inconclusive"),  # one replicate: no interval
+        ([-0.001, 0.002, 0.0, 0.001], "not_below", "shows"),  # at base
+        ([-0.05, -0.06, -0.055, -0.052], "not_below", "does not show"),  # below base
+    ],
+)
 def test_verdicts(values, sign, verdict):
     contrast = findings.Contrast("x", sign, 0.0, replicates.Estimate.of(values))
     assert contrast.verdict() == verdict
 
 
-@pytest.mark.parametrize("gains, verdict", [
-    ([0.002, -0.004, 0.001, 0.0], "converged"),  # flat: the interval is under 1 point
-    ([0.066, 0.048, 0.046, 0.055], "NOT converged"),  # still rising everywhere
-    ([0.001, 0.048, 0.046, 0.011], "inconclusive"),  # one flat base is not enough
-    ([0.001], "inconclusive (one pair"),  # one pair of runs: no interval
-])
+@pytest.mark.parametrize(
+    "gains, verdict",
+    [
+        ([0.002, -0.004, 0.001, 0.0], "converged"),  # flat: the interval is under 1 point
+        ([0.066, 0.048, 0.046, 0.055], "NOT converged"),  # still rising everywhere
+        ([0.001, 0.048, 0.046, 0.011], "inconclusive"),  # one flat base is not enough
+        ([0.001], "inconclusive (one pair"),  # one pair of runs: no interval
+    ],
+)
 def test_convergence_is_judged_on_the_interval_of_the_mean_gain(gains, verdict):
     estimate, said = replicates.convergence_verdict(gains, threshold=0.01)
     assert said.startswith(verdict) and estimate.count == len(gains)
@@ -130,24 +140,41 @@ def _records(effects, noise, replicates_n=4, seed=0):
     for rep in range(replicates_n):
         split, direction = f"random{rep // 2}", ("AtoB", "BtoA")[rep % 2]
         base = 0.6 + rng.gauss(0, noise)
-        records.append({"split": split, "direction": direction, "treatment": "base", "n": 0,
-                        "top1": base, "base_top1": base})
+        records.append(
+            {
+                "split": split,
+                "direction": direction,
+                "treatment": "base",
+                "n": 0,
+                "top1": base,
+                "base_top1": base,
+            }
+        )
         for treatment, effect in effects.items():
             for n in range(1, 8):
-                records.append({"split": split, "direction": direction,
-                                "treatment": treatment, "n": n,
-                                "top1": base + effect(n) + rng.gauss(0, noise),
-                                "base_top1": base})
+                records.append(
+                    {
+                        "split": split,
+                        "direction": direction,
+                        "treatment": treatment,
+                        "n": n,
+                        "top1": base + effect(n) + rng.gauss(0, noise),
+                        "base_top1": base,
+                    }
+                )
     return records
 
 
 def test_findings_on_grids_whose_answer_is_known():
     paper = results.paper_results()
-    paper_like = {"AnB": lambda n: -0.015 * n, "BnB": lambda n: -0.03 if 3 <= n <= 5 else 0.0,
-                  "BnB+": lambda n: 0.005, "AnB+": lambda n: 0.03,
-                  "RnB": lambda n: -0.05 * n}
-    found = {f.key: f for f in findings.evaluate(_records(paper_like, 0.003), paper,
-                                                 range(1, 8))}
+    paper_like = {
+        "AnB": lambda n: -0.015 * n,
+        "BnB": lambda n: -0.03 if 3 <= n <= 5 else 0.0,
+        "BnB+": lambda n: 0.005,
+        "AnB+": lambda n: 0.03,
+        "RnB": lambda n: -0.05 * n,
+    }
+    found = {f.key: f for f in findings.evaluate(_records(paper_like, 0.003), paper, range(1, 8))}
     assert [found[k].verdict() for k in "abcdf"] == ["shows"] * 5
     assert found["e"].verdict() == "not run" and "natman" in found["e"].todo
     assert not found["e"].contrasts[0].estimate
@@ -155,8 +182,7 @@ def test_findings_on_grids_whose_answer_is_known():
     assert found["a"].contrasts[0].paper == pytest.approx(0.5425 - 0.6282)
 
     only_frozen = {t: paper_like[t] for t in ("AnB", "BnB")}  # no fine-tuned networks
-    found = {f.key: f for f in findings.evaluate(_records(only_frozen, 0.003), paper,
-                                                 range(1, 8))}
+    found = {f.key: f for f in findings.evaluate(_records(only_frozen, 0.003), paper, range(1, 8))}
     assert found["a"].verdict() == "shows"
     assert found["c"].verdict() == "not run" and found["d"].verdict() == "not run"
 
@@ -173,11 +199,18 @@ def test_findings_on_grids_whose_answer_is_known():
 
 def test_rank_agreement_of_training_free_curves_with_the_grid():
     grid = {n: 0.6 - 0.02 * n for n in range(1, 8)}  # AnB falls with n
-    ranks = {r["measure"]: r for r in findings.rank_agreement(
-        {"same order": {n: -n for n in range(1, 8)},
-         "reversed": {n: n for n in range(1, 8)},
-         "unrelated": dict(zip(range(1, 8), [3, 0, 6, 2, 5, 1, 4])),
-         "two layers only": {1: 1.0, 2: 0.5}}, grid)}
+    ranks = {
+        r["measure"]: r
+        for r in findings.rank_agreement(
+            {
+                "same order": {n: -n for n in range(1, 8)},
+                "reversed": {n: n for n in range(1, 8)},
+                "unrelated": dict(zip(range(1, 8), [3, 0, 6, 2, 5, 1, 4])),
+                "two layers only": {1: 1.0, 2: 0.5},
+            },
+            grid,
+        )
+    }
     assert ranks["same order"]["rho"] == pytest.approx(1.0)
     assert ranks["same order"]["p"] == pytest.approx(2 / 5040)
     assert ranks["same order"]["verdict"] == "ranks as the grid does"

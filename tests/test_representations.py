@@ -6,22 +6,26 @@ import os
 
 from tensorboard.backend.event_processing import event_accumulator
 
-from kt_transfer import experiment, representations, sources, transfer
+from kt_transfer.analysis import representations
+from kt_transfer.data import sources
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment
 
 
 def test_similarity_mode_reads_trained_networks_and_writes_its_measures(tiny_config):
-    tiny_config.similarity.update(max_images=24, probe_train_images=60, probe_epochs=5,
-                                  transfer_images=24)
+    tiny_config.similarity.update(
+        max_images=24, probe_train_images=60, probe_epochs=5, transfer_images=24
+    )
     dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     for mode, n in (("baseB", None), ("AnB", 1), ("AnB+", 1)):  # baseA comes with A1B
-        experiment.run_treatment(tiny_config, dataset, transfer.parse_treatment(mode, n),
-                                 log=lambda *_: None)
+        experiment.run_treatment(
+            tiny_config, dataset, transfer.parse_treatment(mode, n), log=lambda *_: None
+        )
     lines = []
     rows = representations.run_similarity(tiny_config, dataset, log=lines.append)
     by = {(r["measure"], r["layer"]): r["value"] for r in rows}
     for half in ("A", "B"):
-        values = [by[(f"CKA(baseA, baseB) on {half}", layer)]
-                  for layer in representations.LAYERS]
+        values = [by[(f"CKA(baseA, baseB) on {half}", layer)] for layer in representations.LAYERS]
         assert all(-0.05 <= v <= 1.0 + 1e-9 for v in values), values
     # A1B's conv1 is baseA's, copied and frozen: the same representation, CKA 1.
     assert by[("CKA(A1B, baseA)", "conv1")] > 1 - 1e-6
@@ -29,17 +33,22 @@ def test_similarity_mode_reads_trained_networks_and_writes_its_measures(tiny_con
     assert ("CKA(A1B+, baseA)", "conv1") in by
     for measure in ("probe top-1 (baseA features, half B)", "LogME (baseA features, half B)"):
         assert len([r for r in rows if r["measure"] == measure]) == 7
-    assert all(0 <= by[("probe top-1 (baseA features, half B)", layer)] <= 1
-               for layer in representations.LAYERS)
+    assert all(
+        0 <= by[("probe top-1 (baseA features, half B)", layer)] <= 1
+        for layer in representations.LAYERS
+    )
     out = os.path.join(experiment.experiment_dir(tiny_config, dataset), "similarity")
     table = list(csv.DictReader(open(os.path.join(out, "similarity.csv"))))
     assert len(table) == len(rows)
-    assert "rank correlation" in open(os.path.join(out, "similarity.md")).read() or \
-        "no AnB curve" in open(os.path.join(out, "similarity.md")).read()
+    assert (
+        "rank correlation" in open(os.path.join(out, "similarity.md")).read()
+        or "no AnB curve" in open(os.path.join(out, "similarity.md")).read()
+    )
     with open(os.path.join(out, "similarity.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    events = event_accumulator.EventAccumulator(os.path.join(out, "logs"),
-                                                size_guidance={"tensors": 0, "images": 0})
+    events = event_accumulator.EventAccumulator(
+        os.path.join(out, "logs"), size_guidance={"tensors": 0, "images": 0}
+    )
     events.Reload()
     assert any(tag.startswith("CKAbaseA_baseB_on_A") for tag in events.Tags()["tensors"])
     assert any("cka_matrix_half_B" in tag for tag in events.Tags()["tensors"])

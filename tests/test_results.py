@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from kt_transfer import results
+from kt_transfer.analysis import results
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,8 +15,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _write_run(workdir, split, run, mode, n, top1, status="finished"):
     run_dir = os.path.join(workdir, "embedded", split, "abcd1234", run)
     os.makedirs(run_dir)
-    metrics = {"mode": mode, "n": n, "status": status, "num_classes": 50,
-               "seconds": 60.0 + 10 * n + 0.4}
+    metrics = {
+        "mode": mode,
+        "n": n,
+        "status": status,
+        "num_classes": 50,
+        "seconds": 60.0 + 10 * n + 0.4,
+    }
     if status == "finished":
         metrics.update(top1=top1, top5=min(1.0, top1 * 2))
     else:
@@ -39,15 +44,28 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     _write_run(workdir, "natman", "A1B", "AnB", 1, 0.35)
     _write_run(workdir, "all", "baseB", "baseB", 0, 0.5)  # the whole-dataset base
     _write_run(workdir, "all", "R1B", "RnB", 1, 0.2)  # the paper's random-weights control
-    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "plot_results.py"),
-                          f"--workdir={workdir}", "--paper", f"--out={tmp_path / 'report'}"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "plot_results.py"),
+            f"--workdir={workdir}",
+            "--paper",
+            f"--out={tmp_path / 'report'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = tmp_path / "report"  # created by the tool
     rows = list(csv.DictReader(io.StringIO(open(report / "results.csv").read())))
     assert len(rows) == 15
     a2b = next(r for r in rows if r["run"] == "A2B" and r["split"] == "random0")
-    assert (a2b["mode"], a2b["n"], a2b["top1"], a2b["base_top1"]) == ("AnB", "2", "0.2600", "0.3200")
+    assert (a2b["mode"], a2b["n"], a2b["top1"], a2b["base_top1"]) == (
+        "AnB",
+        "2",
+        "0.2600",
+        "0.3200",
+    )
     assert a2b["train_seconds"] == "80"
     assert next(r for r in rows if r["run"] == "B3B+")["status"] == "failed"
     notes = {r["run"]: r["note"] for r in rows if r["split"] == "random0"}
@@ -85,6 +103,7 @@ def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path)
 
 def test_empty_workdir_says_what_to_check(tmp_path):
     import pytest
+
     with pytest.raises(FileNotFoundError, match="--workdir"):
         results.write_report(str(tmp_path))
 
@@ -122,11 +141,13 @@ def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tm
     assert "embedded_natman_abcd1234_results.png" in names  # one family, not three
     assert not any("natman.s1" in name or "all.s2" in name for name in names)
     findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
-    line_e = next(l for l in findings_md.splitlines() if "(natman)" in l and "unpaired" in l)
+    line_e = next(
+        line for line in findings_md.splitlines() if "(natman)" in line and "unpaired" in line
+    )
     assert "unpaired: 6 natman, 4 random replicates" in line_e
     assert "(4 replicates)" in line_e and line_e.rstrip().endswith("| shows |")  # min(6, 4)
     assert abs(_estimate(line_e) - (0.6 - 0.9)) < 0.01
-    line_f = next(l for l in findings_md.splitlines() if "all-class control" in l)
+    line_f = next(line for line in findings_md.splitlines() if "all-class control" in line)
     assert "(3 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
     assert "unpaired: 3 seeds, 4 random replicates" in line_f
     assert abs(_estimate(line_f) - (0.1 - 0.9)) < 0.01
@@ -150,5 +171,5 @@ def test_one_all_class_network_per_n_gives_no_interval_for_f(tmp_path):
         _write_run(workdir, "all", f"R{n}B", "RnB", n, 0.30 - 0.03 * n)
     results.write_report(workdir, str(tmp_path / "out"))
     findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
-    line_f = next(l for l in findings_md.splitlines() if "all-class control" in l)
+    line_f = next(line for line in findings_md.splitlines() if "all-class control" in line)
     assert "(1 replicate: no interval)" in line_f and "| inconclusive |" in line_f

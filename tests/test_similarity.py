@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from kt_transfer import similarity
+from kt_transfer.analysis import similarity
 
 
 def _features(n=60, d=12, seed=0):
@@ -49,15 +49,17 @@ def test_minibatch_cka_matches_the_full_batch_value():
     one.update([x], [y])
     k, m = x @ x.T, y @ y.T
     full = similarity.unbiased_hsic(k, m) / math.sqrt(
-        similarity.unbiased_hsic(k, k) * similarity.unbiased_hsic(m, m))
+        similarity.unbiased_hsic(k, k) * similarity.unbiased_hsic(m, m)
+    )
     assert one.value()[0, 0] == pytest.approx(full, abs=1e-6)  # one minibatch = full batch
     # Many small minibatches estimate the same quantity as the (biased) full-batch CKA.
     big_x, big_y = _features(n=4000, seed=6), _features(n=4000, d=5, seed=7)
     big_x[:, :5] += 2 * big_y
     batched = similarity.MinibatchCKA()
     for start in range(0, 4000, 200):
-        batched.update([big_x[start:start + 200], big_y[start:start + 200]],
-                       [big_y[start:start + 200]])
+        batched.update(
+            [big_x[start : start + 200], big_y[start : start + 200]], [big_y[start : start + 200]]
+        )
     value = batched.value()
     assert value.shape == (2, 1) and value[1, 0] == pytest.approx(1.0, abs=1e-9)
     assert value[0, 0] == pytest.approx(similarity.linear_cka(big_x, big_y), abs=0.01)
@@ -65,14 +67,18 @@ def test_minibatch_cka_matches_the_full_batch_value():
 
 def test_the_diagonal_from_cached_grams_equals_the_full_matrixs_diagonal():
     xs = [_features(n=60, d=d, seed=10 + d) for d in (3, 8, 5)]
-    ys = [x @ np.random.default_rng(d).normal(size=(x.shape[1], 4)) + 0.5 * _features(
-        n=60, d=4, seed=20 + d) for d, x in enumerate(xs)]  # layer i related to layer i
+    ys = [
+        x @ np.random.default_rng(d).normal(size=(x.shape[1], 4))
+        + 0.5 * _features(n=60, d=4, seed=20 + d)
+        for d, x in enumerate(xs)
+    ]  # layer i related to layer i
     full, diagonal = similarity.MinibatchCKA(), similarity.MinibatchCKA(diagonal=True)
-    grams_y = [[similarity.gram(y[s:s + 20]) for y in ys] for s in (0, 20, 40)]
+    grams_y = [[similarity.gram(y[s : s + 20]) for y in ys] for s in (0, 20, 40)]
     for batch, start in enumerate((0, 20, 40)):
-        full.update([x[start:start + 20] for x in xs], [y[start:start + 20] for y in ys])
-        diagonal.update_grams([similarity.gram(x[start:start + 20]) for x in xs],
-                              grams_y[batch])  # the second network's Grams, computed once
+        full.update([x[start : start + 20] for x in xs], [y[start : start + 20] for y in ys])
+        diagonal.update_grams(
+            [similarity.gram(x[start : start + 20]) for x in xs], grams_y[batch]
+        )  # the second network's Grams, computed once
     assert full.value().shape == (3, 3) and diagonal.value().shape == (3,)
     np.testing.assert_allclose(diagonal.value(), np.diag(full.value()), rtol=1e-12)
 
@@ -95,8 +101,9 @@ def test_logme_evidence_is_the_bayesian_linear_models_marginal_likelihood():
     alpha, beta, evidence = per_class[0]
     y = (labels[:10] == np.unique(labels[:10])[0]).astype(float)
     cov = wide @ wide.T / alpha + np.eye(10) / beta
-    direct = -0.5 * (y @ np.linalg.solve(cov, y) + np.linalg.slogdet(cov)[1]
-                     + 10 * math.log(2 * math.pi))
+    direct = -0.5 * (
+        y @ np.linalg.solve(cov, y) + np.linalg.slogdet(cov)[1] + 10 * math.log(2 * math.pi)
+    )
     assert evidence * 10 == pytest.approx(direct, rel=1e-8)
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from kt_transfer import splits
+from kt_transfer.data import splits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,6 +22,7 @@ def test_paper_random_halves_match_reference_md5(seed):
 
 def test_random_split_for_other_class_counts_is_seeded_and_leaves_numpy_alone():
     import numpy as np
+
     np.random.seed(123)
     expected_next = np.random.rand()
     np.random.seed(123)
@@ -49,9 +50,17 @@ def test_natman_without_groups_and_unknown_names_fail_clearly():
 
 
 def test_split_info_tool_prints_paper_halves():
-    out = subprocess.run([sys.executable, os.path.join(REPO, "tools", "split_info.py"),
-                          "--split=random0", "--dataset=imagenet2012"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "split_info.py"),
+            "--split=random0",
+            "--dataset=imagenet2012",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     info = json.loads(out)
     assert splits.index_md5(info["A"]) == splits.PAPER_MD5[("random0", "A")]
     assert splits.index_md5(info["B"]) == splits.PAPER_MD5[("random0", "B")]
@@ -64,7 +73,9 @@ def test_the_whole_dataset_split_keeps_every_class_in_both_halves():
 
 
 def test_grid_cells_on_the_whole_split_are_its_base_and_the_random_control():
-    from kt_transfer import config_files, grid
+    from kt_transfer import config_files
+    from kt_transfer.runs import grid
+
     config = config_files.load("tiny").grid
     config.ns, config.directions = (1, 2), ("AtoB", "BtoA")
     names = [c.name for c in grid.cells(config, ("random0", "all"))]
@@ -75,16 +86,23 @@ def test_grid_cells_on_the_whole_split_are_its_base_and_the_random_control():
 def test_a_seeded_replicate_has_its_splits_halves_and_its_own_seed():
     natman = splits.make_split("natman", 1000)
     seeded = splits.make_split("natman.s2", 1000)
-    assert (seeded.name, seeded.A, seeded.B, seeded.seed_offset) == \
-        ("natman.s2", natman.A, natman.B, 2)
+    assert (seeded.name, seeded.A, seeded.B, seeded.seed_offset) == (
+        "natman.s2",
+        natman.A,
+        natman.B,
+        2,
+    )
     assert splits.make_split("random0.s1", 10).A == splits.make_split("random0", 10).A
     assert splits.base_name("all.s3") == "all" and splits.parse_name("random1") == ("random1", 0)
     with pytest.raises(ValueError, match="k >= 1"):
         splits.make_split("natman.s0", 1000)
-    from kt_transfer import config_files, data, grid
+    from kt_transfer import config_files
+    from kt_transfer.data import pipeline
+    from kt_transfer.runs import grid
+
     config = config_files.load("tiny")
     config.train.seed = 5
     dataset = type("Dataset", (), {"split": seeded})()
-    assert data.run_seed(config, dataset) == 7
+    assert pipeline.run_seed(config, dataset) == 7
     names = [c.name for c in grid.cells(config.grid, ("all.s1",))]
     assert names[0] == "all.s1/baseB" and all(n.startswith("all.s1/R") for n in names[1:])

@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from kt_transfer import data, experiment, sources, tfds_source, transfer
+from kt_transfer.data import pipeline, sources, tfds_source
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment
 
 
 def _tfds_config(tiny_config, name, tmp_path):
@@ -44,12 +46,16 @@ def test_imagenet2012_half_is_filtered_before_decoding_and_remapped(tiny_config,
         assert dataset.split.name == "random0" and len(dataset.split.half("A")) == 500
         half = dataset.split.half("A")
         builder = dataset.source.builder
-        raw = list(builder.as_dataset(split="validation",
-                                      decoders={"image": tfds.decode.SkipDecoding()}))
+        raw = list(
+            builder.as_dataset(split="validation", decoders={"image": tfds.decode.SkipDecoding()})
+        )
         read = list(tfds_source.read(builder, "validation", half, training=False, seed=0))
     position = {c: i for i, c in enumerate(half)}
-    expected = [(ex["file_name"].numpy(), position[int(ex["label"])]) for ex in raw
-                if int(ex["label"]) in position]
+    expected = [
+        (ex["file_name"].numpy(), position[int(ex["label"])])
+        for ex in raw
+        if int(ex["label"]) in position
+    ]
     assert 0 < len(expected) < len(raw)  # the other half is dropped
     assert [(ex["name"].numpy(), int(ex["label"])) for ex in read] == expected
     assert all(ex["image"].dtype == tf.string for ex in read)  # still encoded
@@ -61,9 +67,9 @@ def test_a_transfer_run_trains_on_mocked_imagenet2012(tiny_config, tmp_path):
     config.split = "natman"
     with tfds.testing.mock_data(num_examples=40):
         dataset = sources.resolve_dataset(config, log=lambda *_: None)
-        metrics, out = experiment.run_treatment(config, dataset,
-                                                transfer.parse_treatment("AnB", 2),
-                                                log=lambda *_: None)
+        metrics, out = experiment.run_treatment(
+            config, dataset, transfer.parse_treatment("AnB", 2), log=lambda *_: None
+        )
     assert metrics["status"] == "finished" and metrics["steps"] == config.train.total_steps
     assert os.sep + os.path.join("imagenet2012", "natman") + os.sep in out
     assert metrics["dataset"] == "imagenet2012"
@@ -72,6 +78,7 @@ def test_a_transfer_run_trains_on_mocked_imagenet2012(tiny_config, tmp_path):
 def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, tmp_path):
     """README's cifar100 command: 32 px images upscaled to the network's smallest input."""
     from kt_transfer import validate
+
     config = _tfds_config(tiny_config, "cifar100", tmp_path)
     config.dataset.resize_size, config.model.input_size = 72, 67
     validate.validate(config)  # what the CLI checks first
@@ -80,23 +87,32 @@ def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, t
         dataset = sources.resolve_dataset(config, log=lambda *_: None)
         assert dataset.source.val_split == "test" or dataset.source.val_split == "validation"
         assert len(dataset.classes) == 100 and len(dataset.split.half("B")) == 50
-        ds = data.make_dataset(dataset.source, "train", dataset.split.half("B"),
-                               resize_size=72, crop_size=67, batch_size=4,
-                               training=True, seed=0)
+        ds = pipeline.make_dataset(
+            dataset.source,
+            "train",
+            dataset.split.half("B"),
+            resize_size=72,
+            crop_size=67,
+            batch_size=4,
+            training=True,
+            seed=0,
+        )
         images, labels = next(iter(ds))
         assert images.shape == (4, 67, 67, 3) and 0 <= int(tf.reduce_min(labels))
         assert int(tf.reduce_max(labels)) < 50
         log = []
-        from kt_transfer import mean
-        first, image = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2),
-                                     log.append)
-        again, _ = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2),
-                                 log.append)
+        from kt_transfer.data import mean
+
+        first, image = mean.run_mean(
+            config, dataset, transfer.parse_treatment("AnB", 2), log.append
+        )
+        again, _ = mean.run_mean(config, dataset, transfer.parse_treatment("AnB", 2), log.append)
     assert image is None  # "computed" is per channel; "base_image" is the mean image
     assert first == again and len(first) == 3 and all(0 <= v <= 255 for v in first)
     assert len([m for m in log if "Computing the pixel mean" in m]) == 1  # cached after
     assert np.std(first) < 60
     with tfds.testing.mock_data(num_examples=30):  # and a network trains on it
-        metrics, _ = experiment.run_treatment(config, dataset, transfer.parse_treatment("baseB"),
-                                              log=lambda *_: None)
+        metrics, _ = experiment.run_treatment(
+            config, dataset, transfer.parse_treatment("baseB"), log=lambda *_: None
+        )
     assert metrics["status"] == "finished" and metrics["num_classes"] == 50

@@ -5,27 +5,27 @@ through."""
 
 import os
 
+import keras
 import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
-
-from kt_transfer import model as model_lib
-from kt_transfer import train, transfer
+from kt_transfer.networks import caffenet, transfer
+from kt_transfer.training import train
 
 BATCH, CLASSES = 4, 6
 
 
 def _train_data(first_step, scale=1.0):
     """A deterministic stream: example i is a function of i, so its position is visible."""
+
     def example(i):
         x = tf.cast(i, tf.float32)
         features = tf.stack([tf.sin(x), tf.cos(x), tf.cast(i % 7, tf.float32) / 7, 1.0])
         return features * scale, i % CLASSES
-    return (tf.data.Dataset.range(10**6).skip(first_step * BATCH).map(example)
-            .batch(BATCH))
+
+    return tf.data.Dataset.range(10**6).skip(first_step * BATCH).map(example).batch(BATCH)
 
 
 def _val_data():
@@ -35,10 +35,22 @@ def _val_data():
 def _train_config(**overrides):
     """The embedded config's solver block: Caffe SGD with momentum and coupled decay,
     bias lr x2, the step schedule with warmup."""
-    return ml_collections.ConfigDict({
-        "total_steps": 12, "steps_per_epoch": 4, "backup_every_steps": 5, "base_lr": 0.05,
-        "lr_step_size": 8, "lr_gamma": 0.1, "warmup_steps": 3, "momentum": 0.9,
-        "weight_decay": 5e-4, "bias_lr_mult": 2.0, "jit_compile": False, **overrides})
+    return ml_collections.ConfigDict(
+        {
+            "total_steps": 12,
+            "steps_per_epoch": 4,
+            "backup_every_steps": 5,
+            "base_lr": 0.05,
+            "lr_step_size": 8,
+            "lr_gamma": 0.1,
+            "warmup_steps": 3,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "bias_lr_mult": 2.0,
+            "jit_compile": False,
+            **overrides,
+        }
+    )
 
 
 def _model(train_config, treatment="AnB+"):
@@ -47,7 +59,7 @@ def _model(train_config, treatment="AnB+"):
     CaffeSGDs with StepSchedules)."""
     keras.utils.set_random_seed(7)
     x = inputs = keras.Input((4,))
-    for name in model_lib.LAYER_NAMES[:-1]:
+    for name in caffenet.LAYER_NAMES[:-1]:
         x = keras.layers.Dense(8, activation="relu", name=name)(x)
     outputs = keras.layers.Dense(CLASSES, name="fc8", dtype="float32")(x)
     model = keras.Model(inputs, outputs)
@@ -76,18 +88,27 @@ class _KillAfter(keras.callbacks.Callback):
 def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     config = _train_config()
     whole = _model(config)
-    expected = train.fit_and_evaluate(whole, _train_data, _val_data(), str(tmp_path / "a"),
-                                      config, verbose=0)
+    expected = train.fit_and_evaluate(
+        whole, _train_data, _val_data(), str(tmp_path / "a"), config, verbose=0
+    )
     assert expected["steps"] == 12 and expected["resumed_from_step"] == 0
     assert isinstance(whole.optimizer, keras.optimizers.MultiOptimizer)
 
     killed = _model(config)
     with pytest.raises(_Killed):  # after the step-5 backup, in the second epoch
-        train.fit_and_evaluate(killed, _train_data, _val_data(), str(tmp_path / "b"), config,
-                               verbose=0, extra_callbacks=[_KillAfter(6)])
+        train.fit_and_evaluate(
+            killed,
+            _train_data,
+            _val_data(),
+            str(tmp_path / "b"),
+            config,
+            verbose=0,
+            extra_callbacks=[_KillAfter(6)],
+        )
     resumed = _model(config)
-    metrics = train.fit_and_evaluate(resumed, _train_data, _val_data(), str(tmp_path / "b"),
-                                     config, verbose=0)
+    metrics = train.fit_and_evaluate(
+        resumed, _train_data, _val_data(), str(tmp_path / "b"), config, verbose=0
+    )
     assert metrics["steps"] == 12 and metrics["resumed_from_step"] == 5
     assert metrics["seconds"] > 0
     for got, want in zip(resumed.get_weights(), whole.get_weights()):
@@ -104,20 +125,25 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
         assert got["top1"] == pytest.approx(want["top1"]) and got["step"] == want["step"]
     assert metrics["top1"] == metrics["evaluations"][-1]["top1"]
     assert metrics["mean_highest_top1"] == pytest.approx(
-        np.mean([e["top1"] for e in expected["evaluations"]]))
+        np.mean([e["top1"] for e in expected["evaluations"]])
+    )
     final = whole.evaluate(_val_data(), return_dict=True, verbose=0)
     assert expected["top1"] == pytest.approx(final["top1"])  # the same as evaluating anew
     assert expected["loss"] == pytest.approx(final["loss"], rel=1e-5)
     # The last backup and the one before it (a fallback if the last is damaged later).
-    assert [os.path.basename(p) for p in train.list_backups(str(tmp_path / "b" / "checkpoints"))] \
-        == ["backup-000000010", "backup-000000012"]
+    assert [
+        os.path.basename(p) for p in train.list_backups(str(tmp_path / "b" / "checkpoints"))
+    ] == ["backup-000000010", "backup-000000012"]
 
 
 def test_mean_highest_averages_the_ten_best_evaluations():
-    evaluations = [{"step": s, "top1": v} for s, v in
-                   enumerate([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.55, 0.45, 0.0])]
+    evaluations = [
+        {"step": s, "top1": v}
+        for s, v in enumerate([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.55, 0.45, 0.0])
+    ]
     assert train.mean_highest(evaluations) == pytest.approx(
-        np.mean([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2]))
+        np.mean([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2])
+    )
     assert train.mean_highest(evaluations[:2]) == pytest.approx(0.5)
     assert train.mean_highest([]) is None
 
@@ -126,21 +152,33 @@ def test_mixed_float16_counts_every_trained_step_and_resumes_exactly(tmp_path):
     """Keras' LossScaleOptimizer does not advance `iterations` on a step it skips
     (overflowing gradients); the run's step count, backups and resume do not use it."""
     config = _train_config(total_steps=8, backup_every_steps=3, base_lr=0.01)
-    data = lambda first_step: _train_data(first_step, scale=3e4)  # noqa: E731: overflows
+
+    def data(first_step):  # large inputs: float16 overflows
+        return _train_data(first_step, scale=3e4)
+
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = _model(config)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        metrics = train.fit_and_evaluate(model, data, _val_data(), str(tmp_path / "a"),
-                                         config, verbose=0)
+        metrics = train.fit_and_evaluate(
+            model, data, _val_data(), str(tmp_path / "a"), config, verbose=0
+        )
         skipped = 8 - int(model.optimizer.iterations.numpy())
         killed = _model(config)
         with pytest.raises(_Killed):
-            train.fit_and_evaluate(killed, data, _val_data(), str(tmp_path / "b"), config,
-                                   verbose=0, extra_callbacks=[_KillAfter(4)])
+            train.fit_and_evaluate(
+                killed,
+                data,
+                _val_data(),
+                str(tmp_path / "b"),
+                config,
+                verbose=0,
+                extra_callbacks=[_KillAfter(4)],
+            )
         resumed = _model(config)
-        again = train.fit_and_evaluate(resumed, data, _val_data(), str(tmp_path / "b"),
-                                       config, verbose=0)
+        again = train.fit_and_evaluate(
+            resumed, data, _val_data(), str(tmp_path / "b"), config, verbose=0
+        )
     finally:
         keras.config.set_dtype_policy("float32")
     assert skipped > 0  # the case this guards: some steps were skipped by the scaler
@@ -154,13 +192,21 @@ def test_mixed_float16_counts_every_trained_step_and_resumes_exactly(tmp_path):
 
 # Faults (issue 22): what a kill, a damaged backup or a full disk may not lose.
 
+
 def _killed_run(tmp_path, config, kill_after, name="b"):
     """A run killed (an exception out of fit, as kill -9 leaves it) after `kill_after`
     steps; returns its run directory."""
     run = str(tmp_path / name)
     with pytest.raises(_Killed):
-        train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
-                               verbose=0, extra_callbacks=[_KillAfter(kill_after)])
+        train.fit_and_evaluate(
+            _model(config),
+            _train_data,
+            _val_data(),
+            run,
+            config,
+            verbose=0,
+            extra_callbacks=[_KillAfter(kill_after)],
+        )
     return run
 
 
@@ -171,8 +217,9 @@ def test_a_kill_after_an_epoch_boundary_keeps_that_epochs_evaluation(tmp_path):
     run = _killed_run(tmp_path, config, kill_after=5)
     _, state = train.latest_backup(os.path.join(run, "checkpoints"))
     assert state["step"] == 4 and [e["step"] for e in state["evaluations"]] == [4]
-    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
-                                     verbose=0)
+    metrics = train.fit_and_evaluate(
+        _model(config), _train_data, _val_data(), run, config, verbose=0
+    )
     assert metrics["resumed_from_step"] == 4
     assert [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
 
@@ -186,15 +233,18 @@ def test_a_garbled_backup_is_reported_and_the_previous_one_is_used(tmp_path):
     with open(os.path.join(newest, train.STATE_FILE), "w") as f:
         f.write('{"step": 6, "evalu')  # garbled: cut short by a crash of the disk
     log = []
-    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
-                                     verbose=0, log=log.append)
+    metrics = train.fit_and_evaluate(
+        _model(config), _train_data, _val_data(), run, config, verbose=0, log=log.append
+    )
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
     warning = next(line for line in log if line.startswith("warning: backup"))
     assert newest in warning and "state.json does not parse" in warning
     # Set aside, not deleted, and not in the way: the new backups were kept.
     assert os.path.isdir(os.path.join(checkpoints, "unreadable-backup-000000006"))
-    assert [os.path.basename(p) for p in train.list_backups(checkpoints)] == \
-        ["backup-000000010", "backup-000000012"]
+    assert [os.path.basename(p) for p in train.list_backups(checkpoints)] == [
+        "backup-000000010",
+        "backup-000000012",
+    ]
 
 
 def test_a_truncated_backup_weights_file_falls_back_to_the_previous_backup(tmp_path):
@@ -204,8 +254,9 @@ def test_a_truncated_backup_weights_file_falls_back_to_the_previous_backup(tmp_p
     weights = os.path.join(newest, train.WEIGHTS_FILE)
     os.truncate(weights, os.path.getsize(weights) // 2)
     log = []
-    metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), run, config,
-                                     verbose=0, log=log.append)
+    metrics = train.fit_and_evaluate(
+        _model(config), _train_data, _val_data(), run, config, verbose=0, log=log.append
+    )
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
     warning = next(line for line in log if line.startswith("warning: backup"))
     assert newest in warning and "backup.weights.h5 cannot be read (truncated" in warning
@@ -223,7 +274,8 @@ def test_a_resumed_run_numbers_its_epochs_out_of_the_whole_run(tmp_path, capsys)
 
 
 def test_a_full_disk_in_the_middle_of_a_backup_is_an_error_and_leaves_nothing_behind(
-        tmp_path, monkeypatch, small_filesystem):
+    tmp_path, monkeypatch, small_filesystem
+):
     """The space check before a backup is skipped here, so that the weights file's write
     itself runs out of room (h5py's failure case)."""
     config = _train_config(backup_every_steps=2)
@@ -233,17 +285,21 @@ def test_a_full_disk_in_the_middle_of_a_backup_is_an_error_and_leaves_nothing_be
         with open(os.path.join(checkpoints, "filler"), "wb") as f:
             f.write(b"\0" * (1000 * 1024))
         monkeypatch.setattr(train.atomic, "check_space", lambda path, needed: None)
-        with pytest.raises(train.atomic.DiskFullError, match="no space left on the device "
-                                                              f"writing {checkpoints}"):
-            train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
-                                   config, verbose=0)
+        with pytest.raises(
+            train.atomic.DiskFullError, match=f"no space left on the device writing {checkpoints}"
+        ):
+            train.fit_and_evaluate(
+                _model(config), _train_data, _val_data(), str(run), config, verbose=0
+            )
         assert os.listdir(checkpoints) == ["filler"]  # no temporary backup folder
         monkeypatch.undo()
         with pytest.raises(train.atomic.DiskFullError, match="about .* KB needed"):
-            train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
-                                   config, verbose=0)  # refused before writing this time
+            train.fit_and_evaluate(
+                _model(config), _train_data, _val_data(), str(run), config, verbose=0
+            )  # refused before writing this time
         assert os.listdir(checkpoints) == ["filler"]
         os.remove(os.path.join(checkpoints, "filler"))
-        metrics = train.fit_and_evaluate(_model(config), _train_data, _val_data(), str(run),
-                                         config, verbose=0)
+        metrics = train.fit_and_evaluate(
+            _model(config), _train_data, _val_data(), str(run), config, verbose=0
+        )
     assert metrics["steps"] == 12 and [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]

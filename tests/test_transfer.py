@@ -2,9 +2,9 @@ import keras
 import numpy as np
 import pytest
 
-from kt_transfer import model as model_lib
-from kt_transfer import train, transfer
 from kt_transfer import config_files
+from kt_transfer.networks import caffenet, transfer
+from kt_transfer.training import train
 
 MODES = ["AnB", "AnB+", "BnB", "BnB+", "BnA", "BnA+", "AnA", "AnA+", "RnB", "RnA"]
 
@@ -17,7 +17,7 @@ def model_config():
 @pytest.fixture(scope="module")
 def base(model_config):
     keras.utils.set_random_seed(7)
-    return model_lib.build_from_config(model_config, 6)
+    return caffenet.build_from_config(model_config, 6)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -25,14 +25,15 @@ def test_builder_copies_freezes_and_reinitializes_by_layer(mode, base, model_con
     for n in range(1, 8):
         treatment = transfer.parse_treatment(mode, n)
         model, plans = transfer.build_model(treatment, model_config, 6, base)
-        for i, name in enumerate(model_lib.LAYER_NAMES):
+        for i, name in enumerate(caffenet.LAYER_NAMES):
             layer, base_layer = model.get_layer(name), base.get_layer(name)
-            same = all(np.array_equal(a, b) for a, b in
-                       zip(layer.get_weights(), base_layer.get_weights()))
+            same = all(
+                np.array_equal(a, b) for a, b in zip(layer.get_weights(), base_layer.get_weights())
+            )
             copied = i < n and treatment.source != "R"
             # Biases initialized to a constant coincide with the base's; kernels never do.
             kernel_same = np.array_equal(layer.kernel.numpy(), base_layer.kernel.numpy())
-            assert (same if copied else not kernel_same), (mode, n, name)
+            assert same if copied else not kernel_same, (mode, n, name)
             frozen = i < n and not treatment.fine_tune
             assert layer.trainable is not frozen, (mode, n, name)
             assert plans[i].trainable is not frozen
@@ -45,10 +46,16 @@ def test_base_modes_and_run_names():
     assert transfer.parse_treatment("RnB", 3).base_mode is None
 
 
-@pytest.mark.parametrize("mode,n,message", [
-    ("AnB", 0, "between 1 and 7"), ("AnB", 8, "between 1 and 7"), ("XnY", 3, "unknown --mode"),
-    ("AnB", None, "--n"), ("RnB+", 2, "random control"),
-])
+@pytest.mark.parametrize(
+    "mode,n,message",
+    [
+        ("AnB", 0, "between 1 and 7"),
+        ("AnB", 8, "between 1 and 7"),
+        ("XnY", 3, "unknown --mode"),
+        ("AnB", None, "--n"),
+        ("RnB+", 2, "random control"),
+    ],
+)
 def test_bad_mode_or_n_raises_a_clear_error(mode, n, message):
     with pytest.raises(ValueError, match=message):
         transfer.parse_treatment(mode, n)
@@ -75,11 +82,15 @@ def test_one_fit_step_leaves_frozen_weights_bit_identical(model_config, base):
     config = config_files.load("tiny")
     model, plans = transfer.build_model(transfer.parse_treatment("AnB", 3), model_config, 6, base)
     train.compile_model(model, config.train, plans)
-    before = {l.name: [w.copy() for w in l.get_weights()] for l in model.layers if l.weights}
+    before = {
+        layer.name: [w.copy() for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights
+    }
     rng = np.random.default_rng(0)
     x = rng.normal(0, 50, size=(8, 67, 67, 3)).astype("float32")
     model.fit(x, rng.integers(0, 6, 8), batch_size=8, epochs=1, verbose=0)
-    for i, name in enumerate(model_lib.LAYER_NAMES):
+    for i, name in enumerate(caffenet.LAYER_NAMES):
         after = model.get_layer(name).get_weights()
         unchanged = all(np.array_equal(a, b) for a, b in zip(before[name], after))
         assert unchanged == (i < 3), name
@@ -104,6 +115,7 @@ def test_training_is_deterministic_under_a_seed(model_config):
 
 # Faults (issue 22): a base file that cannot be used is one line naming it and the fix.
 
+
 def test_an_unreadable_base_file_is_named_with_what_is_wrong(tmp_path, base):
     good = str(tmp_path / "base.keras")
     base.save(good)
@@ -114,8 +126,10 @@ def test_an_unreadable_base_file_is_named_with_what_is_wrong(tmp_path, base):
     with open(not_zip, "w") as f:
         f.write("version https://git-lfs.github.com/spec/v1\n")
     for path in (truncated, not_zip):
-        with pytest.raises(ValueError, match=f"--base_model='{path}' is not a readable "
-                                             ".keras file: it is not a zip archive"):
+        with pytest.raises(
+            ValueError,
+            match=f"--base_model='{path}' is not a readable .keras file: it is not a zip archive",
+        ):
             transfer.base_model_format(path)  # checked before any work (validate)
         with pytest.raises(transfer.UnreadableBaseError, match="not a zip archive"):
             transfer.load_base(path)
@@ -123,8 +137,9 @@ def test_an_unreadable_base_file_is_named_with_what_is_wrong(tmp_path, base):
     inputs = keras.Input((4,))
     foreign = keras.Model(inputs, keras.layers.Dense(3, name="head")(inputs))
     foreign.save(tmp_path / "foreign.keras")
-    with pytest.raises(transfer.UnreadableBaseError,
-                       match="is a Keras model but not a kt_transfer network.*head"):
+    with pytest.raises(
+        transfer.UnreadableBaseError, match="is a Keras model but not a kt_transfer network.*head"
+    ):
         transfer.load_base(str(tmp_path / "foreign.keras"))
 
     lambda_model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))

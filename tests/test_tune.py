@@ -11,7 +11,9 @@ import sys
 
 import pytest
 
-from kt_transfer import experiment, sources, transfer, tune
+from kt_transfer.data import sources
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment, tune
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -30,16 +32,20 @@ def test_a_sweep_runs_each_scale_once_and_resumes_without_rerunning(tiny_config)
     dataset = sources.resolve_dataset(config, log=lambda *_: None)
     log = []
     rows = tune.run_sweep(config, dataset, log=log.append)
-    assert sorted(r["scales"] for r in rows) == ["copied_lr_mult=0", "copied_lr_mult=0.1",
-                                                 "copied_lr_mult=1"]
+    assert sorted(r["scales"] for r in rows) == [
+        "copied_lr_mult=0",
+        "copied_lr_mult=0.1",
+        "copied_lr_mult=1",
+    ]
     assert rows[0]["top1"] == max(r["top1"] for r in rows)
     assert {os.path.basename(r["run"]) for r in rows} == {"A2B+", "A2B+_lr0.1", "A2B+_lr0"}
     for row in rows:
         metrics = experiment.read_metrics(row["run"])
         assert metrics["status"] == "finished" and metrics["top1"] == row["top1"]
         assert row["objective"] == "val_top1" and "holdout_top1" not in metrics
-    best = json.load(open(os.path.join(tune.tune_dir(config, dataset, tune.treatment_of(config)),
-                                       "best.json")))
+    best = json.load(
+        open(os.path.join(tune.tune_dir(config, dataset, tune.treatment_of(config)), "best.json"))
+    )
     assert os.path.exists(os.path.join(best["run"], "saved_model", "saved_model.pb"))
     trained = [m for m in log if m.startswith("Training A2B+")]
     assert len(trained) == 3
@@ -72,28 +78,49 @@ def _free_port():
 @pytest.mark.slow
 def test_a_distributed_sweep_with_a_chief_and_two_workers(tmp_path, data_cache):
     port = _free_port()
-    args = [sys.executable, "-m", "kt_transfer.main", f"--config={TINY}", "--mode=tune",
-            "--n=2", "--config.tune.copied_lr_mults=(1.0, 0.3, 0.1, 0.0)",
-            "--config.tune.max_trials=4", f"--workdir={tmp_path / 'wd'}",
-            f"--config.dataset.data_dir={data_cache}"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    args = [
+        sys.executable,
+        "-m",
+        "kt_transfer.main",
+        f"--config={TINY}",
+        "--mode=tune",
+        "--n=2",
+        "--config.tune.copied_lr_mults=(1.0, 0.3, 0.1, 0.0)",
+        "--config.tune.max_trials=4",
+        f"--workdir={tmp_path / 'wd'}",
+        f"--config.dataset.data_dir={data_cache}",
+    ]
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+    }
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
         log = open(tmp_path / f"{tuner_id}.log", "w")
-        procs[tuner_id] = subprocess.Popen(args, env={**env, "KERASTUNER_TUNER_ID": tuner_id},
-                                           stdout=log, stderr=subprocess.STDOUT)
+        procs[tuner_id] = subprocess.Popen(
+            args, env={**env, "KERASTUNER_TUNER_ID": tuner_id}, stdout=log, stderr=subprocess.STDOUT
+        )
     for tuner_id, proc in procs.items():
         assert proc.wait(timeout=600) == 0, open(tmp_path / f"{tuner_id}.log").read()[-3000:]
     logs = {t: open(tmp_path / f"{t}.log").read() for t in procs}
     trained = collections.Counter(
-        name for t in ("tuner0", "tuner1") for name in
-        re.findall(r"^Training (A2B\+\S*) on half", logs[t], re.M))
-    assert trained == collections.Counter(["A2B+_ho0.1", "A2B+_lr0.3_ho0.1",
-                                           "A2B+_lr0.1_ho0.1", "A2B+_lr0_ho0.1"])
+        name
+        for t in ("tuner0", "tuner1")
+        for name in re.findall(r"^Training (A2B\+\S*) on half", logs[t], re.M)
+    )
+    assert trained == collections.Counter(
+        ["A2B+_ho0.1", "A2B+_lr0.3_ho0.1", "A2B+_lr0.1_ho0.1", "A2B+_lr0_ho0.1"]
+    )
     assert "Training" not in logs["chief"]  # the chief only runs the oracle
-    runs = [os.path.join(root, d) for root, dirs, _ in os.walk(tmp_path / "wd") for d in dirs
-            if d.startswith("tune_A2B+")]
+    runs = [
+        os.path.join(root, d)
+        for root, dirs, _ in os.walk(tmp_path / "wd")
+        for d in dirs
+        if d.startswith("tune_A2B+")
+    ]
     best = json.load(open(os.path.join(runs[0], "best.json")))
     assert os.path.exists(os.path.join(best["run"], "saved_model", "saved_model.pb"))
     assert "Best: copied_lr_mult=" in logs["chief"]
@@ -109,16 +136,17 @@ def test_a_hyperband_trial_has_its_own_run_but_copies_the_full_base(tiny_config)
     hp.values["tuner/epochs"] = 1
     trial = tune.trial_config(config, hp)
     assert experiment.run_dir(trial, dataset, transfer.parse_treatment("AnB+", 2)).endswith(
-        "A2B+_e1_ho0.1")
+        "A2B+_e1_ho0.1"
+    )
     base = transfer.parse_treatment("baseA")
-    assert experiment.run_dir(experiment.base_config(trial), dataset, base) == \
-        experiment.run_dir(config, dataset, base)
+    assert experiment.run_dir(experiment.base_config(trial), dataset, base) == experiment.run_dir(
+        config, dataset, base
+    )
     oracle = tune.make_oracle(config)
     assert oracle.max_epochs == 2  # the config's 4 steps at 2 per epoch
 
 
-def test_the_sweep_chooses_on_held_out_training_images_and_reports_validation_beside(
-        tiny_config):
+def test_the_sweep_chooses_on_held_out_training_images_and_reports_validation_beside(tiny_config):
     """The objective is top-1 on a seeded 10% of the target half's training images that
     no trial trains on; validation top-1 is reported beside it, unused by the choice."""
     config = _sweep_config(tiny_config)
@@ -133,22 +161,25 @@ def test_the_sweep_chooses_on_held_out_training_images_and_reports_validation_be
         metrics = experiment.read_metrics(row["run"])
         assert row["run"].endswith("_ho0.3")
         assert metrics["holdout_top1"] == row["objective_top1"] and metrics["top1"] == row["top1"]
-    table = open(os.path.join(tune.tune_dir(config, dataset, tune.treatment_of(config)),
-                              "results.md")).read()
+    table = open(
+        os.path.join(tune.tune_dir(config, dataset, tune.treatment_of(config)), "results.md")
+    ).read()
     assert "Chosen by top-1 on 0.3 of the training images held out" in table
     assert "not used to choose" in table
     # The held-out images are a fixed part of the training images, disjoint from the rest.
     import numpy as np
-    from kt_transfer import data
+
+    from kt_transfer.data import pipeline
+
     half = dataset.split.half("B")
     paths, _ = sources.list_files(dataset.source.root, "train", dataset.source.classes, half)
-    held = data.in_holdout(np.array(paths), 0.3, config.train.seed).numpy()
+    held = pipeline.in_holdout(np.array(paths), 0.3, config.train.seed).numpy()
     assert 0.15 < held.mean() < 0.45
-    again = data.in_holdout(np.array(list(reversed(paths))), 0.3, config.train.seed).numpy()
+    again = pipeline.in_holdout(np.array(list(reversed(paths))), 0.3, config.train.seed).numpy()
     np.testing.assert_array_equal(held, again[::-1])  # by name, not by position
     kwargs = dict(resize_size=72, crop_size=67, batch_size=4, training=False)
     counted = {}
     for part in ("rest", "held"):
-        ds = data.make_dataset(dataset.source, "train", half, holdout=(part, 0.3, 0), **kwargs)
+        ds = pipeline.make_dataset(dataset.source, "train", half, holdout=(part, 0.3, 0), **kwargs)
         counted[part] = sum(int(labels.shape[0]) for _, labels in ds)
     assert counted == {"rest": int((~held).sum()), "held": int(held.sum())}

@@ -25,11 +25,19 @@ FLAGS = flags.FLAGS
 
 
 def _grid_args(workdir, workers):
-    args = [sys.executable, "-m", "kt_transfer.main", "--mode=grid", f"--workdir={workdir}",
-            "--config.grid.splits=('random0',)", "--config.grid.directions=('AtoB',)",
-            f"--config.grid.ns=({','.join(FLAGS.ns)},)",
-            "--config.grid.treatments=('AnB', 'BnB')",
-            f"--config.grid.workers_per_machine={workers}", "--config.verbose=0"]
+    args = [
+        sys.executable,
+        "-m",
+        "kt_transfer.main",
+        "--mode=grid",
+        f"--workdir={workdir}",
+        "--config.grid.splits=('random0',)",
+        "--config.grid.directions=('AtoB',)",
+        f"--config.grid.ns=({','.join(FLAGS.ns)},)",
+        "--config.grid.treatments=('AnB', 'BnB')",
+        f"--config.grid.workers_per_machine={workers}",
+        "--config.verbose=0",
+    ]
     if FLAGS.steps:
         args.append(f"--config.train.total_steps={FLAGS.steps}")
     return args
@@ -40,23 +48,37 @@ def main(argv):
     cells = 2 + 2 * len(FLAGS.ns)
     root = tempfile.mkdtemp(prefix="bench_grid_workers_")
     # Untimed: generates the embedded dataset (and warms the file cache).
-    subprocess.run([sys.executable, "-m", "kt_transfer.main", "--mode=baseA",
-                    f"--workdir={os.path.join(root, 'warmup')}", "--config.verbose=0",
-                    "--config.train.total_steps=10", "--config.train.steps_per_epoch=10",
-                    *extra], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kt_transfer.main",
+            "--mode=baseA",
+            f"--workdir={os.path.join(root, 'warmup')}",
+            "--config.verbose=0",
+            "--config.train.total_steps=10",
+            "--config.train.steps_per_epoch=10",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
     results = {}
     for workers in FLAGS.workers:
         workdir = os.path.join(root, f"w{workers}")
         started = time.monotonic()
-        done = subprocess.run(_grid_args(workdir, workers) + extra, capture_output=True,
-                              text=True)
+        done = subprocess.run(_grid_args(workdir, workers) + extra, capture_output=True, text=True)
         seconds = time.monotonic() - started
         if done.returncode:
-            sys.exit(f"the {workers}-worker grid failed:\n{done.stdout[-3000:]}"
-                     f"{done.stderr[-3000:]}")
+            sys.exit(
+                f"the {workers}-worker grid failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
         results[workers] = seconds
-        print(f"{workers} worker(s): {cells} cells in {seconds:.0f} s = "
-              f"{cells * 3600 / seconds:.1f} cells/hour", flush=True)
+        print(
+            f"{workers} worker(s): {cells} cells in {seconds:.0f} s = "
+            f"{cells * 3600 / seconds:.1f} cells/hour",
+            flush=True,
+        )
     first = FLAGS.workers[0]
     for workers, seconds in results.items():
         print(f"{workers} worker(s) vs {first}: x{results[first] / seconds:.2f} cells/hour")

@@ -9,7 +9,7 @@ Prints images/s, in one run on the same cores, of
   - the same pipeline on a copy made by tools/prepare_images.py (decodes the crop only);
   - the bare decode limit: tf.io.decode_jpeg of the original files, nothing else;
 and their ratios; then
-  - kt_transfer's training pipeline (data.make_dataset: resize 256, random 227 crop, mirror,
+  - kt_transfer's training pipeline (pipeline.make_dataset: resize 256, random 227 crop, mirror,
     bad-file handling; 8-bit output, the network subtracts the mean), reading all classes;
   - keras.utils.image_dataset_from_directory(image_size=256) + RandomCrop(227) +
     RandomFlip layers, the same output size;
@@ -25,10 +25,16 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string("data_dir", "", "ImageNet-style folder (train/<class>/*.JPEG); default: "
-                    "generate one in --cache_dir")
-flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "kt_transfer_bench_input"),
-                    "where the generated images are kept between runs")
+flags.DEFINE_string(
+    "data_dir",
+    "",
+    "ImageNet-style folder (train/<class>/*.JPEG); default: generate one in --cache_dir",
+)
+flags.DEFINE_string(
+    "cache_dir",
+    os.path.join(tempfile.gettempdir(), "kt_transfer_bench_input"),
+    "where the generated images are kept between runs",
+)
 flags.DEFINE_integer("classes", 20, "classes to generate")
 flags.DEFINE_integer("per_class", 60, "images per class to generate")
 flags.DEFINE_integer("resize", 256, "resize size (the paper's 256)")
@@ -36,8 +42,11 @@ flags.DEFINE_integer("crop", 227, "crop size (the paper's 227)")
 flags.DEFINE_integer("batch", 64, "batch size")
 flags.DEFINE_integer("batches", 25, "timed batches per round")
 flags.DEFINE_integer("rounds", 3, "rounds per pipeline (median reported)")
-flags.DEFINE_string("prepared_dir", "", "the prepared copy (default: made once under "
-                    "--cache_dir by tools/prepare_images.py's code)")
+flags.DEFINE_string(
+    "prepared_dir",
+    "",
+    "the prepared copy (default: made once under --cache_dir by tools/prepare_images.py's code)",
+)
 FLAGS = flags.FLAGS
 
 
@@ -75,24 +84,37 @@ def images_per_second(dataset, batches, batch_size):
 
 
 def kt_pipeline(source, class_indices):
-    from kt_transfer import data
-    return data.make_dataset(source, "train", class_indices, resize_size=FLAGS.resize,
-                             crop_size=FLAGS.crop, batch_size=FLAGS.batch, training=True,
-                             seed=0)
+    from kt_transfer.data import pipeline
+
+    return pipeline.make_dataset(
+        source,
+        "train",
+        class_indices,
+        resize_size=FLAGS.resize,
+        crop_size=FLAGS.crop,
+        batch_size=FLAGS.batch,
+        training=True,
+        seed=0,
+    )
 
 
 def bare_decode(root):
     """The decode limit: read and decode every original JPEG in parallel, nothing else
     (no resize, crop or batching of pixels; the decoded shapes are batched)."""
     import tensorflow as tf
+
     files = tf.data.Dataset.list_files(os.path.join(root, "train", "*", "*"), seed=0)
-    ds = files.repeat().map(lambda path: tf.shape(tf.io.decode_jpeg(tf.io.read_file(path))),
-                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = files.repeat().map(
+        lambda path: tf.shape(tf.io.decode_jpeg(tf.io.read_file(path))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
     return ds.batch(FLAGS.batch).prefetch(tf.data.AUTOTUNE)
 
 
 def prepared_copy(root):
-    from kt_transfer import prepare
+    from kt_transfer.data import prepare
+
     dst = FLAGS.prepared_dir or os.path.join(FLAGS.cache_dir, f"prepared-{FLAGS.resize}")
     if not os.path.exists(os.path.join(dst, prepare.COMPLETE)):
         prepare.prepare_folder(root, dst, FLAGS.resize, log=lambda *_: None)
@@ -102,11 +124,18 @@ def prepared_copy(root):
 def keras_pipeline(root):
     import keras
     import tensorflow as tf
+
     ds = keras.utils.image_dataset_from_directory(
-        os.path.join(root, "train"), image_size=(FLAGS.resize, FLAGS.resize),
-        batch_size=FLAGS.batch, shuffle=True, seed=0, verbose=False)
-    augment = keras.Sequential([keras.layers.RandomCrop(FLAGS.crop, FLAGS.crop),
-                                keras.layers.RandomFlip("horizontal")])
+        os.path.join(root, "train"),
+        image_size=(FLAGS.resize, FLAGS.resize),
+        batch_size=FLAGS.batch,
+        shuffle=True,
+        seed=0,
+        verbose=False,
+    )
+    augment = keras.Sequential(
+        [keras.layers.RandomCrop(FLAGS.crop, FLAGS.crop), keras.layers.RandomFlip("horizontal")]
+    )
     ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.repeat().prefetch(tf.data.AUTOTUNE)
 
@@ -123,31 +152,46 @@ def measure(pipelines):
 def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from kt_transfer import sources
+    from kt_transfer.data import sources
+
     root = FLAGS.data_dir or generate_images(FLAGS.cache_dir, FLAGS.classes, FLAGS.per_class)
     source = sources.folder_source(root)
     every = list(range(len(source.classes)))
     half = every[::2]
-    print(f"{root}: {len(source.classes)} classes; resize {FLAGS.resize}, crop {FLAGS.crop}, "
-          f"batch {FLAGS.batch}, {FLAGS.batches} batches x {FLAGS.rounds} rounds, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"{root}: {len(source.classes)} classes; resize {FLAGS.resize}, crop {FLAGS.crop}, "
+        f"batch {FLAGS.batch}, {FLAGS.batches} batches x {FLAGS.rounds} rounds, "
+        f"{os.cpu_count()} CPUs"
+    )
     prepared = sources.folder_source(prepared_copy(root))
-    rates = measure({"originals": lambda: kt_pipeline(source, every),
-                     "prepared": lambda: kt_pipeline(prepared, every),
-                     "decode": lambda: bare_decode(root)})
+    rates = measure(
+        {
+            "originals": lambda: kt_pipeline(source, every),
+            "prepared": lambda: kt_pipeline(prepared, every),
+            "decode": lambda: bare_decode(root),
+        }
+    )
     print(f"kt_transfer pipeline, original JPEGs        {rates['originals']:8.0f} images/s")
     print(f"kt_transfer pipeline, prepared copy         {rates['prepared']:8.0f} images/s")
     print(f"bare decode of the original JPEGs           {rates['decode']:8.0f} images/s")
-    print(f"ratio prepared / originals                  {rates['prepared'] / rates['originals']:8.2f}")
-    print(f"ratio originals / bare decode               {rates['originals'] / rates['decode']:8.2f}")
+    print(
+        f"ratio prepared / originals                  {rates['prepared'] / rates['originals']:8.2f}"
+    )
+    print(
+        f"ratio originals / bare decode               {rates['originals'] / rates['decode']:8.2f}"
+    )
     print(f"ratio prepared / bare decode                {rates['prepared'] / rates['decode']:8.2f}")
-    rates = measure({"kt_transfer": lambda: kt_pipeline(source, every),
-                     "keras": lambda: keras_pipeline(root)})
+    rates = measure(
+        {"kt_transfer": lambda: kt_pipeline(source, every), "keras": lambda: keras_pipeline(root)}
+    )
     print(f"kt_transfer pipeline (all classes)          {rates['kt_transfer']:8.0f} images/s")
     print(f"keras image_dataset_from_directory + layers {rates['keras']:8.0f} images/s")
-    print(f"ratio kt_transfer / keras                   {rates['kt_transfer'] / rates['keras']:8.2f}")
-    halves = measure({"half": lambda: kt_pipeline(source, half),
-                      "all": lambda: kt_pipeline(source, every)})
+    print(
+        f"ratio kt_transfer / keras                   {rates['kt_transfer'] / rates['keras']:8.2f}"
+    )
+    halves = measure(
+        {"half": lambda: kt_pipeline(source, half), "all": lambda: kt_pipeline(source, every)}
+    )
     print(f"kt_transfer, one half of the classes        {halves['half']:8.0f} images/s")
     print(f"kt_transfer, all classes                    {halves['all']:8.0f} images/s")
     print(f"ratio half / all                            {halves['half'] / halves['all']:8.2f}")

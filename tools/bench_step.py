@@ -40,11 +40,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from kt_transfer import architecture, config_files, train, transfer  # noqa: E402
-from kt_transfer import model as model_lib  # noqa: E402
+from kt_transfer import config_files  # noqa: E402
+from kt_transfer.networks import architecture, caffenet, transfer  # noqa: E402
+from kt_transfer.training import train  # noqa: E402
 
-flags.DEFINE_enum("backend", None, ["tensorflow", "jax", "torch"],
-                  "Keras backend (also set KERAS_BACKEND); default: Keras' own")
+flags.DEFINE_enum(
+    "backend",
+    None,
+    ["tensorflow", "jax", "torch"],
+    "Keras backend (also set KERAS_BACKEND); default: Keras' own",
+)
 flags.DEFINE_string("config", "embedded", "config file path or name in configs/")
 flags.DEFINE_integer("steps", 30, "timed steps per treatment (after warm-up)")
 flags.DEFINE_integer("warmup", 5, "untimed steps (tracing, compilation, allocation)")
@@ -53,14 +58,18 @@ flags.DEFINE_integer("input_size", 0, "input side (0: the config's model.input_s
 flags.DEFINE_float("width", 0, "width multiplier (0: the config's model.width)")
 flags.DEFINE_integer("batch", 0, "batch size (0: the config's train.batch_size)")
 flags.DEFINE_integer("classes", 50, "fc8 outputs")
-flags.DEFINE_list("precisions", ["float32"], "float32 and/or bfloat16 (mixed_bfloat16), "
-                  "float16 (mixed_float16)")
-flags.DEFINE_list("treatments", ["baseB"] + [f"A{n}B" for n in range(1, 8)],
-                  "baseB and/or A<n>B")
+flags.DEFINE_list(
+    "precisions", ["float32"], "float32 and/or bfloat16 (mixed_bfloat16), float16 (mixed_float16)"
+)
+flags.DEFINE_list("treatments", ["baseB"] + [f"A{n}B" for n in range(1, 8)], "baseB and/or A<n>B")
 flags.DEFINE_bool("jit", True, "compile the step with XLA")
 flags.DEFINE_float("peak_tflops", 0.0, "the accelerator's dense peak TFLOP/s for MFU")
-flags.DEFINE_list("compare", [], "run every row on each of these backends (one "
-                  "subprocess each, same flags) and print the time ratio per row")
+flags.DEFINE_list(
+    "compare",
+    [],
+    "run every row on each of these backends (one "
+    "subprocess each, same flags) and print the time ratio per row",
+)
 flags.DEFINE_bool("logging_overhead", False, "time the per-layer logger instead (TF)")
 flags.DEFINE_integer("log_every", 0, "logging interval (0: the config's log_every_steps)")
 FLAGS = flags.FLAGS
@@ -69,7 +78,7 @@ POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixe
 
 
 def parse(name):
-    """"baseB" or "A<n>B" -> (Treatment, n frozen)."""
+    """ "baseB" or "A<n>B" -> (Treatment, n frozen)."""
     if name == "baseB":
         return transfer.parse_treatment("baseB"), 0
     return transfer.parse_treatment("AnB", int(name[1:-1])), int(name[1:-1])
@@ -97,17 +106,38 @@ def time_step(config, treatment, base, batch, precision="float32", logdir=None):
 def _time_with_logger(config, model, plans, treatment, batch, logdir):
     import tensorflow as tf
 
-    from kt_transfer import layer_logging
+    from kt_transfer.training import layer_logging
+
     counter = train.StepCounter()
-    callbacks = [counter, layer_logging.LayerLogger(
-        logdir, batch, [p.name for p in plans if p.trainable],
-        config.train.log_every_steps, {"mode": treatment.mode}, counter)]
+    callbacks = [
+        counter,
+        layer_logging.LayerLogger(
+            logdir,
+            batch,
+            [p.name for p in plans if p.trainable],
+            config.train.log_every_steps,
+            {"mode": treatment.mode},
+            counter,
+        ),
+    ]
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(dataset, steps_per_epoch=FLAGS.warmup, epochs=1, verbose=0, shuffle=False,
-              callbacks=callbacks)
+    model.fit(
+        dataset,
+        steps_per_epoch=FLAGS.warmup,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks,
+    )
     start = time.perf_counter()
-    model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0, shuffle=False,
-              callbacks=callbacks)
+    model.fit(
+        dataset,
+        steps_per_epoch=FLAGS.steps,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=callbacks,
+    )
     return (time.perf_counter() - start) / FLAGS.steps
 
 
@@ -115,25 +145,38 @@ def compare(backends, argv):
     """Runs this tool once per backend (same flags) and prints their rows side by side
     with the ratio of step times (first backend / each other)."""
     import subprocess
+
     args = [a for a in argv[1:] if not a.startswith(("--compare", "--backend"))]
     rows = {}
     for backend in backends:
-        out = subprocess.run([sys.executable, __file__, f"--backend={backend}", *args],
-                             env={**os.environ, "KERAS_BACKEND": backend},
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, f"--backend={backend}", *args],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         print(f"[{backend}] " + out.strip().splitlines()[0])
         for line in out.splitlines():
             parts = line.split()
             if len(parts) >= 6 and parts[1] in POLICIES:
                 rows.setdefault((parts[0], parts[1]), {})[backend] = float(parts[2])
     first = backends[0]
-    print(f"{'treatment':9s} {'precision':9s} " + " ".join(f"{b + ' ms':>14s}" for b in backends)
-          + "".join(f" {first + '/' + b:>18s}" for b in backends[1:]))
+    print(
+        f"{'treatment':9s} {'precision':9s} "
+        + " ".join(f"{b + ' ms':>14s}" for b in backends)
+        + "".join(f" {first + '/' + b:>18s}" for b in backends[1:])
+    )
     for (name, precision), times in rows.items():
-        print(f"{name:9s} {precision:9s} " + " ".join(f"{times.get(b, float('nan')):14.1f}"
-                                                      for b in backends)
-              + "".join(f" {times[first] / times[b]:18.2f}" for b in backends[1:]
-                        if b in times and first in times))
+        print(
+            f"{name:9s} {precision:9s} "
+            + " ".join(f"{times.get(b, float('nan')):14.1f}" for b in backends)
+            + "".join(
+                f" {times[first] / times[b]:18.2f}"
+                for b in backends[1:]
+                if b in times and first in times
+            )
+        )
 
 
 def main(argv):
@@ -155,34 +198,44 @@ def main(argv):
     keras.utils.set_random_seed(0)
     size, batch_size = config.model.input_size, config.train.batch_size
     rng = np.random.default_rng(0)
-    batch = (rng.integers(0, 256, size=(batch_size, size, size, 3), dtype=np.uint8),
-             rng.integers(0, FLAGS.classes, batch_size))
+    batch = (
+        rng.integers(0, 256, size=(batch_size, size, size, 3), dtype=np.uint8),
+        rng.integers(0, FLAGS.classes, batch_size),
+    )
     if FLAGS.logging_overhead:
         plain = time_step(config, transfer.parse_treatment("baseB"), None, batch)
-        logged = time_step(config, transfer.parse_treatment("baseB"), None, batch,
-                           logdir=tempfile.mkdtemp())
-        print(f"input {size}, width {config.model.width}, batch {batch_size}: "
-              f"baseB {plain * 1e3:.1f} ms/step without, {logged * 1e3:.1f} ms/step with "
-              f"per-layer logging every {config.train.log_every_steps} steps: overhead "
-              f"{100 * (logged / plain - 1):.1f}%")
+        logged = time_step(
+            config, transfer.parse_treatment("baseB"), None, batch, logdir=tempfile.mkdtemp()
+        )
+        print(
+            f"input {size}, width {config.model.width}, batch {batch_size}: "
+            f"baseB {plain * 1e3:.1f} ms/step without, {logged * 1e3:.1f} ms/step with "
+            f"per-layer logging every {config.train.log_every_steps} steps: overhead "
+            f"{100 * (logged / plain - 1):.1f}%"
+        )
         return
-    base = model_lib.build_from_config(config.model, FLAGS.classes)
-    print(f"backend {keras.backend.backend()}, input {size}, width {config.model.width}, "
-          f"batch {batch_size}, {FLAGS.classes} classes, XLA "
-          f"{'on' if FLAGS.jit or keras.backend.backend() == 'jax' else 'off'}, "
-          f"{FLAGS.steps} timed steps" + (f", peak {FLAGS.peak_tflops:g} TFLOP/s"
-                                          if FLAGS.peak_tflops else ""))
-    print(f"{'treatment':9s} {'precision':9s} {'ms/step':>8s} {'images/s':>9s} "
-          f"{'GFLOP/img':>9s} {'TFLOP/s':>8s}" + (f" {'MFU':>6s}" if FLAGS.peak_tflops else ""))
+    base = caffenet.build_from_config(config.model, FLAGS.classes)
+    print(
+        f"backend {keras.backend.backend()}, input {size}, width {config.model.width}, "
+        f"batch {batch_size}, {FLAGS.classes} classes, XLA "
+        f"{'on' if FLAGS.jit or keras.backend.backend() == 'jax' else 'off'}, "
+        f"{FLAGS.steps} timed steps"
+        + (f", peak {FLAGS.peak_tflops:g} TFLOP/s" if FLAGS.peak_tflops else "")
+    )
+    print(
+        f"{'treatment':9s} {'precision':9s} {'ms/step':>8s} {'images/s':>9s} "
+        f"{'GFLOP/img':>9s} {'TFLOP/s':>8s}" + (f" {'MFU':>6s}" if FLAGS.peak_tflops else "")
+    )
     for precision in FLAGS.precisions:
         for name in FLAGS.treatments:
             treatment, frozen = parse(name)
             seconds = time_step(config, treatment, base if frozen else None, batch, precision)
-            flops = architecture.training_flops(size, config.model.width, FLAGS.classes,
-                                                frozen)
+            flops = architecture.training_flops(size, config.model.width, FLAGS.classes, frozen)
             tflops = flops * batch_size / seconds / 1e12
-            line = (f"{name:9s} {precision:9s} {seconds * 1e3:8.1f} "
-                    f"{batch_size / seconds:9.0f} {flops / 1e9:9.3f} {tflops:8.3f}")
+            line = (
+                f"{name:9s} {precision:9s} {seconds * 1e3:8.1f} "
+                f"{batch_size / seconds:9.0f} {flops / 1e9:9.3f} {tflops:8.3f}"
+            )
             if FLAGS.peak_tflops:
                 line += f" {100 * tflops / FLAGS.peak_tflops:5.1f}%"
             print(line, flush=True)

@@ -25,12 +25,16 @@ from ml_collections import config_flags
 
 from kt_transfer import config_files
 
-_CONFIG = config_flags.DEFINE_config_file("config", config_files.config_path("embedded"),
-                                          "experiment config", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", config_files.config_path("embedded"), "experiment config", lock_config=True
+)
 flags.DEFINE_string("workdir", "workdir_convergence", "where the runs are written")
 flags.DEFINE_list("modes", ["baseA", "baseB"], "the bases to check")
-flags.DEFINE_list("splits", [], "the splits whose bases are checked (default: the "
-                  "config's grid.splits, or its split)")
+flags.DEFINE_list(
+    "splits",
+    [],
+    "the splits whose bases are checked (default: the config's grid.splits, or its split)",
+)
 flags.DEFINE_integer("factor", 2, "the longer run's budget, in multiples of the config's")
 flags.DEFINE_float("threshold", 0.01, "top-1 gain under which the bases count as converged")
 FLAGS = flags.FLAGS
@@ -48,7 +52,11 @@ def scaled(config, factor):
 
 def main(argv):
     del argv
-    from kt_transfer import experiment, replicates, sources, transfer, validate
+    from kt_transfer import validate
+    from kt_transfer.analysis import replicates
+    from kt_transfer.data import sources
+    from kt_transfer.networks import transfer
+    from kt_transfer.runs import experiment
 
     config = _CONFIG.value
     with config.unlocked():
@@ -62,40 +70,51 @@ def main(argv):
         for mode in FLAGS.modes:
             runs = {}
             for factor in (1, FLAGS.factor):
-                metrics, _ = experiment.run_treatment(scaled(config, factor), dataset,
-                                                      transfer.parse_treatment(mode))
+                metrics, _ = experiment.run_treatment(
+                    scaled(config, factor), dataset, transfer.parse_treatment(mode)
+                )
                 if metrics["status"] != "finished":
-                    raise SystemExit(f"error: {split} {mode} x{factor} failed: "
-                                     f"{metrics['reason']}")
+                    raise SystemExit(f"error: {split} {mode} x{factor} failed: {metrics['reason']}")
                 runs[factor] = metrics
             for factor, metrics in runs.items():
-                curve = ", ".join(f"{e['step']}: {e['top1']:.3f}"
-                                  for e in metrics["evaluations"])
-                print(f"{split} {mode} x{factor} ({metrics['steps']} steps, "
-                      f"{metrics['seconds']:.0f} s): final top-1 {metrics['top1']:.4f}; "
-                      f"curve {curve}")
+                curve = ", ".join(f"{e['step']}: {e['top1']:.3f}" for e in metrics["evaluations"])
+                print(
+                    f"{split} {mode} x{factor} ({metrics['steps']} steps, "
+                    f"{metrics['seconds']:.0f} s): final top-1 {metrics['top1']:.4f}; "
+                    f"curve {curve}"
+                )
             gain = runs[FLAGS.factor]["top1"] - runs[1]["top1"]
             gains.append(gain)
             print(f"{split} {mode}: x{FLAGS.factor} budget gains {gain:+.4f} top-1")
             _plot(runs, os.path.join(FLAGS.workdir, f"convergence_{split}_{mode}.png"))
     estimate, verdict = replicates.convergence_verdict(gains, FLAGS.threshold)
-    interval = ("" if estimate.count < 2 else
-                f" [{estimate.low:+.4f}, {estimate.high:+.4f}], sd {estimate.sd:.4f}")
-    print(f"mean gain of x{FLAGS.factor} over {estimate.count} bases: {estimate.mean:+.4f}"
-          f"{interval} -> {verdict} "
-          f"(threshold {FLAGS.threshold:.3f})")
+    interval = (
+        ""
+        if estimate.count < 2
+        else f" [{estimate.low:+.4f}, {estimate.high:+.4f}], sd {estimate.sd:.4f}"
+    )
+    print(
+        f"mean gain of x{FLAGS.factor} over {estimate.count} bases: {estimate.mean:+.4f}"
+        f"{interval} -> {verdict} "
+        f"(threshold {FLAGS.threshold:.3f})"
+    )
 
 
 def _plot(runs, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for factor, metrics in runs.items():
         steps = [e["step"] for e in metrics["evaluations"]]
-        ax.plot(steps, [e["top1"] for e in metrics["evaluations"]], marker="o",
-                label=f"x{factor}: {metrics['steps']} steps")
+        ax.plot(
+            steps,
+            [e["top1"] for e in metrics["evaluations"]],
+            marker="o",
+            label=f"x{factor}: {metrics['steps']} steps",
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("validation top-1")
     ax.grid(alpha=0.3)

@@ -9,7 +9,8 @@ baseB dashed; --paper overlays the published ImageNet numbers (dotted).
 
 from absl import app, flags
 
-from kt_transfer import keras_compat, results
+from kt_transfer.analysis import results
+from kt_transfer.training import keras_compat
 
 flags.DEFINE_string("workdir", "workdir", "workdir of kt_transfer runs")
 flags.DEFINE_string("out", None, "where to write (default: the workdir)")

@@ -28,21 +28,27 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from kt_transfer import prepare
+    from kt_transfer.data import prepare
+
     if not FLAGS.dst or bool(FLAGS.src) == bool(FLAGS.tfds_name):
         raise app.UsageError("give --dst and one of --src or --tfds_name")
     if FLAGS.src:
         result = prepare.prepare_folder(FLAGS.src, FLAGS.dst, FLAGS.size, FLAGS.workers or None)
     else:
         import tensorflow_datasets as tfds
+
         builder = tfds.builder(FLAGS.tfds_name, data_dir=FLAGS.data_dir)
-        result = prepare.prepare(prepare.tfds_jobs(builder, FLAGS.dst, FLAGS.size,
-                                                   FLAGS.tfds_val_split),
-                                 FLAGS.dst, FLAGS.workers or None)
-    print(f"prepare: {result['written']} written, {result['skipped']} already there, "
-          f"{len(result['bad'])} unreadable skipped"
-          + (f" (listed in {os.path.join(FLAGS.dst, 'bad_files.tsv')})" if result["bad"] else "")
-          + f" -> {FLAGS.dst}")
+        result = prepare.prepare(
+            prepare.tfds_jobs(builder, FLAGS.dst, FLAGS.size, FLAGS.tfds_val_split),
+            FLAGS.dst,
+            FLAGS.workers or None,
+        )
+    print(
+        f"prepare: {result['written']} written, {result['skipped']} already there, "
+        f"{len(result['bad'])} unreadable skipped"
+        + (f" (listed in {os.path.join(FLAGS.dst, 'bad_files.tsv')})" if result["bad"] else "")
+        + f" -> {FLAGS.dst}"
+    )
 
 
 if __name__ == "__main__":

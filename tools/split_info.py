@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags
 
-from kt_transfer import embedded, splits
+from kt_transfer.data import embedded, splits
 
 flags.DEFINE_string("split", "random0", "random<seed> or natman")
 flags.DEFINE_string("dataset", "imagenet2012", "imagenet2012, embedded, or a TFDS name")
@@ -26,8 +26,9 @@ FLAGS = flags.FLAGS
 def imagenet_wnids():
     """TFDS's labels.txt, read without importing TensorFlow."""
     spec = importlib.util.find_spec("tensorflow_datasets")
-    path = os.path.join(spec.submodule_search_locations[0], "datasets", "imagenet2012",
-                        "labels.txt")
+    path = os.path.join(
+        spec.submodule_search_locations[0], "datasets", "imagenet2012", "labels.txt"
+    )
     with open(path) as f:
         return f.read().split()
 
@@ -39,6 +40,7 @@ def class_names_and_groups(dataset):
         specs = embedded.class_specs(FLAGS.num_classes)
         return [s.folder for s in specs], [s.group for s in specs]
     import tensorflow_datasets as tfds  # any other TFDS dataset: its label feature
+
     label = tfds.builder(dataset).info.features["label"]
     return list(label.names), None
 

@@ -1,0 +1,2 @@
+"""Runs to findings: gather results, pool replicates, test contrasts, draw figures, write
+the report; similarity measures without training."""

@@ -1,0 +1,325 @@
+"""The paper's Figure 2 from replicated networks: every network, and the mean with its
+95% interval, against n; the base as a band.
+
+Two panels: validation top-1 (left) and top-1 relative to each network's own base
+(right). The paper's published curves are overlaid like with like: absolute top-1 only on
+ImageNet itself, relative top-1 on any dataset (a 50-class CPU-scale task has another
+absolute accuracy than ImageNet's 500-class halves, but the relative drop is comparable).
+"""
+
+import os
+import statistics
+import tempfile
+
+from kt_transfer.analysis import replicates
+
+STYLE = {  # treatment -> (label, colour, marker)
+    "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
+    "BnB+": ("BnB+ (selffer, fine-tuned)", "tab:cyan", "s"),
+    "AnB": ("AnB (transfer, frozen)", "tab:red", "o"),
+    "AnB+": ("AnB+ (transfer, fine-tuned)", "tab:orange", "s"),
+    "RnB": ("RnB (random frozen features, on the half: not the paper's control)", "tab:gray", "v"),
+}
+OFFSETS = {"BnB": -0.16, "BnB+": -0.08, "AnB": 0.0, "AnB+": 0.08, "RnB": 0.16}
+
+
+def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
+    """Draws the figure to `path` (PNG, written atomically).
+
+    Args:
+      records: replicates.networks() of one experiment.
+      paper: the published numbers (results.paper_results()) to overlay, or None.
+      absolute_paper: overlay the paper's absolute top-1 too (ImageNet only).
+      missing: expected networks without a finished record, named under the figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5))
+    bases = [r["top1"] for r in records if r["treatment"] == "base"]
+    base_est = replicates.Estimate.of(bases)
+    for ax, relative in ((ax_abs, False), (ax_rel, True)):
+        if relative:
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="base")
+        elif base_est is not None:
+            ax.axhline(
+                base_est.mean,
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label=f"base (mean of {base_est.count})",
+            )
+            if base_est.count > 1:
+                ax.axhspan(
+                    base_est.low,
+                    base_est.high,
+                    color="black",
+                    alpha=0.08,
+                    label="base 95% interval",
+                )
+        for treatment, (label, colour, marker) in STYLE.items():
+            _draw_treatment(ax, records, treatment, relative, label, colour, marker)
+        if paper:
+            _overlay_paper(ax, paper, relative, absolute_paper)
+        ax.set_xlabel("n (layers copied)")
+        ax.set_ylabel("top-1 / its base's top-1" if relative else "validation top-1")
+        ax.set_xticks(range(0, 8))
+        ax.grid(alpha=0.3)
+    ax_abs.set_title(title, fontsize=10)
+    ax_rel.set_title("relative to each network's own base", fontsize=10)
+    legend = {}
+    for ax in (ax_abs, ax_rel):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(
+        legend.values(),
+        legend.keys(),
+        fontsize=7,
+        loc="lower center",
+        ncol=4,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.03),
+    )
+    note = (
+        (
+            f"{len(missing)} expected network(s) missing or failed: "
+            + ", ".join(
+                f"{s} {d} {t}{'' if t == 'base' else ' n=%d' % n}" for s, d, t, n in missing[:8]
+            )
+            + (" ..." if len(missing) > 8 else "")
+        )
+        if missing
+        else ""
+    )
+    if note:
+        fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="tab:red")
+    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
+    by_n = {}
+    for r in records:
+        if r["treatment"] == treatment and (not relative or r["base_top1"]):
+            value = r["top1"] / r["base_top1"] if relative else r["top1"]
+            by_n.setdefault(r["n"], []).append(value)
+    if not by_n:
+        return
+    offset = OFFSETS[treatment]
+    for n, values in by_n.items():  # every network, faint
+        ax.scatter(
+            [n + offset] * len(values),
+            values,
+            color=colour,
+            alpha=0.45,
+            s=14,
+            marker=marker,
+            linewidths=0,
+        )
+    ns = sorted(by_n)
+    estimates = [replicates.Estimate.of(by_n[n]) for n in ns]
+    means = [e.mean for e in estimates]
+    errors = [
+        [e.mean - e.low if e.count > 1 else 0 for e in estimates],
+        [e.high - e.mean if e.count > 1 else 0 for e in estimates],
+    ]
+    ax.errorbar(
+        [n + offset for n in ns],
+        means,
+        yerr=errors,
+        color=colour,
+        marker=marker,
+        capsize=3,
+        label=label + " (mean, 95% interval)",
+    )
+
+
+def _overlay_paper(ax, paper, relative, absolute_paper):
+    base = statistics.fmean(paper["base_random_halves"].values())
+    if not relative and not absolute_paper:
+        return
+    for name, series in paper["random_halves"].items():
+        treatment = name.split()[0]
+        points = sorted(
+            (int(n), v["mean"] / (base if relative else 1.0)) for n, v in series.items()
+        )
+        ax.plot(
+            *zip(*points),
+            linestyle=":",
+            color=STYLE[treatment][1],
+            alpha=0.7,
+            label=f"paper {treatment} (ImageNet)",
+        )
+    if not relative:
+        ax.axhline(base, color="black", linestyle=":", alpha=0.6, label="paper base (ImageNet)")
+
+
+def plot_figure4(random_records, natman_records, whole_records, path, title, paper=None):
+    """The paper's Figure 4 from the runs that exist, three panels:
+    (a) frozen transfer between dissimilar halves (natman, both directions) and its bases;
+    (b) the random-weights control on all classes and the whole-dataset base;
+    (c) top-1 relative to the base against n: transfer between random halves, between
+        dissimilar halves, and random weights, in one panel.
+    `paper` overlays the published numbers, relative ones on (c) and absolute ones on
+    (a) and (b) only when the data are ImageNet's (`absolute` in the title's dataset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_nat, ax_rand, ax_rel) = plt.subplots(1, 3, figsize=(16, 4.8))
+    directions = {
+        "AtoB": ("A -> B: man-made -> natural (AnB)", "tab:green", "baseB (natural)"),
+        "BtoA": ("B -> A: natural -> man-made (BnA)", "tab:purple", "baseA (man-made)"),
+    }
+    for direction, (label, colour, base_label) in directions.items():
+        nets = [r for r in natman_records if r["direction"] == direction]
+        _draw_seeds(ax_nat, nets, "AnB", "o", colour, label)  # BnA is "AnB" mirrored
+        bases = [r["top1"] for r in nets if r["treatment"] == "base"]
+        if bases:
+            ax_nat.axhline(
+                statistics.fmean(bases),
+                color=colour,
+                linestyle="--",
+                linewidth=1,
+                label=f"{base_label}: the target half's base",
+            )
+    _draw_seeds(
+        ax_rand, whole_records, "RnB", "v", "tab:gray", "random frozen layers 1..n, all classes"
+    )
+    bases = [r["top1"] for r in whole_records if r["treatment"] == "base"]
+    if bases:
+        ax_rand.axhline(
+            statistics.fmean(bases),
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="whole-dataset base",
+        )
+    for records, label, colour, treatment in (
+        (random_records, "transfer, random halves (AnB)", "tab:red", "AnB"),
+        (natman_records, "transfer, dissimilar halves (natman AnB)", "tab:green", "AnB"),
+        (whole_records, "random weights, all classes (RnB)", "tab:gray", "RnB"),
+    ):
+        _draw_relative(ax_rel, records, treatment, label, colour)
+    if paper:
+        _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute="imagenet2012" in title)
+    ax_rel.axhline(1.0, color="black", linestyle="--", linewidth=1)
+    for ax, heading in (
+        (ax_nat, "(a) dissimilar halves (natman)"),
+        (ax_rand, "(b) random weights, all classes"),
+        (ax_rel, "(c) top-1 relative to the base"),
+    ):
+        ax.set_title(heading, fontsize=10)
+        ax.set_xlabel("n (layers copied or random)")
+        ax.set_xticks(range(0, 8))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no runs yet", ha="center", transform=ax.transAxes)
+    ax_nat.set_ylabel("validation top-1")
+    ax_rel.set_ylabel("top-1 / base top-1")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
+    with os.fdopen(fd, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _values_by_n(records, treatment, value=lambda record: record["top1"]):
+    """{n: [value of each network of the treatment]}; a value of None is left out."""
+    by_n = {}
+    for r in records:
+        v = value(r) if r["treatment"] == treatment else None
+        if v is not None:
+            by_n.setdefault(r["n"], []).append(v)
+    return by_n
+
+
+def _draw_seeds(ax, records, treatment, marker, colour, label):
+    """Each network a faint point and, over a split's seeded replicates (natman,
+    natman.s1, ...), the mean per n as the line; mean of one network when unseeded."""
+    by_n = _values_by_n(records, treatment)
+    if not by_n:
+        return
+    ns = sorted(by_n)
+    if any(len(values) > 1 for values in by_n.values()):
+        ax.scatter(
+            [n for n in ns for _ in by_n[n]],
+            [v for n in ns for v in by_n[n]],
+            s=12,
+            color=colour,
+            alpha=0.3,
+        )
+        label += f" (mean of {max(len(v) for v in by_n.values())} seeds)"
+    ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker=marker, color=colour, label=label)
+
+
+def _draw_relative(ax, records, treatment, label, colour):
+    by_n = _values_by_n(records, treatment, value=replicates.relative_top1)
+    if by_n:
+        ns = sorted(by_n)
+        ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker="o", color=colour, label=label)
+
+
+def _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute):
+    natman, bases = paper["natman"], paper["base_natman"]
+    series = {
+        "man-made -> natural, frozen": ("natural (449 classes)", "tab:green"),
+        "natural -> man-made, frozen": ("man-made (551 classes)", "tab:purple"),
+    }
+    relative_natman = []
+    for name, (base_name, colour) in series.items():
+        points = sorted((int(n), v["mean"]) for n, v in natman[name].items())
+        relative_natman.append({n: v / bases[base_name] for n, v in points})
+        if absolute:
+            ax_nat.plot(
+                *zip(*points), linestyle=":", color=colour, alpha=0.7, label=f"paper {name}"
+            )
+    control = sorted(
+        (int(n), v["mean"]) for n, v in paper["random_frozen_control_whole_imagenet"].items()
+    )
+    whole = paper["whole_imagenet_1000_classes"]
+    if absolute:
+        ax_rand.plot(
+            *zip(*control),
+            linestyle=":",
+            color="tab:gray",
+            alpha=0.7,
+            label="paper random weights (ImageNet)",
+        )
+        ax_rand.axhline(whole, color="black", linestyle=":", alpha=0.6, label="paper netbase")
+    base = statistics.fmean(paper["base_random_halves"].values())
+    transfer = sorted(
+        (int(n), v["mean"] / base)
+        for n, v in paper["random_halves"]["AnB (transfer, frozen)"].items()
+    )
+    ax_rel.plot(
+        *zip(*transfer), linestyle=":", color="tab:red", alpha=0.7, label="paper, random halves"
+    )
+    ns = sorted(relative_natman[0])
+    ax_rel.plot(
+        ns,
+        [statistics.fmean(r[n] for r in relative_natman) for n in ns],
+        linestyle=":",
+        color="tab:green",
+        alpha=0.7,
+        label="paper, natman (mean)",
+    )
+    ax_rel.plot(
+        [n for n, _ in control],
+        [v / whole for _, v in control],
+        linestyle=":",
+        color="tab:gray",
+        alpha=0.7,
+        label="paper, random weights",
+    )

@@ -1,0 +1,346 @@
+"""--mode=similarity: layer-by-layer transferability from trained networks, no retraining.
+
+    python -m kt_transfer.main --mode=similarity      # after baseA and baseB (and a grid)
+
+Reads the experiment's existing networks and computes, with forward passes only:
+  - linear CKA between baseA and baseB at each of conv1..fc7, and the full layer x layer
+    matrix, on the validation images of each half (`similarity.halves`);
+  - CKA between every trained transfer network and its base, layer by layer (how far
+    fine-tuning moved the copied layers, what fresh layers learned);
+  - a linear probe per layer of baseA: a softmax classifier on the layer's frozen,
+    spatially averaged features, trained (Keras, Adam) on half B's training images and
+    scored on its validation images, next to the AnB curve of the grid;
+  - LogME per layer of baseA on the same features.
+Features are extracted once per network and half. Writes <experiment>/similarity/:
+similarity.csv / .md, similarity.png, TensorBoard logs (scalars per layer, the CKA
+matrix as an image), and a rank correlation with the grid's AnB curve where it exists.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+
+from kt_transfer import atomic
+from kt_transfer.analysis import findings, results, similarity
+from kt_transfer.data import pipeline
+from kt_transfer.networks import transfer
+from kt_transfer.runs import experiment, grid
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+def _load(exp_dir, run):
+    path = os.path.join(exp_dir, run, experiment.MODEL_FILE)
+    if not os.path.exists(path):
+        return None
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def _activations(model):
+    return keras.Model(model.input, [model.get_layer(name).output for name in LAYERS])
+
+
+def _pooled(activation):
+    """Spatially averaged features (conv maps) or the vector itself (fc), float64."""
+    a = keras.ops.convert_to_numpy(activation).astype(np.float64)
+    return a.mean(axis=(1, 2)) if a.ndim == 4 else a
+
+
+def _images(config, dataset, half, subset, limit):
+    """Up to `limit` (uint8 images, labels) of a half, in fixed batches of 100."""
+    ds = pipeline.make_dataset(
+        dataset.source,
+        subset,
+        dataset.split.half(half),
+        resize_size=config.dataset.resize_size,
+        crop_size=config.model.input_size,
+        batch_size=100,
+        training=False,
+    )
+    seen = 0
+    for images, labels in ds:
+        if seen >= limit:
+            return
+        take = min(limit - seen, len(labels))
+        seen += take
+        yield images[:take].numpy(), labels[:take].numpy()
+
+
+def layer_grams(model, batches):
+    """Per minibatch, the Gram matrix of each of the 7 layers' features: what CKA needs of
+    a network, computed once per network and image set."""
+    activations = _activations(model)
+    return [
+        [
+            similarity.gram(keras.ops.convert_to_numpy(a))
+            for a in activations(images, training=False)
+        ]
+        for images, _ in batches
+    ]
+
+
+def cka_between(first, second, batches, diagonal=False):
+    """[7, 7] minibatch CKA matrix between the layers of two networks (or its diagonal).
+    Either network may be given as its layer_grams of these batches."""
+    acc = similarity.MinibatchCKA(diagonal=diagonal)
+    grams = [m if isinstance(m, list) else layer_grams(m, batches) for m in (first, second)]
+    for grams_x, grams_y in zip(*grams):
+        acc.update_grams(grams_x, grams_y)
+    return acc.value()
+
+
+def pooled_features(model, batches):
+    """({layer: [n, channels]}, labels) of spatially averaged features."""
+    activations = _activations(model)
+    feats, labels = {name: [] for name in LAYERS}, []
+    for images, y in batches:
+        for name, a in zip(LAYERS, activations(images, training=False)):
+            feats[name].append(_pooled(a))
+        labels.append(y)
+    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
+
+
+def linear_probe(train_x, train_y, val_x, val_y, num_classes, epochs=30, seed=0):
+    """Top-1 of a softmax classifier on frozen features (standardized on the training
+    features), trained with Keras' Adam."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    keras.utils.set_random_seed(seed)
+    probe = keras.Sequential([keras.Input((train_x.shape[1],)), keras.layers.Dense(num_classes)])
+    probe.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    probe.fit(
+        ((train_x - mean) / std).astype("float32"),
+        train_y,
+        batch_size=128,
+        epochs=epochs,
+        verbose=0,
+    )
+    return float(probe.evaluate(((val_x - mean) / std).astype("float32"), val_y, verbose=0)[1])
+
+
+def run_similarity(config, dataset, log=print):
+    """Computes and writes everything above; returns the table rows."""
+    started = time.monotonic()
+    exp_dir = experiment.experiment_dir(config, dataset)
+    base_a, base_b = _load(exp_dir, "baseA"), _load(exp_dir, "baseB")
+    if base_a is None or base_b is None:
+        raise FileNotFoundError(
+            f"--mode=similarity reads trained networks; {exp_dir} has no baseA and baseB "
+            "yet: python -m kt_transfer.main --mode=baseA (and --mode=baseB), or --mode=grid"
+        )
+    sc = config.similarity
+    rows, matrices = [], {}
+    for half in sc.halves:
+        batches = list(_images(config, dataset, half, "val", sc.max_images))
+        matrices[half] = cka_between(base_a, base_b, batches)
+        for i, name in enumerate(LAYERS):
+            rows.append(
+                {
+                    "measure": f"CKA(baseA, baseB) on {half}",
+                    "layer": name,
+                    "n": i + 1,
+                    "value": float(matrices[half][i, i]),
+                }
+            )
+        log(
+            f"similarity: CKA(baseA, baseB) on half {half}: "
+            + " ".join(f"{v:.3f}" for v in np.diag(matrices[half]))
+        )
+    rows += _transfer_cka(config, dataset, exp_dir, sc, log)
+    # Probes and LogME: baseA's features, half B's labels (the AnB question).
+    train = list(_images(config, dataset, "B", "train", sc.probe_train_images))
+    val = list(_images(config, dataset, "B", "val", sc.max_images))
+    train_x, train_y = pooled_features(base_a, train)
+    val_x, val_y = pooled_features(base_a, val)
+    classes = len(dataset.split.half("B"))
+    for i, name in enumerate(LAYERS):
+        top1 = linear_probe(
+            train_x[name], train_y, val_x[name], val_y, classes, epochs=sc.probe_epochs
+        )
+        score, _ = similarity.logme(train_x[name], train_y)
+        rows += [
+            {
+                "measure": "probe top-1 (baseA features, half B)",
+                "layer": name,
+                "n": i + 1,
+                "value": top1,
+            },
+            {
+                "measure": "LogME (baseA features, half B)",
+                "layer": name,
+                "n": i + 1,
+                "value": score,
+            },
+        ]
+        log(f"similarity: {name}: probe top-1 {top1:.3f}, LogME {score:.3f}")
+    seconds = time.monotonic() - started
+    out = os.path.join(exp_dir, "similarity")
+    os.makedirs(out, exist_ok=True)
+    grid_curve = _grid_curve(config, dataset)
+    notes = _rank_notes(rows, grid_curve)
+    for note in notes:
+        log(f"similarity: {note}")
+    _write(
+        out, rows, matrices, (grid_curve, _grid_curve(config, dataset, "B")), notes, seconds, log
+    )
+    if os.path.isdir(grid.report_dir(config, dataset)):  # findings.md gains the rank lines
+        grid.write_results(config, dataset, log)
+    return rows
+
+
+def _transfer_cka(config, dataset, exp_dir, sc, log):
+    """CKA, layer by layer, between each finished transfer network and its base (each
+    base's Grams computed once per half)."""
+    rows, base_grams, batches = [], {}, {}
+    names = sorted(
+        n
+        for n in os.listdir(exp_dir)
+        if "_" not in n and os.path.exists(os.path.join(exp_dir, n, experiment.MODEL_FILE))
+    )
+    for run in names[: sc.max_transfer_runs]:
+        if run.startswith("base"):
+            continue
+        try:  # A4B+ -> AnB+ with n = 4
+            treatment = transfer.parse_treatment(run[0] + "n" + run[2:], int(run[1]))
+        except (ValueError, IndexError):
+            continue
+        if not treatment.base_mode:  # RnB: no base to compare with
+            continue
+        half = treatment.target
+        if half not in batches:
+            batches[half] = list(_images(config, dataset, half, "val", sc.transfer_images))
+        key = (treatment.base_mode, half)
+        if key not in base_grams:
+            base_grams[key] = layer_grams(_load(exp_dir, treatment.base_mode), batches[half])
+        per_layer = cka_between(_load(exp_dir, run), base_grams[key], batches[half], diagonal=True)
+        for i, name in enumerate(LAYERS):
+            rows.append(
+                {
+                    "measure": f"CKA({run}, {treatment.base_mode})",
+                    "layer": name,
+                    "n": i + 1,
+                    "value": float(per_layer[i]),
+                }
+            )
+    if rows:
+        log(f"similarity: CKA of {len(rows) // len(LAYERS)} transfer networks with their bases")
+    return rows
+
+
+def _grid_curve(config, dataset, source="A"):
+    """{n: top-1} of AnB (source "A"; BnB: "B") of the experiment's own split, where the
+    grid ran."""
+    exp_dir = experiment.experiment_dir(config, dataset)
+    curve = {}
+    for n in range(1, 8):
+        metrics = experiment.read_metrics(os.path.join(exp_dir, f"{source}{n}B"))
+        if metrics and metrics.get("status") == "finished":
+            curve[n] = metrics["top1"]
+    return curve
+
+
+def _rank_notes(rows, grid_curve):
+    """Does each training-free curve rank the layers as this split's AnB networks do?
+    (findings.md asks the same of the grid's pooled AnB curve.)"""
+    if len(grid_curve) < 3:
+        return ["no AnB curve from the grid yet (fewer than 3 of A1B..A7B): no rank correlation"]
+    measures = {}
+    for r in rows:
+        if results.is_layer_curve(r["measure"]):
+            measures.setdefault(r["measure"], {})[r["n"]] = r["value"]
+    return [
+        f"Spearman rank correlation of {r['measure']} with this split's AnB top-1 over "
+        f"n = {', '.join(map(str, r['ns']))}: {r['rho']:+.2f}, exact p = {r['p']:.3f}: "
+        f"{r['verdict']}"
+        for r in findings.rank_agreement(measures, grid_curve)
+    ]
+
+
+def _write(out, rows, matrices, grid_curves, notes, seconds, log):
+    columns = ("measure", "layer", "n", "value")
+    atomic.write_text(os.path.join(out, "similarity.csv"), results.to_csv(rows, columns))
+    atomic.write_text(
+        os.path.join(out, "similarity.md"),
+        results.to_markdown(rows, columns)
+        + "\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + f"\n- computed in {seconds:.0f} s\n",
+    )
+    _plot(os.path.join(out, "similarity.png"), rows, matrices, grid_curves)
+    _tensorboard(os.path.join(out, "logs"), rows, matrices)
+    log(
+        f"similarity: wrote {out}/similarity.csv, similarity.md, similarity.png, logs/ "
+        f"({seconds:.0f} s)"
+    )
+
+
+def _plot(path, rows, matrices, grid_curves):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    ax = axes[0]
+    for measure, style in (
+        ("CKA(baseA, baseB) on A", "o-"),
+        ("CKA(baseA, baseB) on B", "s-"),
+        ("probe top-1 (baseA features, half B)", "^-"),
+    ):
+        curve = sorted((r["n"], r["value"]) for r in rows if r["measure"] == measure)
+        if curve:
+            ax.plot(*zip(*curve), style, label=measure)
+    for curve, label, colour in zip(grid_curves, ("AnB", "BnB"), ("tab:red", "tab:blue")):
+        if curve:
+            ax.plot(
+                *zip(*sorted(curve.items())),
+                "x--",
+                color=colour,
+                label=f"{label} top-1 (grid, trained)",
+            )
+    ax.set_xticks(range(1, 8), LAYERS)
+    ax.set_title("general to specific, without retraining", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    curve = sorted(
+        (r["n"], r["value"]) for r in rows if r["measure"] == "LogME (baseA features, half B)"
+    )
+    if curve:
+        ax.plot(*zip(*curve), "d-", color="tab:purple", label="LogME (baseA features, half B)")
+    ax.set_xticks(range(1, 8), LAYERS)
+    ax.set_title("LogME per layer", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    half = sorted(matrices)[-1]
+    image = ax.imshow(matrices[half], vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(7), LAYERS, rotation=45)
+    ax.set_yticks(range(7), LAYERS)
+    ax.set_xlabel("baseB layer")
+    ax.set_ylabel("baseA layer")
+    ax.set_title(f"CKA(baseA, baseB), layer x layer, half {half}", fontsize=10)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def _tensorboard(log_dir, rows, matrices):
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        for r in rows:
+            tag = r["measure"].replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+            tf.summary.scalar(f"{tag}/by_layer", r["value"], step=r["n"])
+        for half, matrix in matrices.items():
+            image = np.repeat(np.kron(matrix, np.ones((16, 16)))[None, :, :, None], 3, -1)
+            tf.summary.image(f"cka_matrix_half_{half}", image.astype("float32"), step=0)
+    writer.flush()

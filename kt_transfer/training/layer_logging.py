@@ -1,0 +1,184 @@
+"""Per-layer TensorBoard curves, the conv1 filter image and the run's HParams.
+
+Every `train.log_every_steps` steps, for each of conv1..fc8: weight norm, gradient norm
+(on a fixed probe batch), update-to-weight ratio, effective learning rate (the solver's
+own schedule for the layer, warmup included; 0 when frozen), and on the probe batch the
+mean activation and the fraction of zeros after ReLU; weight histograms. Every epoch:
+conv1's filters as an image grid. The probe batch is fixed, and drawn across all classes
+of the half (data.probe_batch), so the curves compare across steps and runs.
+"""
+
+import functools
+import os
+import zlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from kt_transfer.networks import caffenet
+from kt_transfer.training import optimizer as optimizer_lib
+from kt_transfer.training import timing
+
+
+def filter_grid(kernel):
+    """conv1 kernels [h, w, 3, k] -> one [1, H, W, 3] image, each filter scaled to 0..1."""
+    h, w, _, k = kernel.shape
+    cols = int(np.ceil(np.sqrt(k)))
+    rows = int(np.ceil(k / cols))
+    grid = np.ones(((h + 1) * rows + 1, (w + 1) * cols + 1, 3), np.float32)
+    for i in range(k):
+        f = kernel[..., i]
+        f = (f - f.min()) / (f.max() - f.min() + 1e-8)
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = f
+    return grid[None]
+
+
+HISTOGRAM_SAMPLE = 65_536  # weights per layer in its histogram
+
+
+def histogram_sample(kernel, name):
+    """The kernel's weights for its histogram: all of them, or for a big layer a fixed
+    random subset (the same at every step), so that a paper-size fc6 (38M weights) does
+    not cost a second per logged step. The shape of a distribution needs no more."""
+    flat = kernel.reshape(-1)
+    if flat.size <= HISTOGRAM_SAMPLE:
+        return flat
+    return flat[_sample_indices(flat.size, name)]
+
+
+@functools.lru_cache(maxsize=None)
+def _sample_indices(size, name):
+    """The sampled positions of a layer's weights, drawn once (seeded by its name)."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    return np.sort(rng.choice(size, HISTOGRAM_SAMPLE, replace=False))
+
+
+class LayerLogger(keras.callbacks.Callback):
+    """Writes per-layer summaries to <log_dir>/layers and the run's HParams."""
+
+    def __init__(
+        self,
+        log_dir,
+        probe_batch,
+        trained_layers,
+        every_steps,
+        hparams,
+        counter,
+        stopwatch=timing.NO_STOPWATCH,
+    ):
+        """
+        Args:
+          probe_batch: (images, labels), the fixed batch the curves are computed on.
+          trained_layers: names of the layers the solver updates (the others are frozen).
+          every_steps: logging interval in training steps.
+          hparams: {name: value} for TensorBoard's HParams dashboard.
+          counter: the run's train.StepCounter (the step every curve is logged at).
+          stopwatch: a timing.Stopwatch whose phase "logging" gets this logger's time.
+        """
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
+        self.probe_x, self.probe_y = (np.asarray(t) for t in probe_batch)  # any backend
+        self.trained_layers = list(trained_layers)
+        self.every = every_steps
+        self.hparams = hparams
+        self.counter, self.stopwatch = counter, stopwatch
+        self.previous = {}
+
+    def on_train_begin(self, logs=None):
+        names = caffenet.LAYER_NAMES
+        self.probe = keras.Model(self.model.input, [self.model.get_layer(n).output for n in names])
+        with self.writer.as_default():
+            hparams_api.hparams(self.hparams)
+        self.writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.counter.step
+        if step % self.every == 0:
+            with self.stopwatch.phase("logging"):
+                self.log_layers(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.counter.step
+        with self.stopwatch.phase("logging"), self.writer.as_default():
+            kernel = self.model.get_layer("conv1").kernel.numpy()
+            tf.summary.image("conv1/filters", filter_grid(kernel), step=step)
+        self.writer.flush()
+
+    def _gradients(self):
+        """Gradients of the probe loss per trained layer's kernel."""
+        if keras.backend.backend() == "jax":
+            return self._gradients_jax()
+        variables = [self.model.get_layer(n).kernel for n in self.trained_layers]
+
+        def gradients():
+            with tf.GradientTape() as tape:
+                logits = self.model(self.probe_x, training=False)
+                loss = self.model.compute_loss(y=self.probe_y, y_pred=logits)
+            return tape.gradient(loss, variables)
+
+        # Under a strategy the variables are distributed and only differentiable in a
+        # replica: computed in each (on the same probe batch) and taken from the first.
+        if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+            strategy = tf.distribute.get_strategy()
+            per_replica = strategy.run(gradients)
+            grads = [strategy.experimental_local_results(g)[0] for g in per_replica]
+        else:
+            grads = gradients()
+        return dict(zip(self.trained_layers, grads))
+
+    def _gradients_jax(self):
+        """The same on JAX: jax.grad of the model's stateless call, the compiled loss."""
+        import jax
+
+        model = self.model
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def probe_loss(trainable):
+            logits, _ = model.stateless_call(trainable, non_trainable, self.probe_x, training=False)
+            return keras.ops.mean(
+                keras.losses.sparse_categorical_crossentropy(self.probe_y, logits, from_logits=True)
+            )
+
+        grads = jax.grad(probe_loss)([v.value for v in model.trainable_variables])
+        by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
+        return {name: by_path[model.get_layer(name).kernel.path] for name in self.trained_layers}
+
+    def log_layers(self, step):
+        grads = self._gradients()
+        activations = self.probe(self.probe_x, training=False)
+        with self.writer.as_default():
+            for name, act in zip(caffenet.LAYER_NAMES, activations):
+                kernel = self.model.get_layer(name).kernel.numpy()
+                norm = float(np.linalg.norm(kernel))
+                prev = self.previous.get(name)
+                update = (
+                    float(np.linalg.norm(kernel - prev)) / (norm + 1e-12)
+                    if prev is not None
+                    else 0.0
+                )
+                self.previous[name] = kernel.copy()
+                grad = grads.get(name)
+                act = np.asarray(act, np.float32)
+                tf.summary.scalar(f"{name}/weight_norm", norm, step=step)
+                tf.summary.scalar(
+                    f"{name}/grad_norm",
+                    0.0
+                    if grad is None
+                    else float(np.linalg.norm(keras.ops.convert_to_numpy(grad))),
+                    step=step,
+                )
+                tf.summary.scalar(f"{name}/update_ratio", update, step=step)
+                tf.summary.scalar(
+                    f"{name}/effective_lr",
+                    optimizer_lib.layer_learning_rate(self.model.optimizer, name)
+                    if name in self.trained_layers
+                    else 0.0,
+                    step=step,
+                )
+                tf.summary.scalar(f"{name}/activation_mean", float(act.mean()), step=step)
+                tf.summary.scalar(f"{name}/zero_fraction", float((act <= 0).mean()), step=step)
+                tf.summary.histogram(f"{name}/weights", histogram_sample(kernel, name), step=step)
+        self.writer.flush()

@@ -1,0 +1,117 @@
+"""The paper's solver: Caffe SGD with per-layer learning-rate multipliers.
+
+Caffe's update, per parameter w with learning-rate multiplier m and decay multiplier d:
+    v <- momentum * v + lr * m * (grad + weight_decay * d * w);   w <- w - v
+Weight decay goes through the momentum (coupled L2), unlike Keras' built-in decoupled
+`weight_decay`, so it is added to the gradient here. Biases get m = 2 * layer multiplier
+and d = 0. Each distinct (m, d) pair is one CaffeSGD inside a keras MultiOptimizer, which
+is also how the fine-tuning sweep scales the learning rate of copied layers. Frozen layers
+are not trainable, so they get neither gradient nor update nor decay.
+"""
+
+import keras
+from keras import ops
+
+from kt_transfer.training import keras_compat
+
+
+@keras.saving.register_keras_serializable(package="kt_transfer")
+class CaffeSGD(keras.optimizers.SGD):
+    """SGD with momentum whose L2 weight decay is added to the gradient, as in Caffe."""
+
+    def __init__(self, l2_decay=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.l2_decay = l2_decay
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.l2_decay:
+            gradient = ops.add(
+                gradient, ops.multiply(ops.cast(self.l2_decay, variable.dtype), variable)
+            )
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config["l2_decay"] = self.l2_decay
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kt_transfer")
+class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Caffe's "step" policy, base_lr * gamma ** floor(iteration / step_size), optionally
+    ramped up linearly over the first `warmup_steps` iterations (not in the paper)."""
+
+    def __init__(self, base_lr, step_size, gamma, warmup_steps=0):
+        self.base_lr, self.step_size, self.gamma = base_lr, step_size, gamma
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        lr = self.base_lr * ops.power(self.gamma, ops.floor(step / self.step_size))
+        if self.warmup_steps:
+            lr = lr * ops.minimum(1.0, (step + 1.0) / self.warmup_steps)
+        return lr
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "step_size": self.step_size,
+            "gamma": self.gamma,
+            "warmup_steps": self.warmup_steps,
+        }
+
+
+def step_schedule(base_lr, step_size, gamma, warmup_steps=0):
+    return StepSchedule(base_lr, step_size, gamma, warmup_steps)
+
+
+def make_optimizer(train_config, layer_lr_mults):
+    """One MultiOptimizer applying each trainable layer's multiplier to its variables.
+
+    Args:
+      train_config: the `config.train` block (base_lr, lr_step_size, lr_gamma, momentum,
+        weight_decay, bias_lr_mult).
+      layer_lr_mults: {layer name: lr multiplier} for the trainable weight layers.
+
+    Returns:
+      A keras.optimizers.MultiOptimizer.
+    """
+    groups = {}
+
+    def group(lr_mult, decay):
+        key = (float(lr_mult), float(decay))
+        if key not in groups:
+            groups[key] = CaffeSGD(
+                l2_decay=decay,
+                momentum=train_config.momentum,
+                learning_rate=step_schedule(
+                    train_config.base_lr * lr_mult,
+                    train_config.lr_step_size,
+                    train_config.lr_gamma,
+                    train_config.get("warmup_steps", 0),
+                ),
+                name=f"sgd_lr{lr_mult:g}_wd{decay:g}",
+            )
+        return groups[key]
+
+    # Variables of layers outside the map (there should be none) get the new-layer solver.
+    optimizer_map = keras.optimizers.OptimizerMap(
+        default_optimizer=group(1.0, train_config.weight_decay)
+    )
+    for name, mult in layer_lr_mults.items():
+        optimizer_map[f"{name}/kernel"] = group(mult, train_config.weight_decay)
+        optimizer_map[f"{name}/bias"] = group(mult * train_config.bias_lr_mult, 0.0)
+    return keras.optimizers.MultiOptimizer(optimizer_map)
+
+
+def layer_learning_rate(model_optimizer, layer_name):
+    """The learning rate the solver applies to a layer's kernel now: its group's
+    schedule (warmup and steps included) at the group's own iteration count.
+
+    Args:
+      model_optimizer: a compiled model's optimizer, a MultiOptimizer from
+        make_optimizer, possibly inside Keras' LossScaleOptimizer (mixed_float16).
+    """
+    multi = getattr(model_optimizer, "inner_optimizer", model_optimizer)
+    group = keras_compat.optimizer_of_variable(multi, f"{layer_name}/kernel")
+    return float(keras.ops.convert_to_numpy(group.learning_rate))

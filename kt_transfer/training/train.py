@@ -1,0 +1,542 @@
+"""Compile, fit and evaluate: the one training loop every treatment uses."""
+
+import contextlib
+import gc
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from kt_transfer import atomic
+from kt_transfer.training import keras_compat, timing
+from kt_transfer.training import optimizer as optimizer_lib
+
+
+def compile_model(model, train_config, plans):
+    """Compiles with a fresh Caffe solver honouring each layer's plan.
+
+    Must be called after `trainable` is set (Keras reads it at compile time).
+    `train.jit_compile` compiles the step with XLA (worth it on GPUs, rarely on CPUs).
+    """
+    model.compile(
+        jit_compile=train_config.get("jit_compile", False),
+        optimizer=optimizer_lib.make_optimizer(
+            train_config, {p.name: p.lr_mult for p in plans if p.trainable}
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="top1"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
+        ],
+    )
+
+
+def num_epochs(train_config):
+    """Keras epochs = total_steps / steps_per_epoch (validation runs after each)."""
+    if train_config.total_steps % train_config.steps_per_epoch:
+        raise ValueError(
+            f"train.total_steps={train_config.total_steps} is not a multiple of "
+            f"train.steps_per_epoch={train_config.steps_per_epoch}; change either "
+            "(--config.train.total_steps / --config.train.steps_per_epoch)"
+        )
+    epochs = train_config.total_steps // train_config.steps_per_epoch
+    budget = train_config.get("budget_epochs", 0)
+    return min(budget, epochs) if budget > 0 else epochs
+
+
+class StepCounter(keras.callbacks.Callback):
+    """The number of training steps done, resumed parts included: the one step count of
+    a run (backups, resume, the failed step, metrics, per-layer logs).
+
+    Not the optimizer's `iterations`: under mixed_float16, Keras' LossScaleOptimizer
+    skips the update of a step whose gradients overflowed and does not count it, so
+    `iterations` falls behind the steps actually trained.
+    """
+
+    def __init__(self, start=0):
+        super().__init__()
+        self.step = start
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first NaN or infinite loss and remembers the step."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+        self.failed_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failed_step = self.counter.step
+            self.model.stop_training = True
+
+
+class ValidationHistory(keras.callbacks.Callback):
+    """Every validation evaluation of the run, with its step: the training curve, and
+    the paper's figure of merit (mean_highest). Saved with each backup, so a resumed run
+    keeps the evaluations of the processes before it."""
+
+    def __init__(self, counter, evaluations=()):
+        super().__init__()
+        self.counter = counter
+        self.evaluations = list(evaluations)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if "val_top1" in logs:
+            self.evaluations.append(
+                {
+                    "step": self.counter.step,
+                    **{
+                        key: _finite_or_none(logs[f"val_{key}"]) for key in ("top1", "top5", "loss")
+                    },
+                }
+            )
+
+
+def _finite_or_none(value):
+    """JSON has no NaN: a diverged evaluation's values are stored as null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+HIGHEST = 10  # the paper's notebook averages each net's 10 highest validation evaluations
+
+
+def mean_highest(evaluations, k=HIGHEST):
+    """Mean of the k highest validation top-1 values (all of them if fewer): how the
+    paper's plotting notebook (`mean_highest`) scores a network. It picks the best
+    evaluations on the validation set itself, so it is biased upward; the final top-1
+    is not."""
+    best = sorted((e["top1"] for e in evaluations if e["top1"] is not None), reverse=True)[:k]
+    return sum(best) / len(best) if best else None
+
+
+BACKUP_PREFIX, WEIGHTS_FILE, STATE_FILE = "backup-", "backup.weights.h5", "state.json"
+UNREADABLE_PREFIX = "unreadable-"  # a backup set aside because it could not be read
+KEEP_BACKUPS = 2  # the newest verified backup and the one before it
+
+
+class UnreadableBackupError(Exception):
+    """A backup directory whose state or weights cannot be read (a garbled state.json,
+    a truncated weights file)."""
+
+
+class PeriodicBackup(keras.callbacks.Callback):
+    """Saves weights, optimizer state, the step and the evaluations so far, every N steps
+    and after each epoch's validation.
+
+    Unlike keras.callbacks.BackupAndRestore, which resumes at the start of the interrupted
+    epoch, a backup records its step, so a resumed run ends with exactly the planned
+    number of steps. A backup is a directory `checkpoints/backup-<step>/` holding the
+    weights and `state.json` (step, training seconds so far, every evaluation up to the
+    step), written under a temporary name, read back, then renamed into place: a backup
+    is complete or absent. The step that ends an epoch is saved once, after that epoch's
+    validation, so its evaluation is in it. Only once a new backup is verified are older
+    ones removed, and the one before it is kept too, so a backup damaged later (a
+    truncated file) still leaves one to fall back to.
+    """
+
+    def __init__(
+        self,
+        checkpoints_dir,
+        every_steps,
+        counter,
+        seconds_before=0.0,
+        history=None,
+        stopwatch=timing.NO_STOPWATCH,
+        steps_per_epoch=None,
+    ):
+        super().__init__()
+        self.checkpoints_dir, self.every_steps = checkpoints_dir, every_steps
+        self.counter, self.history, self.stopwatch = counter, history, stopwatch
+        self.steps_per_epoch = steps_per_epoch
+        self.seconds_before, self.started = seconds_before, time.monotonic()
+
+    def seconds(self):
+        """Training wall time of this run: earlier processes' part and this one's."""
+        return self.seconds_before + time.monotonic() - self.started
+
+    def on_train_batch_end(self, batch, logs=None):
+        # The StepCounter has already counted this step (it is first among the callbacks).
+        step = self.counter.step
+        ends_epoch = self.steps_per_epoch and step % self.steps_per_epoch == 0
+        if step % self.every_steps == 0 and not ends_epoch:  # that one: after validation
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    def save(self):
+        with self.stopwatch.phase("backups"):
+            self._save()
+
+    def _save(self):
+        step = self.counter.step
+        final = os.path.join(self.checkpoints_dir, f"{BACKUP_PREFIX}{step:09d}")
+        if (
+            os.path.exists(final)
+            and _readable_state(final).get("evaluations") == self._evaluations()
+        ):
+            return  # the same step saved already, with the same evaluations
+        needed = _backup_size_estimate(self.model, self.checkpoints_dir)
+        atomic.check_space(self.checkpoints_dir, needed)
+        tmp = tempfile.mkdtemp(prefix=".tmp-backup-", dir=self.checkpoints_dir)
+        try:
+            with atomic.reporting_full_disk(self.checkpoints_dir, needed):
+                _save_weights(self.model, os.path.join(tmp, WEIGHTS_FILE))
+                atomic.write_json(
+                    os.path.join(tmp, STATE_FILE),
+                    {
+                        "step": step,
+                        "seconds": round(self.seconds(), 1),
+                        "evaluations": self._evaluations(),
+                    },
+                )
+                read_backup(tmp)  # complete and readable, or nothing replaces the last
+                atomic.plain_dir_mode(tmp)
+                if os.path.exists(final):  # replaced by the same step with its evaluation
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+        except BaseException:
+            gc.collect()  # close h5py's handle of the failed file now, not at exit
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._remove_older_than(final)
+
+    def _evaluations(self):
+        return list(self.history.evaluations) if self.history else []
+
+    def _remove_older_than(self, newest):
+        """Keeps `newest` (verified) and the newest readable backup before it."""
+        kept = 1
+        for path in reversed(list_backups(self.checkpoints_dir)):
+            if path == newest:
+                continue
+            if kept < KEEP_BACKUPS and path < newest and _readable_state(path):
+                kept += 1
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_weights(model, path):
+    """model.save_weights(path), through memory where Keras allows (keras_compat): a disk
+    that fills up half-way is then an OSError, not h5py's crash."""
+    content = keras_compat.weights_file_bytes(model)
+    if content is None:
+        model.save_weights(path)
+        return
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def _backup_size_estimate(model, checkpoints_dir):
+    """Bytes a backup takes: the last backup's size, else the weights and the solver's
+    variables, with room for the file format."""
+    existing = list_backups(checkpoints_dir)
+    if existing:
+        last = existing[-1]
+        return int(1.1 * sum(os.path.getsize(os.path.join(last, n)) for n in os.listdir(last)))
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
+    return (
+        int(1.2 * sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables))
+        + 65536
+    )
+
+
+def list_backups(checkpoints_dir):
+    """Backup directories (renamed into place: complete when written), oldest first."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    names = sorted(n for n in os.listdir(checkpoints_dir) if n.startswith(BACKUP_PREFIX))
+    return [os.path.join(checkpoints_dir, n) for n in names]
+
+
+def _readable_state(path):
+    """The backup's state.json, or {} if it cannot be read."""
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_backup(path):
+    """The state of the backup at `path` ({"step", "seconds", "evaluations"}), after
+    checking that its weights file can be opened and read through.
+
+    Raises:
+      UnreadableBackupError: saying what is wrong with it.
+    """
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            state = json.load(f)
+        int(state["step"])
+    except FileNotFoundError:
+        raise UnreadableBackupError(f"{STATE_FILE} is missing") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UnreadableBackupError(f"{STATE_FILE} does not parse ({e})") from None
+    weights = os.path.join(path, WEIGHTS_FILE)
+    try:
+        import h5py  # Keras' own weights format
+
+        with h5py.File(weights, "r") as f:
+            f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except FileNotFoundError:
+        raise UnreadableBackupError(f"{WEIGHTS_FILE} is missing") from None
+    except Exception as e:  # h5py raises OSError, KeyError, RuntimeError on damage
+        raise UnreadableBackupError(
+            f"{WEIGHTS_FILE} cannot be read (truncated or corrupt: {str(e).splitlines()[0][:120]})"
+        ) from None
+    return state
+
+
+def set_aside(path, reason, log=print):
+    """Reports an unreadable backup and renames it out of the way (kept for inspection,
+    never again taken for the newest backup, never blocking the clean-up)."""
+    aside = os.path.join(os.path.dirname(path), UNREADABLE_PREFIX + os.path.basename(path))
+    log(
+        f"warning: backup {path} cannot be used: {reason}; it is moved to {aside} and "
+        "the run falls back to the previous backup"
+    )
+    shutil.rmtree(aside, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, aside)
+
+
+def latest_backup(checkpoints_dir, log=print):
+    """(path, {"step", "seconds", "evaluations"}) of the newest readable backup, or
+    (None, None). Unreadable ones are reported and set aside."""
+    for path in reversed(list_backups(checkpoints_dir)):
+        try:
+            return path, read_backup(path)
+        except UnreadableBackupError as e:
+            if os.path.isdir(path):  # else removed meanwhile by its writer's clean-up
+                set_aside(path, e, log)
+    return None, None
+
+
+class BadFileReport(keras.callbacks.Callback):
+    """Names the files the input pipeline skipped, at the end of the epoch they turned up
+    in, and keeps the full list in <run>/bad_files.tsv (training goes on regardless)."""
+
+    FILE = "bad_files.tsv"
+
+    def __init__(self, bad_files, run_dir, log=print):
+        super().__init__()
+        self.bad_files, self.run_dir, self.log = bad_files, run_dir, log
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._report(f"epoch {epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        self._report("end of training")
+
+    def _report(self, when):
+        new = self.bad_files.new_since_last_call()
+        if not new:
+            return
+        self.log(f"Skipped {len(new)} unreadable file(s) ({when}); training continues:")
+        for name, reason in new.items():
+            self.log(f"  {name}: {reason}")
+        rows = "".join(f"{n}\t{r}\n" for n, r in sorted(self.bad_files.all().items()))
+        atomic.write_text(os.path.join(self.run_dir, self.FILE), "file\treason\n" + rows)
+
+
+class RunProgress(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, numbering epochs out of the run's total: a resumed run fits
+    its interrupted epoch alone first, which Keras would show as "Epoch 3/3" in a run of
+    4 epochs."""
+
+    def __init__(self, run_epochs):
+        super().__init__()
+        self.run_epochs = run_epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = self.run_epochs
+
+
+def restore_backup(model, checkpoints_dir, log=print):
+    """Loads the newest readable backup into a compiled model, falling back to older
+    ones (each unreadable one reported and set aside).
+
+    Returns:
+      (steps already done, training seconds already spent, the validation evaluations
+      up to that step); (0, 0.0, []) if no backup.
+    """
+    while True:
+        path, state = latest_backup(checkpoints_dir, log)
+        if path is None:
+            return 0, 0.0, []
+        model.optimizer.build(model.trainable_variables)  # its state is in the backup
+        try:
+            model.load_weights(os.path.join(path, WEIGHTS_FILE))
+        except Exception as e:  # readable, but not this network's (or damaged since)
+            set_aside(
+                path,
+                f"its weights do not load into this network ({str(e).splitlines()[0][:160]})",
+                log,
+            )
+            continue
+        step = int(state["step"])
+        evaluations = [e for e in state.get("evaluations", []) if e["step"] <= step]
+        return step, float(state.get("seconds", 0.0)), evaluations
+
+
+def fit_and_evaluate(
+    model,
+    train_data,
+    val_ds,
+    run_dir,
+    train_config,
+    verbose=1,
+    log=print,
+    extra_callbacks=(),
+    restore_dir=None,
+    counter=None,
+    holdout_ds=None,
+    stopwatch=timing.NO_STOPWATCH,
+):
+    """Trains `model` for train.total_steps, resuming from the run's backup if any.
+
+    Args:
+      model: compiled Keras model.
+      train_data: function of the steps already done giving the repeated training
+        dataset from that point (a resumed run continues the data stream).
+      val_ds: one pass over the validation set.
+      run_dir: where checkpoints/ and logs/ go.
+      train_config: the `config.train` block.
+      verbose: Keras verbosity (progress bars by default).
+      log: where the resume message goes.
+      extra_callbacks: more Keras callbacks (e.g. the per-layer logger).
+      restore_dir: the run directory whose backup to resume from (default run_dir); a
+        non-chief worker writes to a scratch run_dir but resumes from the chief's backup.
+      counter: the run's StepCounter, when callbacks outside need the step (a fresh one
+        otherwise); it is set to the resumed step here.
+      holdout_ds: held-out training images to evaluate as well (a tuning trial's
+        objective).
+      stopwatch: a timing.Stopwatch that gets the phases "validation" and "backups"
+        (the rest of the time in here is the training steps).
+
+    Returns:
+      {"status": "finished", "top1", "top5", "loss", "steps", "mean_highest_top1"}: final
+      validation figures and the paper's mean of the 10 highest evaluations (and
+      "holdout_top1", "holdout_top5" with a holdout_ds), or {"status": "failed",
+      "reason", "steps"} if the loss stopped being finite; all with "evaluations" (every
+      validation evaluation: step, top1, top5, loss), "seconds" (training wall time,
+      summed over the processes that trained it) and "resumed_from_step" (0 for a run
+      trained in one go).
+    """
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
+    counter = counter or StepCounter()
+    done, seconds_before, evaluations = restore_backup(
+        model, os.path.join(restore_dir or run_dir, "checkpoints"), log
+    )
+    counter.step = done
+    steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
+    non_finite = StopOnNonFiniteLoss(counter)
+    history = ValidationHistory(counter, evaluations)
+    backup = PeriodicBackup(
+        checkpoints,
+        train_config.backup_every_steps,
+        counter,
+        seconds_before=seconds_before,
+        history=history,
+        stopwatch=stopwatch,
+        steps_per_epoch=train_config.steps_per_epoch,
+    )
+    callbacks = [
+        counter,  # first: the others read the step it counts
+        history,  # before the backup, which saves the evaluations
+        backup,
+        timing.ValidationTime(stopwatch),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        RunProgress(epochs),
+        non_finite,
+        *extra_callbacks,
+    ]
+    if done:
+        log(
+            f"Resuming from the backup at step {done} of "
+            f"{num_epochs(train_config) * steps_per_epoch}"
+        )
+    epoch, into_epoch = divmod(done, steps_per_epoch)
+
+    def fit(first_step, **kwargs):  # each fit reads the stream from its own first step
+        model.fit(
+            train_data(first_step),
+            validation_data=val_ds,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+            **kwargs,
+        )  # tf.data shuffles
+
+    # Validation is one pass of a dataset whose length tf.data cannot know in advance (bad
+    # files are filtered out); Keras warns when such a pass ends. Training data repeats.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
+    with keras_compat.multi_worker_fit_context(model):
+        if into_epoch:  # finish the interrupted epoch first, then whole epochs
+            fit(
+                done,
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                steps_per_epoch=steps_per_epoch - into_epoch,
+            )
+            epoch += 1
+        if epoch < epochs and non_finite.failed_step is None:
+            fit(
+                epoch * steps_per_epoch,
+                initial_epoch=epoch,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+            )
+        steps = counter.step
+        if non_finite.failed_step is not None:
+            outcome = {
+                "status": "failed",
+                "steps": non_finite.failed_step,
+                "reason": f"loss became NaN or infinite at step {non_finite.failed_step}",
+            }
+        else:
+            last = history.evaluations[-1] if history.evaluations else None
+            if last is None or last["step"] != steps:
+                # The last epoch's validation is the final evaluation (same weights, same
+                # images); evaluate only when it is missing.
+                with stopwatch.phase("validation"):
+                    last = {
+                        k: float(v)
+                        for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()
+                    }
+            outcome = {
+                "status": "finished",
+                "top1": last["top1"],
+                "top5": last["top5"],
+                "loss": last["loss"],
+                "steps": steps,
+                "mean_highest_top1": mean_highest(history.evaluations or [last]),
+            }
+            if holdout_ds is not None:
+                with stopwatch.phase("validation"):
+                    held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
+                outcome.update(holdout_top1=float(held["top1"]), holdout_top5=float(held["top5"]))
+    return {
+        **outcome,
+        "evaluations": history.evaluations,
+        "seconds": round(backup.seconds(), 1),
+        "resumed_from_step": done,
+    }

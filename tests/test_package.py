@@ -1,0 +1,171 @@
+"""The package's shape: its import graph has no cycle, and every command the docs show
+is a valid command of today's CLI."""
+
+import ast
+import os
+import re
+import shlex
+
+import pytest
+
+from kt_transfer import config_files, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "kt_transfer")
+
+
+def _module_name(path):
+    relative = os.path.relpath(path, REPO)[: -len(".py")].replace(os.sep, ".")
+    return relative[: -len(".__init__")] if relative.endswith(".__init__") else relative
+
+
+def import_graph():
+    """{module: {kt_transfer modules it imports}}, read from the source (every import
+    statement, also those inside functions)."""
+    modules = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                modules[_module_name(path)] = path
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+            else:
+                continue
+            targets |= {n for n in names if n in modules and n != "kt_transfer"}
+        graph[module] = targets - {module}
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                return path[path.index(target) :] + [target]
+            if target not in state:
+                cycle = visit(target, path + [target])
+                if cycle:
+                    return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module, [module])
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert "kt_transfer.runs.experiment" in graph  # the graph was read
+    assert "kt_transfer.networks.transfer" in graph["kt_transfer.runs.experiment"]
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def documented_commands():
+    """Every `python -m kt_transfer.main` / `kt-transfer` command in README.md and docs/:
+    (file, argument list)."""
+    files = [os.path.join(REPO, "README.md")] + sorted(
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(os.path.join(REPO, "docs"))
+        for name in names
+        if name.endswith(".md")
+    )
+    found = []
+    pattern = re.compile(r"(?:python -m kt_transfer\.main|(?<![\w-])kt-transfer)((?: [^\n`|]*)?)")
+    for path in files:
+        for line in open(path).read().splitlines():
+            for match in pattern.finditer(line):
+                arguments = shlex.split(match.group(1).split(" #")[0])
+                found.append((os.path.relpath(path, REPO), arguments))
+    return found
+
+
+def _override(config, key, text):
+    """Sets config.<key> from a command-line string, typed as the config's value is."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    current = node[leaf]
+    if isinstance(current, bool):
+        value = text.lower() in ("true", "1")
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        value = type(current)(float(text)) if isinstance(current, int) else float(text)
+    elif isinstance(current, (tuple, list)):
+        value = tuple(ast.literal_eval(text))
+    else:
+        value = text
+    node[leaf] = value
+
+
+def config_of(arguments, tmp_path):
+    """The config a documented command resolves to. Paths that point at a user's own data
+    or models are replaced by stand-ins here (a folder, a base file), so the rest of the
+    command is what is checked."""
+    config_file = next((a.split("=", 1)[1] for a in arguments if a.startswith("--config=")), None)
+    config = config_files.load(os.path.join(REPO, config_file) if config_file else "embedded")
+    shortcuts = {"--mode": "mode", "--n": "n", "--workdir": "workdir", "--base_model": "base_model"}
+    config.workdir = str(tmp_path / "workdir")
+    for argument in arguments:
+        flag, _, value = argument.partition("=")
+        if flag in shortcuts:
+            key = shortcuts[flag]
+            if key == "n":
+                value = int(value)
+            elif key == "workdir":
+                value = str(tmp_path / "workdir")
+            elif key == "base_model":
+                value = str(tmp_path / "base.keras")
+            config[key] = value
+        elif flag.startswith("--config."):
+            key = flag[len("--config.") :]
+            if key == "dataset.data_dir":
+                value = str(tmp_path / "data")
+            _override(config, key, value)
+        elif flag not in ("--config", "--verbosity", "--traceback", "--helpfull", "--help"):
+            raise AssertionError(f"unknown flag {flag!r}")
+    return config
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_show_commands():
+    assert len(COMMANDS) >= 10 and any(f == "README.md" for f, _ in COMMANDS)
+
+
+@pytest.mark.parametrize(
+    "where,arguments", COMMANDS, ids=[f"{f}:{' '.join(a)[:60]}" for f, a in COMMANDS]
+)
+def test_every_documented_command_passes_config_validation(where, arguments, tmp_path, monkeypatch):
+    """Through validate.validate, the check the CLI runs before any work."""
+    os.makedirs(tmp_path / "data" / "train")
+    os.makedirs(tmp_path / "data" / "val")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "base.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}',
+    )
+    config = config_of(arguments, tmp_path)
+    validate.validate(config)
