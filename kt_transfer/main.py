@@ -87,7 +87,7 @@ def main(argv):
         validate.validate(config)
     except validate.ConfigError as e:
         _fail(e)
-    from kt_transfer.analysis import report
+    from kt_transfer.analysis import summary
     from kt_transfer.data import sources
     from kt_transfer.networks import transfer
     from kt_transfer.runs import experiment, tune
@@ -110,8 +110,10 @@ def main(argv):
             return
         if config.mode == "similarity":
             from kt_transfer.analysis import representations
+            from kt_transfer.runs import grid
 
             representations.run_similarity(config, dataset)
+            grid.write_results(config, dataset, only_if_written=True)  # + its rank lines
             return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
     except (
@@ -120,7 +122,7 @@ def main(argv):
         transfer.BaseMismatchError,
     ) as e:  # unfit or unreadable base
         _fail(e)
-    print(report.summary(config, dataset, treatment, metrics, out))
+    print(summary.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
         sys.exit(1)
 

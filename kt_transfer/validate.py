@@ -12,13 +12,12 @@ import math
 import os
 import re
 
-from kt_transfer.data import splits
+from kt_transfer.data import mean, splits
 from kt_transfer.networks import architecture, transfer
 from kt_transfer.networks.caffenet import INITS
 from kt_transfer.training import distribute
 
 DATASETS = ("embedded", "folder", "tfds")
-MEANS = ("fixed", "computed", "base_image")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TUNERS = ("random", "bayesian", "hyperband")
 # A split, optionally a seeded replicate of it (natman.s1: train.seed + 1; splits.py).
@@ -176,7 +175,7 @@ def _check_dataset(check, dc):
             "name a TFDS dataset (imagenet2012, cifar100, ...) when --config.dataset.name=tfds",
         )
     check.number("dataset.resize_size", low=1, integer=True)
-    check.one_of("dataset.mean", MEANS)
+    check.one_of("dataset.mean", mean.MEANS)
     mean_rgb = dc.mean_rgb
     if not (
         isinstance(mean_rgb, (tuple, list))

@@ -342,9 +342,9 @@ def test_a_half_with_no_readable_image_fails_before_training_naming_the_folder(
     shutil.copytree(tiny_root, root)
     source = sources.folder_source(root)
     _replace_with_lfs_pointers(root, subset, [source.classes[i] for i in (0, 1)])
-    sources.check_readable(source, (2, 3))  # the other classes are fine
+    source.check_readable((2, 3))  # the other classes are fine
     with pytest.raises(sources.NoReadableImagesError) as error:
-        sources.check_readable(source, (0, 1))
+        source.check_readable((0, 1))
     message = str(error.value)
     count = 2 * (SPEC.train_per_class if subset == "train" else SPEC.val_per_class)
     assert (

@@ -26,16 +26,13 @@ from kt_transfer import atomic
 from kt_transfer.analysis import findings, results, similarity
 from kt_transfer.data import pipeline
 from kt_transfer.networks import transfer
-from kt_transfer.runs import experiment, grid
+from kt_transfer.runs import experiment
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 
 
 def _load(exp_dir, run):
-    path = os.path.join(exp_dir, run, experiment.MODEL_FILE)
-    if not os.path.exists(path):
-        return None
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    return experiment.load_network(os.path.join(exp_dir, run))
 
 
 def _activations(model):
@@ -188,8 +185,6 @@ def run_similarity(config, dataset, log=print):
     _write(
         out, rows, matrices, (grid_curve, _grid_curve(config, dataset, "B")), notes, seconds, log
     )
-    if os.path.isdir(grid.report_dir(config, dataset)):  # findings.md gains the rank lines
-        grid.write_results(config, dataset, log)
     return rows
 
 

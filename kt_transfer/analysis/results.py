@@ -9,6 +9,7 @@ validation evaluations (mean_highest_top1), which picks on the validation set it
 """
 
 import csv
+import dataclasses
 import glob
 import importlib.resources
 import io
@@ -292,17 +293,52 @@ def similarity_curves(workdir, dataset, experiment, split_names):
     return curves
 
 
-def write_report(workdir, out_dir=None, paper=False):
-    """Writes results.csv and results.md (every run), and per experiment and split
-    family <dataset>_<family>_<id>_{replicates.csv,replicates.md,results.png,findings.md};
-    returns the paths written."""
+@dataclasses.dataclass(frozen=True)
+class GridScope:
+    """What a grid's report covers (runs/grid.py makes it from the config): the runs of
+    one experiment id on these splits, directions, treatments (paper names) and n."""
+
+    dataset: str
+    experiment: str
+    splits: tuple
+    directions: tuple
+    treatments: tuple
+    ns: tuple
+
+
+def write_report(workdir, out_dir=None, paper=False, grid=None, log=lambda line: None):
+    """The one report of finished runs: the tables, each split family's pooled replicates,
+    figure and findings.md, and Figure 4. Every report is written here: by
+    tools/plot_results.py (every experiment under `workdir`), and by the grid and
+    --mode=similarity (one grid's scope, `grid`).
+
+    Writes results.csv and results.md (every run in scope); without `grid`, per
+    experiment and split family <dataset>_<family>_<id>_{replicates.csv, replicates.md,
+    results.png, findings.md} and <dataset>_<id>_figure4.png; with it, the random family's
+    files unprefixed, the others' prefixed by their family, and figure4.png.
+
+    Returns:
+      The paths written.
+    """
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
     rows = gather(workdir)
-    if not rows:
+    if grid is not None:
+        rows = [
+            r for r in rows if (r["dataset"], r["experiment"]) == (grid.dataset, grid.experiment)
+        ]
+    if not rows and grid is None:
         raise FileNotFoundError(
             f"no finished runs (metrics.json) under {workdir!r}; check --workdir"
         )
+    if grid is None:
+        written = _report_every_experiment(workdir, rows, out_dir, paper)
+    else:
+        written = _report_grid(workdir, rows, out_dir, paper, grid, log)
+    return written
+
+
+def _report_every_experiment(workdir, rows, out_dir, paper):
     written = write_tables(rows, out_dir)
     groups = group_by_family(rows)
     for (dataset, experiment, family), group in sorted(groups.items()):
@@ -334,6 +370,43 @@ def write_report(workdir, out_dir=None, paper=False):
         )
         if path:
             written.append(path)
+    return written
+
+
+def _report_grid(workdir, rows, out_dir, paper, grid, log):
+    grid_rows = [r for r in rows if r["split"] in grid.splits]
+    written = write_tables(grid_rows, out_dir)
+    families = {}  # the random splits pooled; natman apart (files prefixed natman_)
+    for name in grid.splits:
+        families.setdefault(split_family(name), []).append(name)
+    ordered = sorted(families.items(), key=lambda kv: kv[0] != "random")
+    for i, (family, names) in enumerate(ordered):
+        expected = replicates.expected_networks(names, grid.directions, grid.treatments, grid.ns)
+        paths, text = report_experiment(
+            [r for r in grid_rows if r["split"] in names],
+            out_dir,
+            grid.dataset,
+            names,
+            paper_overlay=paper,
+            expected=expected,
+            ns=sorted(grid.ns),
+            directions=grid.directions,
+            related_rows=[r for r in rows if r["split"] not in names],
+            prefix="" if i == 0 else f"{family}_",
+            similarity=similarity_curves(workdir, grid.dataset, grid.experiment, names),
+        )
+        written += paths
+        if text:
+            log(text)
+    path = figure4(
+        group_by_family(rows),  # every split of this experiment
+        grid.dataset,
+        grid.experiment,
+        os.path.join(out_dir, "figure4.png"),
+        paper=paper,
+    )
+    if path:
+        written.append(path)
     return written
 
 

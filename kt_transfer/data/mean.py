@@ -18,8 +18,12 @@ import os
 
 import numpy as np
 
-from kt_transfer import atomic, validate
+from kt_transfer import atomic
 from kt_transfer.data import pipeline
+
+# How a network trained from scratch centres its inputs: the config's fixed RGB mean, the
+# training half's computed pixel mean, or its per-pixel mean image.
+MEANS = ("fixed", "computed", "base_image")
 
 BATCH = 64
 
@@ -95,8 +99,8 @@ def run_mean(config, dataset, treatment, log=print):
     kind = config.dataset.mean
     if kind == "fixed":
         return [float(v) for v in config.dataset.mean_rgb], None
-    if kind not in validate.MEANS:
-        raise ValueError(f"--config.dataset.mean={kind!r}; use one of {', '.join(validate.MEANS)}")
+    if kind not in MEANS:
+        raise ValueError(f"--config.dataset.mean={kind!r}; use one of {', '.join(MEANS)}")
     half = treatment.source if treatment.source in ("A", "B") else treatment.target
     if kind == "computed":
         return half_mean(config, dataset, half, log), None

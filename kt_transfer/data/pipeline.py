@@ -11,17 +11,14 @@ the end of each epoch. PNG, GIF or BMP files named .JPEG, CMYK and grayscale JPE
 decoded (to RGB) like any other.
 """
 
-import collections
 import os
 import threading
 
-import numpy as np
 import tensorflow as tf
 
-from kt_transfer.data import images, sources, tfds_source
+from kt_transfer.data import images
 
 HOLDOUT_BUCKETS = 10_000
-TFDS_WATCHDOG_LIMIT = 10_000  # files in a row that fail to decode before a TFDS run stops
 
 
 class BadFiles:
@@ -153,7 +150,7 @@ def make_dataset(
     """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
 
     Args:
-      source: a Source.
+      source: a sources.FolderSource or sources.TfdsSource.
       subset: "train", or "val" (the source's validation split).
       class_indices: original class indices of the half, in the split's order.
       resize_size, crop_size: the paper's 256 and 227 (or smaller for CPU configs).
@@ -184,34 +181,9 @@ def make_dataset(
     )
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
-    if source.kind == "folder":
-        folder_subset = subset if subset == "train" else source.val_split
-        paths, labels = sources.list_files(
-            source.root, folder_subset, source.classes, class_indices
-        )
-        ds = tf.data.Dataset.from_tensor_slices(
-            {"image": paths, "label": np.array(labels, np.int64), "name": paths}
-        )
-        if input_context is not None:
-            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-        if training:
-            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-        read = tf.io.read_file
-        watchdog_limit = len(paths)  # one whole pass
-    else:
-        tfds_split = "train" if subset == "train" else source.val_split
-        ds = tfds_source.read(
-            source.builder,
-            tfds_split,
-            class_indices,
-            training=training,
-            seed=seed,
-            input_context=input_context,
-        )
-        if training:
-            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
-        read = tf.identity
-        watchdog_limit = TFDS_WATCHDOG_LIMIT
+    ds, read, watchdog_limit = source.examples(
+        subset, class_indices, training=training, seed=seed, input_context=input_context
+    )
     if holdout is not None:
         part, fraction, holdout_seed = holdout
         ds = ds.filter(
@@ -276,41 +248,13 @@ def probe_batch(source, class_indices, *, size, resize_size, crop_size):
     represent the half, not the first few classes of a class-sorted file list.
     Returns (uint8 images [k, crop, crop, 3], int64 labels [k]), k <= size.
     """
-    kwargs = dict(resize_size=resize_size, crop_size=crop_size)
-    if source.kind == "folder":
-        paths, labels = sources.list_files(
-            source.root, source.val_split, source.classes, class_indices
-        )
-        by_class = collections.defaultdict(list)
-        for path, label in zip(paths, labels):
-            by_class[label].append(path)
-        round_robin = [
-            (files[rank], label)
-            for rank in range(max(map(len, by_class.values())))
-            for label, files in sorted(by_class.items())
-            if rank < len(files)
-        ]
-        picked = []
-        for path, label in round_robin:
-            try:
-                image = images.preprocess(tf.io.read_file(path), training=False, **kwargs)
-            except tf.errors.OpError:  # an unreadable file: training reports it
-                continue
-            picked.append((image, label))
-            if len(picked) == size:
-                break
-    else:  # TFDS validation splits are not sorted by class: take the first per class
-        per_class = -(-size // len(class_indices))
-        counts, picked = collections.Counter(), []
-        for image, label in make_dataset(
-            source, "val", class_indices, batch_size=1, training=False, **kwargs
-        ).unbatch():
-            label = int(label)
-            if counts[label] < per_class:
-                counts[label] += 1
-                picked.append((image, label))
-            if len(picked) == size:
-                break
+    picked = source.probe_examples(
+        class_indices,
+        size,
+        lambda encoded: images.preprocess(
+            encoded, training=False, resize_size=resize_size, crop_size=crop_size
+        ),
+    )
     return (
         tf.stack([image for image, _ in picked]),
         tf.constant([label for _, label in picked], tf.int64),

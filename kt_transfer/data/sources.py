@@ -1,13 +1,14 @@
 """Where the images come from, and the class split applied to them.
 
-A `Source` is an ImageNet-style folder (`train/<class>/*`, `val/<class>/*`; class index =
-position of the class folder in sorted order, which for ImageNet wnids is TFDS's
-labels.txt order) or a prepared TFDS builder. `resolve_dataset` turns a config into a
+A source is a `FolderSource` (an ImageNet-style folder, the embedded dataset included) or
+a `TfdsSource` (a prepared TFDS builder). Each owns its listing, reading and checks, so
+nothing else asks which kind it is. `resolve_dataset` turns a config into a
 `Dataset` (source + split), generating the embedded dataset if needed, and checks before
 any training that every class of the split has images. The tf.data pipelines that read a
-Dataset are in data.py.
+Dataset are in pipeline.py.
 """
 
+import collections
 import dataclasses
 import os
 
@@ -17,31 +18,171 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 @dataclasses.dataclass
-class Source:
-    """Where the images come from: an image folder, or a prepared TFDS builder."""
+class FolderSource:
+    """An ImageNet-style folder: train/<class>/*, <val_split>/<class>/*; class index =
+    position of the class folder in sorted order (for ImageNet wnids, TFDS's labels.txt
+    order). The embedded dataset is one, generated."""
 
-    kind: str  # "folder" | "tfds"
+    root: str
     classes: list  # class names in class-index order
-    root: str = ""  # folder
-    builder: object = None  # tfds
     val_split: str = "val"
 
     def describe(self):
-        return self.root if self.kind == "folder" else f"TFDS {self.builder.info.full_name}"
+        return self.root
+
+    def groups(self):
+        """Per-class man-made/natural groups, where the folder's classes.tsv has them."""
+        return read_groups(self.root, len(self.classes))
+
+    def _subset(self, subset):
+        return subset if subset == "train" else self.val_split
+
+    def examples(self, subset, class_indices, *, training, seed, input_context=None):
+        """Encoded examples of the chosen classes before any decoding, as the pipeline
+        reads them.
+
+        Returns:
+          (tf.data.Dataset of {"image": path, "label": 0..K-1, "name": path}, shuffled when
+          training; the function that turns "image" into the encoded bytes; how many files
+          one pass reads (the pipeline's watchdog stops after a pass that decodes none)).
+        """
+        import numpy as np
+        import tensorflow as tf
+
+        paths, labels = list_files(self.root, self._subset(subset), self.classes, class_indices)
+        ds = tf.data.Dataset.from_tensor_slices(
+            {"image": paths, "label": np.array(labels, np.int64), "name": paths}
+        )
+        if input_context is not None:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if training:
+            ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        return ds, tf.io.read_file, len(paths)
+
+    def probe_examples(self, class_indices, size, load):
+        """Up to `size` (image, label) validation examples drawn round robin across the
+        classes (file lists are class-sorted); `load(encoded bytes)` decodes one, and a
+        file that does not decode is passed over (training reports it)."""
+        import tensorflow as tf
+
+        paths, labels = list_files(self.root, self.val_split, self.classes, class_indices)
+        by_class = collections.defaultdict(list)
+        for path, label in zip(paths, labels):
+            by_class[label].append(path)
+        round_robin = [
+            (files[rank], label)
+            for rank in range(max(map(len, by_class.values())))
+            for label, files in sorted(by_class.items())
+            if rank < len(files)
+        ]
+        picked = []
+        for path, label in round_robin:
+            try:
+                picked.append((load(tf.io.read_file(path)), label))
+            except tf.errors.OpError:
+                continue
+            if len(picked) == size:
+                break
+        return picked
+
+    def check_readable(self, class_indices):
+        """Fails before training if a class of the split has no train or val images, or
+        if no file of the half's train or val images decodes (all corrupt; git-lfs
+        pointers named .jpg): training would otherwise wait forever for its first batch.
+
+        Files are tried in order until one decodes, so a healthy half costs one decode.
+        """
+        from kt_transfer.data import images  # TensorFlow: only once there is a folder
+
+        for subset in ("train", self.val_split):
+            paths, _ = list_files(self.root, subset, self.classes, class_indices)
+            if any(images.decodes(path) for path in paths):
+                continue
+            reasons = "; ".join(
+                f"{os.path.relpath(p, self.root)}: {images.describe_bad_file(p)}"
+                for p in paths[:REASONS_SHOWN]
+            )
+            raise NoReadableImagesError(
+                f"none of the {len(paths)} {subset} images of this half "
+                f"({len(class_indices)} classes) under {os.path.join(self.root, subset)} "
+                f"can be decoded (the first: {reasons}); replace them with real images, or "
+                "point --config.dataset.data_dir at another folder"
+            )
+
+
+@dataclasses.dataclass
+class TfdsSource:
+    """A prepared TFDS builder; the label feature's names are the classes."""
+
+    builder: object
+    classes: list
+    val_split: str
+
+    TFDS_WATCHDOG_LIMIT = 10_000  # examples in a row that fail to decode before a stop
+
+    def describe(self):
+        return f"TFDS {self.builder.info.full_name}"
+
+    def groups(self):
+        return None
+
+    def examples(self, subset, class_indices, *, training, seed, input_context=None):
+        """As FolderSource.examples: the examples hold the encoded image itself. The label
+        filter runs before any decoding."""
+        import tensorflow as tf
+
+        split = "train" if subset == "train" else self.val_split
+        ds = tfds_source.read(
+            self.builder,
+            split,
+            class_indices,
+            training=training,
+            seed=seed,
+            input_context=input_context,
+        )
+        if training:
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        return ds, tf.identity, self.TFDS_WATCHDOG_LIMIT
+
+    def probe_examples(self, class_indices, size, load):
+        """TFDS validation splits are not sorted by class: the first examples of each
+        class, as many per class as `size` needs."""
+        import tensorflow as tf
+
+        per_class = -(-size // len(class_indices))
+        counts, picked = collections.Counter(), []
+        examples = tfds_source.read(
+            self.builder, self.val_split, class_indices, training=False, seed=0
+        )
+        for example in examples:
+            label = int(example["label"])
+            if counts[label] >= per_class:
+                continue
+            try:
+                image = load(example["image"])
+            except tf.errors.OpError:  # an undecodable example: training reports it
+                continue
+            counts[label] += 1
+            picked.append((image, label))
+            if len(picked) == size:
+                break
+        return picked
+
+    def check_readable(self, class_indices):
+        """TFDS checks its own files when it prepares them; nothing to look at here."""
 
 
 def folder_source(root):
-    return Source("folder", list_classes(root), root=root)
+    return FolderSource(root, list_classes(root))
 
 
 def tfds_source_from_config(dataset_config, log=print):
     builder = tfds_source.load_builder(
         dataset_config.tfds_name, dataset_config.data_dir, dataset_config.tfds_manual_dir, log
     )
-    return Source(
-        "tfds",
+    return TfdsSource(
+        builder,
         list(builder.info.features["label"].names),
-        builder=builder,
         val_split=tfds_source.val_split(builder, dataset_config.tfds_val_split),
     )
 
@@ -94,39 +235,12 @@ class NoReadableImagesError(ValueError):
 REASONS_SHOWN = 3
 
 
-def check_readable(source, class_indices):
-    """Fails before training if a class of the split has no train or val images, or if
-    no file of the half's train or val images decodes (all corrupt; git-lfs pointers
-    named .jpg): training would otherwise wait forever for its first batch.
-
-    Files are tried in order until one decodes, so a healthy half costs one decode.
-    """
-    if source.kind != "folder":
-        return
-    from kt_transfer.data import images  # TensorFlow: only once there is a folder to check
-
-    for subset in ("train", source.val_split):
-        paths, _ = list_files(source.root, subset, source.classes, class_indices)
-        if any(images.decodes(path) for path in paths):
-            continue
-        reasons = "; ".join(
-            f"{os.path.relpath(p, source.root)}: {images.describe_bad_file(p)}"
-            for p in paths[:REASONS_SHOWN]
-        )
-        raise NoReadableImagesError(
-            f"none of the {len(paths)} {subset} images of this half "
-            f"({len(class_indices)} classes) under {os.path.join(source.root, subset)} can "
-            f"be decoded (the first: {reasons}); replace them with real images, or point "
-            "--config.dataset.data_dir at another folder"
-        )
-
-
 @dataclasses.dataclass
 class Dataset:
     """A resolved image source and the class split applied to it."""
 
     name: str  # embedded, folder, or the TFDS name: the first level under the workdir
-    source: Source
+    source: FolderSource | TfdsSource
     split: splits.Split
     groups: list = None  # per-class man-made/natural, where the dataset has them
 
@@ -140,7 +254,7 @@ class Dataset:
             return self
         split = splits.make_split(name, len(self.classes), self.groups)
         for half in ("A", "B"):
-            check_readable(self.source, split.half(half))
+            self.source.check_readable(split.half(half))
         return dataclasses.replace(self, split=split)
 
 
@@ -153,7 +267,6 @@ def resolve_dataset(config, log=print):
       ValueError: unknown dataset or split.
     """
     dc = config.dataset
-    groups = None
     if dc.name == "embedded":
         spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
         root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
@@ -173,11 +286,10 @@ def resolve_dataset(config, log=print):
             f"unknown --config.dataset.name={dc.name!r}; use embedded, folder "
             "or tfds (with --config.dataset.tfds_name)"
         )
-    if source.kind == "folder":
-        groups = read_groups(source.root, len(source.classes))
+    groups = source.groups()
     split = splits.make_split(config.split, len(source.classes), groups)
     for half in ("A", "B"):
-        check_readable(source, split.half(half))
+        source.check_readable(split.half(half))
     return Dataset(name, source, split, groups)
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import zlib
 
 import keras
@@ -129,6 +130,50 @@ def run_lock(out):
         yield
 
 
+def ensure_base(config, dataset, treatment, log=print, strategy=None, wait_s=None):
+    """The run directory of the workdir's base that `treatment` copies from, trained
+    first if it is missing: the one place a base is trained on demand (a transfer run,
+    a tuning sweep).
+
+    Args:
+      wait_s: when another process is training the base, poll every wait_s seconds
+        until it is done (a sweep's workers); None raises RunBusyError instead.
+    Raises:
+      RuntimeError: the base failed (nothing to copy from).
+    """
+    base = transfer.parse_treatment(treatment.base_mode)
+    config_of_base = base_config(config)  # a tuning trial still copies a full base
+    base_out = run_dir(config_of_base, dataset, base)
+    base_metrics = read_metrics(base_out)
+    if base_metrics is None:
+        log(
+            f"{treatment.run_name} copies layers from {base.run_name}, which is not "
+            f"trained yet under this config: training {base.run_name} first."
+        )
+        while base_metrics is None:
+            try:
+                base_metrics, _ = run_treatment(config_of_base, dataset, base, log, strategy)
+            except RunBusyError:
+                if wait_s is None:
+                    raise
+                time.sleep(wait_s)
+    if base_metrics["status"] != "finished":
+        raise RuntimeError(
+            f"{base.run_name} failed ({base_metrics['reason']}); "
+            f"nothing to copy from. Its record: {base_out}"
+        )
+    return base_out
+
+
+def load_network(path):
+    """The trained Keras network stored in run directory `path` (its model.keras), or
+    None if there is none: how the analyses and the tuner read a finished run."""
+    model_path = os.path.join(path, MODEL_FILE)
+    if not os.path.exists(model_path):
+        return None
+    return keras.saving.load_model(model_path, safe_mode=True, compile=False)
+
+
 def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=None):
     """Trains and evaluates one treatment (its base first, if missing).
 
@@ -157,21 +202,7 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         with stopwatch.phase("base_loading"):
             base = transfer.load_base(config.base_model)
     elif treatment.base_mode:
-        base = transfer.parse_treatment(treatment.base_mode)
-        config_of_base = base_config(config)  # a tuning trial still copies a full base
-        base_out = run_dir(config_of_base, dataset, base)
-        base_metrics = read_metrics(base_out)
-        if base_metrics is None:
-            log(
-                f"{treatment.run_name} copies layers from {base.run_name}, which is not "
-                f"trained yet under this config: training {base.run_name} first."
-            )
-            base_metrics, _ = run_treatment(config_of_base, dataset, base, log, strategy)
-        if base_metrics["status"] != "finished":
-            raise RuntimeError(
-                f"{base.run_name} failed ({base_metrics['reason']}); "
-                f"nothing to copy from. Its record: {base_out}"
-            )
+        base_out = ensure_base(config, dataset, treatment, log, strategy)
         with stopwatch.phase("base_loading"):
             base = transfer.load_base(
                 os.path.join(base_out, MODEL_FILE),

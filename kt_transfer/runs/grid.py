@@ -133,7 +133,7 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
       since: errors recorded from this time on count (default: this call's start).
 
     Returns:
-      (rows of the results table, paths of the files written).
+      The paths of the report's files (results.write_report).
     Raises:
       GridIncompleteError: after the summary, tables, figure and findings, if a cell did
         not finish.
@@ -337,57 +337,31 @@ def report_dir(config, dataset):
     return os.path.join(config.workdir, dataset.name, "-".join([f"grid-{exp_id}", *families]))
 
 
-def write_results(config, dataset, log=print):
-    """The grid's tables (every run; replicates pooled), figure and findings.md (again,
-    after --mode=similarity, which adds its rank correlations to findings.md)."""
-    split_names = grid_splits(config)
-    exp_id = os.path.basename(experiment.experiment_dir(config, dataset))
-    rows = [
-        r
-        for r in results.gather(config.workdir)
-        if (r["dataset"], r["experiment"]) == (dataset.name, exp_id)
-    ]
+def write_results(config, dataset, log=print, only_if_written=False):
+    """The grid's report (results.write_report in the grid's scope) in report_dir;
+    with `only_if_written`, only where the grid wrote one before (--mode=similarity adds
+    its rank correlations to findings.md).
+
+    Returns:
+      The paths written.
+    """
     out = report_dir(config, dataset)
-    os.makedirs(out, exist_ok=True)
-    grid_rows = [r for r in rows if r["split"] in split_names]
-    written = results.write_tables(grid_rows, out)
-    families = {}  # the random splits pooled; natman apart (files prefixed natman_)
-    for name in split_names:
-        families.setdefault(results.split_family(name), []).append(name)
-    # The random family's files unprefixed, the others' prefixed by their name.
-    for i, (family, names) in enumerate(sorted(families.items(), key=lambda kv: kv[0] != "random")):
-        expected = replicates.expected_networks(
-            names, config.grid.directions, _paper_names(config.grid.treatments), config.grid.ns
-        )
-        paths, text = results.report_experiment(
-            [r for r in grid_rows if r["split"] in names],
-            out,
-            dataset.name,
-            names,
-            paper_overlay=config.grid.paper_overlay,
-            expected=expected,
-            ns=sorted(config.grid.ns),
-            directions=config.grid.directions,
-            related_rows=[r for r in rows if r["split"] not in names],
-            prefix="" if i == 0 else f"{family}_",
-            similarity=results.similarity_curves(config.workdir, dataset.name, exp_id, names),
-        )
-        written += paths
-        if text:
-            log(text)
-    groups = results.group_by_family(rows)  # every split of this experiment
-    figure4 = results.figure4(
-        groups,
-        dataset.name,
-        exp_id,
-        os.path.join(out, "figure4.png"),
-        paper=config.grid.paper_overlay,
+    if only_if_written and not os.path.isdir(out):
+        return []
+    scope = results.GridScope(
+        dataset=dataset.name,
+        experiment=os.path.basename(experiment.experiment_dir(config, dataset)),
+        splits=tuple(grid_splits(config)),
+        directions=tuple(config.grid.directions),
+        treatments=tuple(_paper_names(config.grid.treatments)),
+        ns=tuple(config.grid.ns),
     )
-    if figure4:
-        written.append(figure4)
+    written = results.write_report(
+        config.workdir, out, paper=config.grid.paper_overlay, grid=scope, log=log
+    )
     for path in written:
         log(f"grid: wrote {path}")
-    return grid_rows, written
+    return written
 
 
 def _paper_names(treatments):

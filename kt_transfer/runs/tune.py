@@ -28,7 +28,6 @@ import os
 import keras_tuner
 
 from kt_transfer import atomic, validate
-from kt_transfer.networks import transfer
 from kt_transfer.runs import experiment
 from kt_transfer.training import train
 
@@ -115,11 +114,8 @@ class CopiedLayerRateTuner(keras_tuner.Tuner):
         """Nothing: every trial's run already stores model.keras and saved_model/."""
 
     def load_model(self, trial):
-        import keras
-
         config = trial_config(self.config, trial.hyperparameters)
-        path = experiment.run_dir(config, self.dataset, self.treatment)
-        return keras.saving.load_model(os.path.join(path, experiment.MODEL_FILE))
+        return experiment.load_network(experiment.run_dir(config, self.dataset, self.treatment))
 
 
 def describe(values):
@@ -141,18 +137,6 @@ def role():
     return "chief" if "chief" in os.environ.get("KERASTUNER_TUNER_ID", "") else "worker"
 
 
-def ensure_base(config, dataset, treatment, log, strategy, poll_s=2.0):
-    """Trains the base before any trial; several workers wait for the one training it."""
-    import time
-
-    base = transfer.parse_treatment(treatment.base_mode)
-    while True:
-        try:
-            return experiment.run_treatment(config, dataset, base, log=log, strategy=strategy)
-        except experiment.RunBusyError:
-            time.sleep(poll_s)
-
-
 def run_sweep(config, dataset, log=print, strategy=None):
     """Runs (or joins, or serves) the sweep; the chief or single process writes its table.
 
@@ -160,8 +144,8 @@ def run_sweep(config, dataset, log=print, strategy=None):
       The rows of the sweep's table (best first), or None for a worker.
     """
     treatment = treatment_of(config)
-    if role() != "chief":
-        ensure_base(config, dataset, treatment, log, strategy)
+    if role() != "chief":  # the base before any trial; workers wait for the one training it
+        experiment.ensure_base(config, dataset, treatment, log, strategy, wait_s=2.0)
     tuner = CopiedLayerRateTuner(make_oracle(config), config, dataset, treatment, strategy, log)
     tuner.search()
     if role() == "worker":
