@@ -23,6 +23,16 @@ def config_path(name):
     return os.path.join(config_dir(), f"{name}.py")
 
 
+def unknown_key_message(error, argv, config_file):
+    """The error line for a misspelled --config.* key (ml_collections raises a KeyError or
+    AttributeError naming it, when the file is loaded or at the flag's definition)."""
+    overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+    return (
+        f"error: no such config key {error!s}: check the spelling of the --config.* "
+        f"overrides ({overrides}) against {config_file}"
+    )
+
+
 def load(path_or_name):
     """get_config() of a config file, given its path or its name in configs/."""
     path = path_or_name if path_or_name.endswith(".py") else config_path(path_or_name)

@@ -12,7 +12,6 @@ a misspelled key is an error.
 
 import os
 import sys
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,11 +24,7 @@ try:  # ml_collections applies the --config.* overrides of sys.argv here, at def
         "config", _DEFAULT_CONFIG, "Experiment config file (see configs/).", lock_config=True
     )
 except (AttributeError, KeyError) as e:
-    sys.exit(
-        f"error: no such config key {e!s}: check the spelling of the --config.* "
-        f"overrides ({' '.join(a for a in sys.argv[1:] if a.startswith('--config.'))}) "
-        "against the config file (configs/embedded.py by default)"
-    )
+    sys.exit(config_files.unknown_key_message(e, sys.argv, "configs/embedded.py by default"))
 flags.DEFINE_string(
     "mode",
     None,
@@ -103,7 +98,11 @@ def main(argv):
         _fail(e)
     try:
         if config.mode == "grid":
-            _run_grid(config, dataset, strategy)
+            from kt_transfer.runs import local_workers
+
+            codes = local_workers.run_grid_on_this_machine(config, dataset, strategy, sys.argv)
+            if any(codes):
+                sys.exit(f"error: grid worker exit codes {codes}")
             return
         if config.mode == "tune":
             tune.run_sweep(config, dataset, strategy=strategy)
@@ -134,40 +133,6 @@ def _fail(error):
     sys.exit(f"error: {error}")
 
 
-def _run_grid(config, dataset, strategy):
-    """The grid: in this process, or in several pinned worker processes on this machine
-    (local_workers.py) whose end this process waits for, then summarizes."""
-    from kt_transfer.runs import grid, local_workers
-    from kt_transfer.training import distribute
-
-    workers = local_workers.workers_for(
-        config.grid, has_gpus=distribute.has_gpus() or config.distribute.strategy == "multi_worker"
-    )
-    prefix = local_workers.worker_prefix()
-    if workers == 1:
-        if prefix:  # one of several: lines prefixed, no interleaved progress bars
-            with config.unlocked():
-                config.verbose = 0
-            print(
-                f"{prefix}grid: pinned to cores "
-                f"{','.join(map(str, local_workers.available_cpus()))}",
-                flush=True,
-            )
-        grid.run_grid(
-            config,
-            dataset,
-            log=lambda line: print(prefix + str(line), flush=True),
-            strategy=strategy,
-        )
-        return
-    started = time.time()
-    codes = local_workers.run_workers(sys.argv, workers)
-    # Every cell is finished or recorded as failed by now: summarize, write the report.
-    grid.run_grid(config, dataset, strategy=strategy, train_cells=False, since=started)
-    if any(codes):
-        sys.exit(f"error: grid worker exit codes {codes}")
-
-
 def _set_output_verbosity(verbosity):
     """kt_transfer's own lines and Keras' progress bars by default; with absl's
     --verbosity=1 also TensorFlow's INFO lines (the SavedModel export's). The native
@@ -194,11 +159,7 @@ def _parse_flags(argv):
     except flags.Error as e:
         sys.exit(f"error: {e}\nPass --help to see the flags.")
     except (AttributeError, KeyError) as e:
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        sys.exit(
-            f"error: no such config key {e!s}: check the spelling of the --config.* "
-            f"overrides ({' '.join(bad)}) against the --config file"
-        )
+        sys.exit(config_files.unknown_key_message(e, argv, "the --config file"))
     except Exception as e:  # the --config file itself fails to run (a syntax error, ...)
         sys.exit(
             f"error: --config={config_file} could not be loaded ({type(e).__name__}: "

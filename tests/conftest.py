@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny configs and a tiny generated dataset, built once per session."""
+"""Shared fixtures and helpers: tiny configs, a tiny generated dataset built once per
+session, a small filesystem, and the command line run as a user runs it.
+
+Tiers: `pytest -m "not slow" tests` is the quick tier (in-process tests); tests marked
+`slow` start subprocesses (the CLI end to end, worker processes, other backends).
+"""
 
 import contextlib
 import os
@@ -6,9 +11,32 @@ import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
 from kt_transfer import config_files  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "configs", "tiny.py")
+
+
+def subprocess_env(**extra):
+    """The environment of a kt_transfer subprocess: this one's, TensorFlow's INFO lines
+    off, plus `extra`."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def run_cli(*args, cwd=None, env=None, timeout=600):
+    """`python -m kt_transfer.main ARGS` as a user runs it; the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "kt_transfer.main", *args],
+        cwd=cwd,
+        env=env or subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

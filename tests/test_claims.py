@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from kt_transfer.runs import claims
 
 
@@ -46,6 +48,7 @@ def test_a_claim_is_exclusive_until_released_or_stale(tmp_path):
     taken.release(finished=True)
 
 
+@pytest.mark.slow
 def test_a_claim_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -8,12 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY, subprocess_env
 from ml_collections import ConfigDict
 
 from kt_transfer.training import distribute
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 # Runs in a fresh process: the CPU can only be split before TensorFlow initializes.
 MIRRORED_VS_DEFAULT = r"""
@@ -51,13 +49,14 @@ assert moved > 1e-3 and worst < 1e-5, (worst, moved)
 """
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_logical_cpus_matches_the_default_strategy():
     result = subprocess.run(
         [sys.executable, "-c", MIRRORED_VS_DEFAULT],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MAX_DIFF" in result.stdout
@@ -112,7 +111,7 @@ def test_two_workers_train_identical_weights_and_only_the_chief_writes(tmp_path,
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        env = subprocess_env(TF_CONFIG=json.dumps(tf_config))
         log = open(tmp_path / f"worker{index}.log", "w")
         procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
     for index, proc in enumerate(procs):
@@ -159,7 +158,7 @@ def test_a_worker_waits_at_the_barrier_until_the_chief_has_written(tmp_path):
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        env = subprocess_env(TF_CONFIG=json.dumps(tf_config))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", BARRIER, str(tmp_path / "marker")],

@@ -7,6 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from kt_transfer.data import sources
 from kt_transfer.networks import transfer
@@ -21,6 +22,7 @@ np.save(sys.argv[3], loaded.serve(tf.constant(x)).numpy())
 """
 
 
+@pytest.mark.slow
 def test_saved_model_matches_keras_in_a_fresh_process(tiny_config, tmp_path):
     dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     _, out = experiment.run_treatment(
@@ -39,7 +41,7 @@ def test_saved_model_matches_keras_in_a_fresh_process(tiny_config, tmp_path):
             str(tmp_path / "y.npy"),
         ],
         check=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=subprocess_env(),
     )
     served = np.load(tmp_path / "y.npy")
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(x, training=False)))
@@ -152,6 +154,7 @@ print(type(model.optimizer.inner_optimizer if hasattr(model.optimizer, "inner_op
 """
 
 
+@pytest.mark.slow
 def test_import_kt_transfer_is_enough_to_load_a_saved_network(tiny_config, tmp_path):
     """A fresh process that imports only kt_transfer and keras loads model.keras (with its
     CaffeSGD solver and StepSchedule) with safe_mode=True."""

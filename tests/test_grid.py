@@ -11,12 +11,10 @@ import sys
 import time
 
 import pytest
+from conftest import TINY, subprocess_env
 
 from kt_transfer import config_files
 from kt_transfer.runs import grid
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def test_cells_put_bases_first_and_mirror_for_b_to_a():
@@ -68,7 +66,7 @@ def test_replicated_cells_cover_every_split_and_direction_once():
 
 
 def _worker(args, log_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    env = subprocess_env(PYTHONUNBUFFERED="1")
     log = open(log_path, "w")
     return subprocess.Popen(
         [sys.executable, "-m", "kt_transfer.main", *args],
@@ -192,7 +190,7 @@ def test_a_base_that_cannot_run_fails_its_cells_and_the_grid_ends(tmp_path, data
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=subprocess_env(),
     )
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout

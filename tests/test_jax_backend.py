@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import REPO
 
 from kt_transfer.data import sources
 from kt_transfer.networks import caffenet, transfer
@@ -19,7 +20,6 @@ from kt_transfer.training import optimizer as optimizer_lib
 
 pytest.importorskip("jax")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRELUDE = """
 import sys
 import numpy as np
@@ -68,6 +68,7 @@ np.save(sys.argv[6], keras.ops.convert_to_numpy(model(np.load(sys.argv[5]), trai
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,width,classes", [(71, 0.25, 50), (227, 1.0, 1000)])
 def test_the_same_weights_give_the_same_caffenet_outputs(tmp_path, size, width, classes):
     keras.utils.set_random_seed(0)
@@ -118,6 +119,7 @@ np.savez(sys.argv[2], *model.get_weights())
 )
 
 
+@pytest.mark.slow
 def test_two_solver_steps_of_a_plus_treatment_equal_the_hand_computed_caffe_update(tmp_path):
     """The numbers of test_optimizer's check, on JAX: a frozen layer, a fine-tuned copied
     layer at lr x0.3, a new one; weight decay inside the momentum, bias lr x2."""
@@ -200,6 +202,7 @@ for name in ("conv4", "fc6", "fc8"):  # trained
 """
 
 
+@pytest.mark.slow
 def test_an_anb_network_built_on_jax_trains_with_its_frozen_layers_bit_identical(tmp_path):
     _run_jax(tmp_path, FROZEN_STAY)
 
@@ -210,6 +213,7 @@ np.save(sys.argv[3], keras.ops.convert_to_numpy(model(np.load(sys.argv[2]), trai
 """
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_tensorflow_loads_on_jax_with_the_same_predictions(tiny_config, tmp_path):
     dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
     _, out = experiment.run_treatment(
@@ -226,6 +230,7 @@ def test_a_run_trained_on_tensorflow_loads_on_jax_with_the_same_predictions(tiny
     )
 
 
+@pytest.mark.slow
 def test_the_step_benchmark_runs_on_jax_without_tensorflow(tmp_path):
     out = _run_jax(
         tmp_path,

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY
 from tensorboard.backend.event_processing import event_accumulator
 
 import kt_transfer  # noqa: F401  (registers the custom layers for load_model)
@@ -20,9 +21,6 @@ from kt_transfer.networks import transfer
 from kt_transfer.training import layer_logging, train
 
 pytest.importorskip("jax")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def _run_on_jax(args, cwd, timeout=600):
@@ -82,6 +80,7 @@ assert moved > 1e-3 and worst < 1e-5, (worst, moved)
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_on_two_cpu_devices_matches_one_device(tmp_path):
     out = _run_on_jax(["-c", DATA_PARALLEL_VS_ONE_DEVICE], tmp_path)
     assert "MAX_DIFF" in out
@@ -149,6 +148,7 @@ np.savez(sys.argv[5], **{k: keras.ops.convert_to_numpy(v) for k, v in grads.item
 """
 
 
+@pytest.mark.slow
 def test_the_layer_loggers_gradients_on_jax_equal_tensorflows(tiny_config, tmp_path):
     config = tiny_config
     model, plans = transfer.build_model(transfer.parse_treatment("baseA"), config.model, 6)

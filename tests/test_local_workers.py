@@ -11,11 +11,9 @@ import sys
 
 import ml_collections
 import pytest
+from conftest import TINY, subprocess_env
 
 from kt_transfer.runs import local_workers
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def test_cores_are_shared_out_contiguously_and_evenly():
@@ -58,7 +56,7 @@ def test_the_cli_runs_the_grid_in_pinned_workers_each_cell_once(tmp_path, data_c
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env=subprocess_env(),
     )
     out = done.stdout
     assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]

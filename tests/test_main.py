@@ -3,26 +3,11 @@
 import glob
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
-
-
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "kt_transfer.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from conftest import REPO, TINY, run_cli, subprocess_env
 
 
 @pytest.mark.slow
@@ -57,6 +42,7 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
 
 # How each kind of bad input reaches a user of the command line (a config value, an unknown
 # key, a missing folder, a bad --mode or --n), in a subprocess as a user runs it.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags,message",
     [
@@ -93,50 +79,7 @@ def test_bad_flags_fail_at_once_with_the_fix(flags, message, tmp_path):
     assert not os.listdir(tmp_path)  # nothing was started: no workdir, no data dir
 
 
-# Every other bad value, through validate.validate, the check the command line runs first
-# (the cases above show how its message reaches the user); in-process, without the
-# subprocess's seconds of TensorFlow start-up per case.
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        ({"mode": "grid", "grid.directions": ("AtoB", "BtoC")}, "--config.grid.directions"),
-        ({"mode": "grid", "grid.splits": ("natman.s0",)}, "--config.grid.splits"),
-        ({"mode": "AnB", "n": 3, "split": "all"}, "--mode='AnB': with --config.split=all"),
-        ({"mode": "grid", "model.fc8_outputs": "most"}, "--config.model.fc8_outputs"),
-        ({"mode": "AnB", "n": 2, "train.precision": "fp8"}, "--config.train.precision='fp8'"),
-        ({"mode": "AnB", "n": 2, "model.init": "xavier"}, "--config.model.init='xavier'"),
-        ({"mode": "AnB", "n": 2, "dataset.mean": "median"}, "use one of fixed, computed"),
-        ({"mode": "AnB", "n": 2, "dataset.resize_size": 64}, "at most that"),
-        ({"mode": "baseA", "split": "halves"}, "--config.split='halves'"),
-        ({"mode": "baseA", "split": "natman.s"}, "--config.split='natman.s'"),
-        ({"mode": "baseA", "train.batch_size": 0}, "--config.train.batch_size=0"),
-        ({"mode": "baseA", "distribute.strategy": "tpu"}, "--config.distribute.strategy"),
-        ({"mode": "baseA", "distribute.logical_cpus": 3}, "give a multiple of 3"),
-        ({"mode": "grid", "grid.treatments": ("AnB", "CnD")}, "--config.grid.treatments"),
-        ({"mode": "grid", "grid.ns": (0, 8)}, "--config.grid.ns"),
-        ({"mode": "tune", "n": 2, "tune.tuner": "grid"}, "--config.tune.tuner='grid'"),
-        ({"mode": "tune", "n": 2, "tune.holdout_fraction": 0.9}, "holdout_fraction"),
-        ({"mode": "tune", "n": 2, "tune.treatment": "AnB"}, "AnB+ or BnB+"),
-        ({"mode": "AnB", "n": 0}, "--n between 1 and 7"),
-        ({"mode": "baseA", "train.total_steps": 5}, "--config.train.steps_per_epoch"),
-    ],
-)
-def test_bad_config_values_are_named_with_the_fix(overrides, message, tmp_path):
-    from kt_transfer import config_files, validate
-
-    config = config_files.load("tiny")
-    config.workdir = str(tmp_path / "wd")
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    with pytest.raises(validate.ConfigError) as raised:
-        validate.validate(config)
-    assert message in str(raised.value), str(raised.value)
-
-
+@pytest.mark.slow
 def test_every_bad_value_is_named_at_once(tmp_path):
     result = run_cli(
         f"--config={TINY}",
@@ -153,6 +96,7 @@ def test_every_bad_value_is_named_at_once(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_the_main_job_prints_kt_transfers_lines_not_tensorflows(tmp_path, data_cache):
     """The first screen is kt_transfer's own lines and Keras' progress; TensorFlow's
     start-up and SavedModel-export INFO lines only with --verbosity=1."""
@@ -192,7 +136,7 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
         "--config.train.steps_per_epoch=100",
         "--config.train.backup_every_steps=7",
     ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = subprocess_env()
     first = subprocess.Popen(
         args, env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -229,6 +173,7 @@ def test_a_killed_run_resumes_from_its_backup_and_finishes_the_planned_steps(tmp
     assert metrics["seconds"] > before_kill["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_base_model_flag_is_checked_before_any_work(tmp_path):
     result = run_cli(
         "--mode=AnB", "--n=2", f"--base_model={tmp_path}/nothing.keras", f"--workdir={tmp_path}/w"
@@ -246,6 +191,7 @@ def test_base_model_flag_is_checked_before_any_work(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_grid_with_a_multi_worker_strategy_is_refused_up_front(tmp_path):
     result = run_cli(
         "--mode=grid", "--config.distribute.strategy=multi_worker", f"--workdir={tmp_path}/w"
@@ -266,6 +212,7 @@ def _one_error_line(result):
     return errors[0]
 
 
+@pytest.mark.slow
 def test_a_missing_or_broken_config_file_is_one_error_line(tmp_path):
     line = _one_error_line(run_cli(f"--config={tmp_path}/nope.py", "--mode=baseA"))
     assert f"--config={tmp_path}/nope.py: no such file" in line
@@ -274,6 +221,7 @@ def test_a_missing_or_broken_config_file_is_one_error_line(tmp_path):
     assert "broken.py could not be loaded (SyntaxError" in line
 
 
+@pytest.mark.slow
 def test_a_lambda_layer_base_is_refused_in_one_line(tmp_path, data_cache):
     import keras
 
@@ -293,6 +241,7 @@ def test_a_lambda_layer_base_is_refused_in_one_line(tmp_path, data_cache):
     assert f"--base_model='{tmp_path}/lambda.keras' holds a Lambda layer" in line
 
 
+@pytest.mark.slow
 def test_a_folder_of_git_lfs_pointers_is_refused_before_training(tmp_path, data_cache):
     from kt_transfer.data import embedded
 
@@ -315,6 +264,7 @@ def test_a_folder_of_git_lfs_pointers_is_refused_before_training(tmp_path, data_
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(
     tmp_path, data_cache, small_filesystem
 ):
@@ -344,6 +294,7 @@ def test_a_full_disk_is_one_error_line_and_the_rerun_loses_nothing(
     assert [e["step"] for e in metrics["evaluations"]] == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_plot_results_prints_no_tensorflow_start_up_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
@@ -355,42 +306,3 @@ def test_plot_results_prints_no_tensorflow_start_up_lines(tmp_path):
     )
     for noise in ("cuda", "cuInit", "oneDNN", "absl::InitializeLog"):
         assert noise not in result.stderr, result.stderr[-2000:]
-
-
-def test_a_workdir_that_is_a_file_or_read_only_is_named(tmp_path, small_filesystem):
-    from kt_transfer import config_files, validate
-
-    config = config_files.load("tiny")
-    config.mode = "baseA"
-    (tmp_path / "a_file").write_text("")
-    config.workdir = str(tmp_path / "a_file" / "runs")
-    with pytest.raises(validate.ConfigError, match=r"--workdir=.*a_file is a file, not a "):
-        validate.validate(config)
-    read_only = str(tmp_path / "ro")
-    with small_filesystem(read_only, "1m"):
-        subprocess.run(["mount", "-o", "remount,ro", read_only], check=True)
-        config.workdir = os.path.join(read_only, "runs")
-        with pytest.raises(validate.ConfigError, match=f"{read_only} is not writable"):
-            validate.validate(config)
-
-
-@pytest.mark.parametrize(
-    "tf_config,message",
-    [
-        (None, "needs the environment variable TF_CONFIG"),
-        ("{cluster: [host1]}", "TF_CONFIG, which is not valid (Expecting property name"),
-        ('{"task": {"type": "worker", "index": 0}}', "it needs the keys cluster and task"),
-    ],
-)
-def test_multi_worker_names_a_missing_or_bad_tf_config(tf_config, message, monkeypatch, tmp_path):
-    from kt_transfer import config_files, validate
-
-    config = config_files.load("tiny")
-    config.mode, config.workdir = "baseA", str(tmp_path / "wd")
-    config.distribute.strategy = "multi_worker"
-    if tf_config is None:
-        monkeypatch.delenv("TF_CONFIG", raising=False)
-    else:
-        monkeypatch.setenv("TF_CONFIG", tf_config)
-    with pytest.raises(validate.ConfigError, match=re.escape(message)):
-        validate.validate(config)

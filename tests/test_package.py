@@ -7,10 +7,10 @@ import re
 import shlex
 
 import pytest
+from conftest import REPO
 
 from kt_transfer import config_files, validate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "kt_transfer")
 
 
@@ -169,3 +169,58 @@ def test_every_documented_command_passes_config_validation(where, arguments, tmp
     )
     config = config_of(arguments, tmp_path)
     validate.validate(config)
+
+
+def _called_names(node):
+    names = set()
+    for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+        if isinstance(call.func, ast.Name):
+            names.add(call.func.id)
+        elif isinstance(call.func, ast.Attribute):
+            owner = call.func.value
+            prefix = f"{owner.id}." if isinstance(owner, ast.Name) else "."
+            names.add(prefix + call.func.attr)
+    return names
+
+
+SPAWNING_CALLS = {"subprocess.run", "subprocess.Popen", "subprocess.check_output", "run_cli"}
+
+
+def tests_that_start_processes(path):
+    """{test name: marked slow?} of the tests in `path` that start a subprocess, directly
+    or through a helper function of their module (or conftest's run_cli). Mounting a
+    small filesystem (`mount`) does not count: it starts no Python."""
+    tree = ast.parse(open(path).read())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    spawning = set(SPAWNING_CALLS)
+    grew = True
+    while grew:
+        grew = False
+        for name, function in functions.items():
+            if not name.startswith("test_") and name not in spawning:
+                if _called_names(function) & spawning:
+                    spawning.add(name)
+                    grew = True
+    found = {}
+    for name, function in functions.items():
+        if name.startswith("test_"):
+            source = ast.unparse(function)
+            only_mount = (
+                "mount" in source and "run_cli" not in source and "sys.executable" not in source
+            )
+            if _called_names(function) & spawning and not only_mount:
+                found[name] = any("slow" in ast.unparse(d) for d in function.decorator_list)
+    return found
+
+
+def test_every_test_that_starts_a_process_is_marked_slow():
+    """The quick tier (`pytest -m "not slow"`) runs in-process only."""
+    tests_dir = os.path.join(REPO, "tests")
+    unmarked, spawning = [], 0
+    for name in sorted(os.listdir(tests_dir)):
+        if name.startswith("test_") and name.endswith(".py"):
+            found = tests_that_start_processes(os.path.join(tests_dir, name))
+            spawning += len(found)
+            unmarked += [f"{name}::{test}" for test, slow in found.items() if not slow]
+    assert spawning >= 20  # the check sees them
+    assert not unmarked, unmarked

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from conftest import REPO
 from PIL import Image
 
 from kt_transfer.data import images, pipeline, prepare, sources
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _photo(rng, height, width):
@@ -53,6 +53,7 @@ def _run(src, dst):
     )
 
 
+@pytest.mark.slow
 def test_prepare_images_resizes_skips_bad_files_and_resumes(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     _folder(src)

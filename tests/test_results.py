@@ -7,9 +7,10 @@ import os
 import subprocess
 import sys
 
-from kt_transfer.analysis import results
+import pytest
+from conftest import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from kt_transfer.analysis import results
 
 
 def _write_run(workdir, split, run, mode, n, top1, status="finished"):
@@ -30,6 +31,7 @@ def _write_run(workdir, split, run, mode, n, top1, status="finished"):
         json.dump(metrics, f)
 
 
+@pytest.mark.slow
 def test_plot_results_writes_tables_and_figures(tmp_path):
     workdir = str(tmp_path)
     _write_run(workdir, "random0", "baseA", "baseA", 0, 0.30)

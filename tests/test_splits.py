@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from kt_transfer.data import splits
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -49,6 +48,7 @@ def test_natman_without_groups_and_unknown_names_fail_clearly():
         splits.make_split("halves", 1000)
 
 
+@pytest.mark.slow
 def test_split_info_tool_prints_paper_halves():
     out = subprocess.run(
         [

@@ -10,13 +10,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY
 
 from kt_transfer.data import sources
 from kt_transfer.networks import transfer
 from kt_transfer.runs import experiment, tune
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(REPO, "configs", "tiny.py")
 
 
 def _sweep_config(tiny_config):

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 WORKER_ENV = "_KT_TRANSFER_GRID_WORKER"  # set in a worker: "<index>/<count>"
 
@@ -104,3 +105,38 @@ def worker_prefix():
     """ "[worker i/n] " in a worker, so interleaved lines say whose they are."""
     name = os.environ.get(WORKER_ENV)
     return f"[worker {name}] " if name else ""
+
+
+def run_grid_on_this_machine(config, dataset, strategy, argv):
+    """The grid in this process, or in several pinned worker processes of `argv` (this
+    command again) whose end this process waits for before it summarizes.
+
+    Returns:
+      The worker processes' exit codes (empty when the grid ran in this process).
+    """
+    from kt_transfer.runs import grid
+    from kt_transfer.training import distribute
+
+    workers = workers_for(
+        config.grid, has_gpus=distribute.has_gpus() or config.distribute.strategy == "multi_worker"
+    )
+    prefix = worker_prefix()
+    if workers == 1:
+        if prefix:  # one of several: lines prefixed, no interleaved progress bars
+            with config.unlocked():
+                config.verbose = 0
+            print(
+                f"{prefix}grid: pinned to cores {','.join(map(str, available_cpus()))}", flush=True
+            )
+        grid.run_grid(
+            config,
+            dataset,
+            log=lambda line: print(prefix + str(line), flush=True),
+            strategy=strategy,
+        )
+        return []
+    started = time.time()
+    codes = run_workers(argv, workers)
+    # Every cell is finished or recorded as failed by now: summarize, write the report.
+    grid.run_grid(config, dataset, strategy=strategy, train_cells=False, since=started)
+    return codes
