@@ -65,6 +65,7 @@ def test_mixed_precision_and_xla_switches_train(tiny_config):
     assert model.get_layer("fc8").compute_dtype == "float32"
 
 
+@pytest.mark.slow
 def test_fc8_all_keeps_an_output_per_dataset_class_with_the_halfs_labels(tiny_config):
     """The paper's half networks kept all 1000 outputs: labels of a half, accuracy (and
     the softmax) over every output, so an unused output can still win the argmax."""
@@ -98,6 +99,7 @@ def test_fc8_all_keeps_an_output_per_dataset_class_with_the_halfs_labels(tiny_co
     assert result["top1"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_base_mean_image_is_computed_once_and_carried_to_the_transfer(tiny_config):
     import glob
 

@@ -55,6 +55,7 @@ def _layer_arrays(model, name):
     return [np.array(w) for w in model.get_layer(name).get_weights()]
 
 
+@pytest.mark.slow
 def test_transfer_run_copies_from_an_exported_base(tiny_config, tmp_path):
     """--base_model: a SavedModel dir and a .keras file give the same copied layers."""
     quiet = lambda *_: None  # noqa: E731

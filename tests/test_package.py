@@ -186,7 +186,7 @@ def _called_names(node):
 SPAWNING_CALLS = {"subprocess.run", "subprocess.Popen", "subprocess.check_output", "run_cli"}
 
 
-def tests_that_start_processes(path):
+def _tests_that_start_processes(path):
     """{test name: marked slow?} of the tests in `path` that start a subprocess, directly
     or through a helper function of their module (or conftest's run_cli). Mounting a
     small filesystem (`mount`) does not count: it starts no Python."""
@@ -219,7 +219,7 @@ def test_every_test_that_starts_a_process_is_marked_slow():
     unmarked, spawning = [], 0
     for name in sorted(os.listdir(tests_dir)):
         if name.startswith("test_") and name.endswith(".py"):
-            found = tests_that_start_processes(os.path.join(tests_dir, name))
+            found = _tests_that_start_processes(os.path.join(tests_dir, name))
             spawning += len(found)
             unmarked += [f"{name}::{test}" for test, slow in found.items() if not slow]
     assert spawning >= 20  # the check sees them

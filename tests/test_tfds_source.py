@@ -75,6 +75,7 @@ def test_a_transfer_run_trains_on_mocked_imagenet2012(tiny_config, tmp_path):
     assert metrics["dataset"] == "imagenet2012"
 
 
+@pytest.mark.slow
 def test_cifar100_label_count_drives_the_split_and_mean_is_cached(tiny_config, tmp_path):
     """README's cifar100 command: 32 px images upscaled to the network's smallest input."""
     from kt_transfer import validate

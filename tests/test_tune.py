@@ -24,6 +24,7 @@ def _sweep_config(tiny_config):
     return tiny_config
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_each_scale_once_and_resumes_without_rerunning(tiny_config):
     config = _sweep_config(tiny_config)
     config.tune.holdout_fraction = 0.0  # choose on validation top-1 (the biased objective)
