@@ -6,7 +6,7 @@ per-channel mean subtracted. Here the resize (antialiased, see `resize`) happens
 or offline (tools/prepare_images.py, faster to read) and, as in Caffe's offline resize, is
 rounded to 8 bits (after the crop, where it costs least), so mirrors, batching
 and prefetching move 4x fewer bytes than float32 would. The mean subtraction and scaling
-are the network's first layer (model.PixelNormalization), on the accelerator.
+are the network's first layer (caffenet.PixelNormalization), on the accelerator.
 
 Where it is exact, decoding and cropping are fused: a JPEG already stored at the resize
 size (the embedded dataset, a pre-resized copy of ImageNet) is decoded only inside its
@@ -46,7 +46,7 @@ def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
       image_bytes: scalar string tensor, the encoded file.
       seed: int64 [2] stateless seed (crop position and mirror); unused when not training.
       training: random crop and mirror; else the centre crop.
-    Raises (as a tf.data element error, see data.py): the file is not a decodable image.
+    Raises (as a tf.data element error, see pipeline.py): the file is not a decodable image.
     """
     top, left = crop_offsets(seed, training=training, resize_size=resize_size, crop_size=crop_size)
     is_jpeg = tf.io.is_jpeg(image_bytes)

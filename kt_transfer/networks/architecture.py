@@ -1,7 +1,7 @@
 """The 8-layer network's shape arithmetic, in pure Python (no Keras, no TensorFlow).
 
 Config validation needs the smallest input the network can be built for without building
-it; model.py takes its minimum from here, so the two cannot disagree.
+it; caffenet.py takes its minimum from here, so the two cannot disagree.
 """
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")

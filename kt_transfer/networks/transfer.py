@@ -293,7 +293,7 @@ def build_model(
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
       base_num_classes: classes of the base's half (checked against the base's fc8).
       mean_rgb, scale, mean_image: input normalization built into the network (see
-        model.py) when it copies nothing; a network that copies layers inherits its
+        caffenet.py) when it copies nothing; a network that copies layers inherits its
         base's instead, as the paper's transfer nets used their base's mean file.
       copied_fc_lr_mult: multiplier of copied fc layers, if different (see layer_plans).
 

@@ -104,7 +104,7 @@ def verbose():
 
 
 # What libjpeg prints straight to stderr, and TensorFlow's decoder logs, for each file
-# that does not decode. The input pipeline names those files itself (data.BadFiles).
+# that does not decode. The input pipeline names those files itself (pipeline.BadFiles).
 DECODER_NOISE = re.compile(
     r"^(Improper call to JPEG library in state \d+|Bogus |Corrupt JPEG data|Premature end "
     r"of JPEG|Invalid JPEG file structure|Not a JPEG file|Unsupported marker type|"

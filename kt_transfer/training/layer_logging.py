@@ -5,7 +5,7 @@ Every `train.log_every_steps` steps, for each of conv1..fc8: weight norm, gradie
 own schedule for the layer, warmup included; 0 when frozen), and on the probe batch the
 mean activation and the fraction of zeros after ReLU; weight histograms. Every epoch:
 conv1's filters as an image grid. The probe batch is fixed, and drawn across all classes
-of the half (data.probe_batch), so the curves compare across steps and runs.
+of the half (pipeline.probe_batch), so the curves compare across steps and runs.
 """
 
 import functools
