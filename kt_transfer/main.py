@@ -116,10 +116,10 @@ def main(argv):
             return
         metrics, out = experiment.run_treatment(config, dataset, treatment, strategy=strategy)
     except (
-        RuntimeError,
-        FileNotFoundError,  # busy run dir, failed base, no runs, full disk
-        transfer.BaseMismatchError,
-    ) as e:  # unfit or unreadable base
+        RuntimeError,  # busy run dir, failed base, full disk, unreadable backup
+        FileNotFoundError,  # no runs
+        ValueError,  # an unfit or unreadable base, an unreadable half of a grid's split
+    ) as e:
         _fail(e)
     print(summary.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":

@@ -303,3 +303,28 @@ def test_a_full_disk_in_the_middle_of_a_backup_is_an_error_and_leaves_nothing_be
             _model(config), _train_data, _val_data(), str(run), config, verbose=0
         )
     assert metrics["steps"] == 12 and [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
+
+
+def test_a_backup_of_another_network_is_set_aside_and_leaves_the_weights_as_they_were(
+    tmp_path,
+):
+    """Keras loads what it can of a mismatched weights file before it raises; the
+    network must not keep that part."""
+    config = _train_config(backup_every_steps=2)
+    run = _killed_run(tmp_path, config, kill_after=5)
+    keras.utils.set_random_seed(3)
+    x = inputs = keras.Input((4,))
+    for name in caffenet.LAYER_NAMES[:-1]:
+        x = keras.layers.Dense(16 if name == "fc7" else 8, activation="relu", name=name)(x)
+    other = keras.Model(inputs, keras.layers.Dense(CLASSES, name="fc8")(x))
+    plans = transfer.parse_treatment("AnB+", 2).layer_plans(copied_lr_mult=0.1)
+    train.compile_model(other, config, plans)
+    other.optimizer.build(other.trainable_variables)
+    before = [np.array(v) for v in other.weights]
+    log = []
+    done = train.restore_backup(other, os.path.join(run, "checkpoints"), log.append)
+    assert done == (0, 0.0, [])
+    kept = len(train.list_backups(os.path.join(run, "checkpoints")))  # set aside, each
+    assert kept == 0 and sum("do not load into this network" in line for line in log) == 2
+    for got, want in zip(other.weights, before):
+        np.testing.assert_array_equal(np.array(got), want)

@@ -1,4 +1,4 @@
-"""A resized copy of an image dataset that trains faster (kt_transfer/prepare.py).
+"""A resized copy of an image dataset that trains faster (kt_transfer/data/prepare.py).
 
     python tools/prepare_images.py --src=/data/imagenet --dst=/data/imagenet256 --size=256
     python tools/prepare_images.py --tfds_name=imagenet2012 --data_dir=~/tensorflow_datasets \

@@ -60,7 +60,7 @@ def nothing_readable_error(bad_files):
     seen = bad_files.all()
     first = "; ".join(f"{name}: {reason}" for name, reason in list(seen.items())[:3])
     return NothingReadableError(
-        "the input pipeline went through all of the half's files and could decode none "
+        "the input pipeline went through all of the half's files twice and could decode none "
         f"({len(seen)} unreadable files; the first: {first}); the images became "
         "unreadable during training: check the files (and the disk they are on), then "
         "run the same command again, which resumes from the last backup"
@@ -113,10 +113,13 @@ def _decode_chunk(load, bad_files):
     return decode
 
 
-def _stop_when_nothing_decodes(limit):
-    """A tf.data scan over decoded chunks that fails (with NOTHING_READ) once `limit`
-    files in a row could not be decoded: a repeated stream of unreadable files would
-    otherwise keep training waiting for its first batch forever."""
+def _stop_when_nothing_decodes(files_per_pass):
+    """A tf.data scan over decoded chunks that fails (with NOTHING_READ) once two passes'
+    worth of files in a row could not be decoded: a repeated stream of unreadable files
+    would otherwise keep training waiting for its first batch forever. Two passes, not
+    one: with a single good file, reshuffled each pass, the failures between two of its
+    reads can exceed one pass but never two."""
+    limit = 2 * files_per_pass
 
     def watch(failures_in_a_row, chunk):
         images, labels, failed = chunk

@@ -128,7 +128,7 @@ UNREADABLE_PREFIX = "unreadable-"  # a backup set aside because it could not be 
 KEEP_BACKUPS = 2  # the newest verified backup and the one before it
 
 
-class UnreadableBackupError(Exception):
+class UnreadableBackupError(RuntimeError):
     """A backup directory whose state or weights cannot be read (a garbled state.json,
     a truncated weights file)."""
 
@@ -219,7 +219,9 @@ class PeriodicBackup(keras.callbacks.Callback):
         return list(self.history.evaluations) if self.history else []
 
     def _remove_older_than(self, newest):
-        """Keeps `newest` (verified) and the newest readable backup before it."""
+        """Keeps `newest` (verified) and the newest readable backup before it; removes
+        every other backup, also one of a later step (left by a process whose steps this
+        run does not continue)."""
         kept = 1
         for path in reversed(list_backups(self.checkpoints_dir)):
             if path == newest:
@@ -293,7 +295,12 @@ def read_backup(path):
         import h5py  # Keras' own weights format
 
         with h5py.File(weights, "r") as f:
-            f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+
+            def read_through(name, item):  # returns None: visititems stops at a value
+                if isinstance(item, h5py.Dataset):
+                    item[()]
+
+            f.visititems(read_through)
     except FileNotFoundError:
         raise UnreadableBackupError(f"{WEIGHTS_FILE} is missing") from None
     except Exception as e:  # h5py raises OSError, KeyError, RuntimeError on damage
@@ -316,16 +323,25 @@ def set_aside(path, reason, log=print):
         os.rename(path, aside)
 
 
-def latest_backup(checkpoints_dir, log=print):
-    """(path, {"step", "seconds", "evaluations"}) of the newest readable backup, or
-    (None, None). Unreadable ones are reported and set aside."""
+def latest_backup(checkpoints_dir, log=print, set_aside_unreadable=True, skip=()):
+    """(path, {"step", "seconds", "evaluations"}) of the newest readable backup not in
+    `skip`, or (None, None). Unreadable ones are reported (and set aside)."""
     for path in reversed(list_backups(checkpoints_dir)):
+        if path in skip:
+            continue
         try:
             return path, read_backup(path)
         except UnreadableBackupError as e:
             if os.path.isdir(path):  # else removed meanwhile by its writer's clean-up
-                set_aside(path, e, log)
+                _report_unreadable(path, e, log, set_aside_unreadable)
     return None, None
+
+
+def _report_unreadable(path, reason, log, set_aside_unreadable):
+    if set_aside_unreadable:
+        set_aside(path, reason, log)
+    else:
+        log(f"warning: backup {path} cannot be used: {reason}; falling back to the previous one")
 
 
 class BadFileReport(keras.callbacks.Callback):
@@ -369,27 +385,38 @@ class RunProgress(keras.callbacks.ProgbarLogger):
         self.epochs = self.run_epochs
 
 
-def restore_backup(model, checkpoints_dir, log=print):
+def restore_backup(model, checkpoints_dir, log=print, set_aside_unreadable=True):
     """Loads the newest readable backup into a compiled model, falling back to older
-    ones (each unreadable one reported and set aside).
+    ones (each unreadable one reported and, with `set_aside_unreadable`, set aside).
 
+    Args:
+      set_aside_unreadable: False for a process that reads another's backups (a
+        non-chief worker reads the chief's): it skips an unreadable one, and only the
+        owner renames it.
     Returns:
       (steps already done, training seconds already spent, the validation evaluations
       up to that step); (0, 0.0, []) if no backup.
     """
+    skipped, initial = set(), None
     while True:
-        path, state = latest_backup(checkpoints_dir, log)
+        path, state = latest_backup(checkpoints_dir, log, set_aside_unreadable, skipped)
         if path is None:
+            if initial is not None:  # a failed load left part of a backup: undo it
+                for variable, value in zip(initial[0], initial[1]):
+                    variable.assign(value)
             return 0, 0.0, []
         model.optimizer.build(model.trainable_variables)  # its state is in the backup
+        variables = list(model.weights) + list(model.optimizer.variables)
+        if initial is None:
+            initial = (variables, [keras.ops.convert_to_numpy(v) for v in variables])
         try:
             model.load_weights(os.path.join(path, WEIGHTS_FILE))
         except Exception as e:  # readable, but not this network's (or damaged since)
-            set_aside(
-                path,
-                f"its weights do not load into this network ({str(e).splitlines()[0][:160]})",
-                log,
-            )
+            # Keras loads what it can before it raises; an older backup, or the initial
+            # weights, replace all of it.
+            reason = f"its weights do not load into this network ({str(e).splitlines()[0][:160]})"
+            _report_unreadable(path, reason, log, set_aside_unreadable)
+            skipped.add(path)
             continue
         step = int(state["step"])
         evaluations = [e for e in state.get("evaluations", []) if e["step"] <= step]
@@ -444,7 +471,10 @@ def fit_and_evaluate(
     os.makedirs(checkpoints, exist_ok=True)
     counter = counter or StepCounter()
     done, seconds_before, evaluations = restore_backup(
-        model, os.path.join(restore_dir or run_dir, "checkpoints"), log
+        model,
+        os.path.join(restore_dir or run_dir, "checkpoints"),
+        log,
+        set_aside_unreadable=restore_dir in (None, run_dir),  # only the owner renames
     )
     counter.step = done
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
