@@ -4,6 +4,7 @@ transfer network with its base, probes and LogME per layer, and where they are w
 import csv
 import os
 
+import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
 from kt_transfer.analysis import representations
@@ -53,3 +54,28 @@ def test_similarity_mode_reads_trained_networks_and_writes_its_measures(tiny_con
     assert any(tag.startswith("CKAbaseA_baseB_on_A") for tag in events.Tags()["tensors"])
     assert any("cka_matrix_half_B" in tag for tag in events.Tags()["tensors"])
     assert any("similarity: wrote" in line for line in lines)
+
+
+def test_the_similarity_images_cover_every_class_of_the_half_in_mixed_batches(tiny_config):
+    """Issue 25: not the first classes of a class-sorted list; no minibatch of one or
+    two classes (the minibatch CKA estimator assumes randomly drawn batches)."""
+    dataset = sources.resolve_dataset(tiny_config, log=lambda *_: None)
+    half = dataset.split.half("B")  # 6 classes, 4 validation images each
+    batches = representations._images(tiny_config, dataset, "B", "val", limit=12, batch_size=6)
+    labels = np.concatenate([y for _, y in batches])
+    assert len(labels) == 12 and sorted(set(labels.tolist())) == list(range(len(half)))
+    assert np.bincount(labels).tolist() == [2] * len(half)  # an equal share each
+    assert all(len(set(y.tolist())) > 2 for _, y in batches)
+
+
+def test_mixed_batches_take_equal_shares_then_shuffle():
+    by_class = {c: [np.full((2, 2, 3), c, np.uint8)] * 40 for c in range(25)}
+    batches = representations.mixed_batches(by_class, limit=1000, batch_size=100, seed=1)
+    labels = np.concatenate([y for _, y in batches])
+    assert len(batches) == 10 and np.bincount(labels).tolist() == [40] * 25
+    assert min(len(set(y.tolist())) for _, y in batches) >= 15  # every batch mixes them
+    for images, y in batches:  # images stay with their labels
+        assert (images[:, 0, 0, 0] == y).all()
+    short = {0: by_class[0][:3], 1: by_class[1][:40]}  # a class with fewer images
+    labels = np.concatenate([y for _, y in representations.mixed_batches(short, 20, 8)])
+    assert np.bincount(labels).tolist() == [3, 17]

@@ -45,24 +45,56 @@ def _pooled(activation):
     return a.mean(axis=(1, 2)) if a.ndim == 4 else a
 
 
-def _images(config, dataset, half, subset, limit):
-    """Up to `limit` (uint8 images, labels) of a half, in fixed batches of 100."""
+def _images(config, dataset, half, subset, limit, batch_size=100, seed=0):
+    """Up to `limit` (uint8 images, labels) of a half, drawn across every class (an equal
+    share each, as far as a class has images) and shuffled with a fixed seed into
+    batches of `batch_size`.
+
+    A class-sorted prefix of the half would show the measures the first few classes
+    only, and its minibatches would hold one or two classes each, where the minibatch
+    CKA estimator assumes randomly drawn batches. Only the shares are kept in memory
+    while the half is read.
+    """
+    classes = dataset.split.half(half)
+    quota = -(-limit // len(classes))
+    by_class = {}
     ds = pipeline.make_dataset(
         dataset.source,
         subset,
-        dataset.split.half(half),
+        classes,
         resize_size=config.dataset.resize_size,
         crop_size=config.model.input_size,
         batch_size=100,
         training=False,
     )
-    seen = 0
     for images, labels in ds:
-        if seen >= limit:
-            return
-        take = min(limit - seen, len(labels))
-        seen += take
-        yield images[:take].numpy(), labels[:take].numpy()
+        for image, label in zip(images.numpy(), labels.numpy()):
+            share = by_class.setdefault(int(label), [])
+            if len(share) < quota:
+                share.append(image)
+        if len(by_class) == len(classes) and all(len(v) >= quota for v in by_class.values()):
+            break
+    return mixed_batches(by_class, limit, batch_size, seed)
+
+
+def mixed_batches(by_class, limit, batch_size, seed=0):
+    """[(images, labels)] batches of up to `limit` examples of {label: [image, ...]}:
+    the classes taken in turn (so each gets an equal share of `limit`), then shuffled
+    with `seed`, so every batch mixes the classes."""
+    ranked = [
+        (label, images[rank])
+        for rank in range(max((len(v) for v in by_class.values()), default=0))
+        for label, images in sorted(by_class.items())
+        if rank < len(images)
+    ][:limit]
+    order = np.random.default_rng(seed).permutation(len(ranked))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chosen = [ranked[i] for i in order[start : start + batch_size]]
+        batches.append(
+            (np.stack([image for _, image in chosen]), np.array([lab for lab, _ in chosen]))
+        )
+    return batches
 
 
 def layer_grams(model, batches):
