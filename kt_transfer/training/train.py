@@ -116,9 +116,14 @@ HIGHEST = 10  # the paper's notebook averages each net's 10 highest validation e
 
 def mean_highest(evaluations, k=HIGHEST):
     """Mean of the k highest validation top-1 values (all of them if fewer): how the
-    paper's plotting notebook (`mean_highest`) scores a network. It picks the best
-    evaluations on the validation set itself, so it is biased upward; the final top-1
-    is not."""
+    paper's plotting notebook (`mean_highest`) scores a network.
+
+    What it measures depends on how many evaluations a run has. The paper evaluated every
+    1,000 of 450,000 steps, so its 10 highest were the top ~2% of a curve, picked on the
+    validation set (biased upward). With 10 or fewer evaluations (the CPU configs
+    validate once per epoch, 10 times) it is the mean of the whole curve, early epochs
+    included: a selection of nothing, below the final top-1 for a base. The figure and
+    the findings use the final top-1."""
     best = sorted((e["top1"] for e in evaluations if e["top1"] is not None), reverse=True)[:k]
     return sum(best) / len(best) if best else None
 
