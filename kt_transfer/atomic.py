@@ -87,12 +87,17 @@ def is_no_space(error):
     return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
 
 
-def free_bytes(path):
-    """Bytes free on the filesystem holding `path` (or its nearest existing parent)."""
+def nearest_existing(path):
+    """`path` made absolute, or its nearest parent that exists (what will hold it)."""
     path = os.path.abspath(path)
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_bytes(path):
+    """Bytes free on the filesystem holding `path` (or its nearest existing parent)."""
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def human_size(size):

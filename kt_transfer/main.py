@@ -54,15 +54,7 @@ FLAGS = flags.FLAGS
 
 def resolve_config():
     """The config file with the --mode/--n/--workdir shortcuts applied."""
-    try:
-        config = _CONFIG.value
-    except OSError as e:  # ml_collections' "Failed loading config file": a broken file
-        cause = e.__cause__ or e.__context__ or e
-        sys.exit(
-            f"error: the --config file could not be loaded ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0] if str(cause) else ''}); fix that file, or "
-            "give another (see configs/)"
-        )
+    config = _CONFIG.value  # a file that does not load was refused in _parse_flags
     with config.unlocked():
         for key in ("mode", "n", "workdir", "base_model"):
             if FLAGS[key].value is not None:

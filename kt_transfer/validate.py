@@ -12,6 +12,7 @@ import math
 import os
 import re
 
+from kt_transfer import atomic
 from kt_transfer.data import mean, splits
 from kt_transfer.networks import architecture, transfer
 from kt_transfer.networks.caffenet import INITS
@@ -294,9 +295,7 @@ def _check_distribute(check):
 def _check_writable_dir(check, key, path):
     """A folder kt_transfer will write in: a folder (or nothing yet) whose nearest
     existing parent this user may write in."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
+    existing = atomic.nearest_existing(path)
     if not os.path.isdir(existing):
         check.fail(key, f"{existing} is a file, not a folder: give a folder for the runs")
     elif not os.access(existing, os.W_OK | os.X_OK):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from kt_transfer.networks import caffenet, transfer
-from kt_transfer.training import train
+from kt_transfer.training import backups, train
 
 BATCH, CLASSES = 4, 6
 
@@ -132,7 +132,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     assert expected["loss"] == pytest.approx(final["loss"], rel=1e-5)
     # The last backup and the one before it (a fallback if the last is damaged later).
     assert [
-        os.path.basename(p) for p in train.list_backups(str(tmp_path / "b" / "checkpoints"))
+        os.path.basename(p) for p in backups.list_backups(str(tmp_path / "b" / "checkpoints"))
     ] == ["backup-000000010", "backup-000000012"]
 
 
@@ -183,7 +183,7 @@ def test_mixed_float16_counts_every_trained_step_and_resumes_exactly(tmp_path):
         keras.config.set_dtype_policy("float32")
     assert skipped > 0  # the case this guards: some steps were skipped by the scaler
     assert metrics["steps"] == 8
-    _, state = train.latest_backup(str(tmp_path / "a" / "checkpoints"))
+    _, state = backups.latest_backup(str(tmp_path / "a" / "checkpoints"))
     assert state["step"] == 8
     assert again["resumed_from_step"] == 3 and again["steps"] == 8
     for got, want in zip(resumed.get_weights(), model.get_weights()):
@@ -215,7 +215,7 @@ def test_a_kill_after_an_epoch_boundary_keeps_that_epochs_evaluation(tmp_path):
     so a run killed in the next epoch resumes with that evaluation."""
     config = _train_config(backup_every_steps=2)  # step 4 ends epoch 1 and is an interval
     run = _killed_run(tmp_path, config, kill_after=5)
-    _, state = train.latest_backup(os.path.join(run, "checkpoints"))
+    _, state = backups.latest_backup(os.path.join(run, "checkpoints"))
     assert state["step"] == 4 and [e["step"] for e in state["evaluations"]] == [4]
     metrics = train.fit_and_evaluate(
         _model(config), _train_data, _val_data(), run, config, verbose=0
@@ -224,24 +224,29 @@ def test_a_kill_after_an_epoch_boundary_keeps_that_epochs_evaluation(tmp_path):
     assert [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
 
 
-def test_a_garbled_backup_is_reported_and_the_previous_one_is_used(tmp_path):
-    config = _train_config(backup_every_steps=2)
-    run = _killed_run(tmp_path, config, kill_after=7)  # backups at 4 and 6 kept
-    checkpoints = os.path.join(run, "checkpoints")
-    newest = train.list_backups(checkpoints)[-1]
-    assert newest.endswith("backup-000000006")
-    with open(os.path.join(newest, train.STATE_FILE), "w") as f:
-        f.write('{"step": 6, "evalu')  # garbled: cut short by a crash of the disk
+def _resume_with_a_warning(run, config):
+    """Resumes the run; its metrics and the one `warning: backup` line it logged."""
     log = []
     metrics = train.fit_and_evaluate(
         _model(config), _train_data, _val_data(), run, config, verbose=0, log=log.append
     )
+    return metrics, next(line for line in log if line.startswith("warning: backup"))
+
+
+def test_a_garbled_backup_is_reported_and_the_previous_one_is_used(tmp_path):
+    config = _train_config(backup_every_steps=2)
+    run = _killed_run(tmp_path, config, kill_after=7)  # backups at 4 and 6 kept
+    checkpoints = os.path.join(run, "checkpoints")
+    newest = backups.list_backups(checkpoints)[-1]
+    assert newest.endswith("backup-000000006")
+    with open(os.path.join(newest, backups.STATE_FILE), "w") as f:
+        f.write('{"step": 6, "evalu')  # garbled: cut short by a crash of the disk
+    metrics, warning = _resume_with_a_warning(run, config)
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
-    warning = next(line for line in log if line.startswith("warning: backup"))
     assert newest in warning and "state.json does not parse" in warning
     # Set aside, not deleted, and not in the way: the new backups were kept.
     assert os.path.isdir(os.path.join(checkpoints, "unreadable-backup-000000006"))
-    assert [os.path.basename(p) for p in train.list_backups(checkpoints)] == [
+    assert [os.path.basename(p) for p in backups.list_backups(checkpoints)] == [
         "backup-000000010",
         "backup-000000012",
     ]
@@ -250,15 +255,11 @@ def test_a_garbled_backup_is_reported_and_the_previous_one_is_used(tmp_path):
 def test_a_truncated_backup_weights_file_falls_back_to_the_previous_backup(tmp_path):
     config = _train_config(backup_every_steps=2)
     run = _killed_run(tmp_path, config, kill_after=7)
-    newest = train.list_backups(os.path.join(run, "checkpoints"))[-1]
-    weights = os.path.join(newest, train.WEIGHTS_FILE)
+    newest = backups.list_backups(os.path.join(run, "checkpoints"))[-1]
+    weights = os.path.join(newest, backups.WEIGHTS_FILE)
     os.truncate(weights, os.path.getsize(weights) // 2)
-    log = []
-    metrics = train.fit_and_evaluate(
-        _model(config), _train_data, _val_data(), run, config, verbose=0, log=log.append
-    )
+    metrics, warning = _resume_with_a_warning(run, config)
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 12
-    warning = next(line for line in log if line.startswith("warning: backup"))
     assert newest in warning and "backup.weights.h5 cannot be read (truncated" in warning
     assert len(warning.splitlines()) == 1
 
@@ -284,16 +285,16 @@ def test_a_full_disk_in_the_middle_of_a_backup_is_an_error_and_leaves_nothing_be
     with small_filesystem(checkpoints, "1m"):
         with open(os.path.join(checkpoints, "filler"), "wb") as f:
             f.write(b"\0" * (1000 * 1024))
-        monkeypatch.setattr(train.atomic, "check_space", lambda path, needed: None)
+        monkeypatch.setattr(backups.atomic, "check_space", lambda path, needed: None)
         with pytest.raises(
-            train.atomic.DiskFullError, match=f"no space left on the device writing {checkpoints}"
+            backups.atomic.DiskFullError, match=f"no space left on the device writing {checkpoints}"
         ):
             train.fit_and_evaluate(
                 _model(config), _train_data, _val_data(), str(run), config, verbose=0
             )
         assert os.listdir(checkpoints) == ["filler"]  # no temporary backup folder
         monkeypatch.undo()
-        with pytest.raises(train.atomic.DiskFullError, match="about .* KB needed"):
+        with pytest.raises(backups.atomic.DiskFullError, match="about .* KB needed"):
             train.fit_and_evaluate(
                 _model(config), _train_data, _val_data(), str(run), config, verbose=0
             )  # refused before writing this time
@@ -322,9 +323,9 @@ def test_a_backup_of_another_network_is_set_aside_and_leaves_the_weights_as_they
     other.optimizer.build(other.trainable_variables)
     before = [np.array(v) for v in other.weights]
     log = []
-    done = train.restore_backup(other, os.path.join(run, "checkpoints"), log.append)
+    done = backups.restore_backup(other, os.path.join(run, "checkpoints"), log.append)
     assert done == (0, 0.0, [])
-    kept = len(train.list_backups(os.path.join(run, "checkpoints")))  # set aside, each
+    kept = len(backups.list_backups(os.path.join(run, "checkpoints")))  # set aside, each
     assert kept == 0 and sum("do not load into this network" in line for line in log) == 2
     for got, want in zip(other.weights, before):
         np.testing.assert_array_equal(np.array(got), want)

@@ -115,18 +115,25 @@ DECODER_NOISE = re.compile(
 )
 
 
+def _saved_stderr():
+    """A duplicate of file descriptor 2 to restore it from, or None where output is not
+    to be touched (KT_TRANSFER_VERBOSE) or there is no real stderr (some notebooks)."""
+    if verbose():
+        return None
+    try:
+        sys.stderr.flush()
+        return os.dup(2)
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def without_decoder_noise():
     """Drops the image decoders' per-file lines from stderr meanwhile (see DECODER_NOISE)
     and passes every other line through, in order: native code writes to file
     descriptor 2, so it is pointed at a pipe read by a thread that filters lines."""
-    if verbose():
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr: nothing to filter
+    saved = _saved_stderr()
+    if saved is None:
         yield
         return
     read_end, write_end = os.pipe()
@@ -158,13 +165,8 @@ def quiet_native_stderr():
     """Hides what native code (TensorFlow's C++ start-up: oneDNN, CUDA, CPU features)
     writes to stderr meanwhile; replays it if the block fails. TF 2.21 prints these
     before its logging is set up, so TF_CPP_MIN_LOG_LEVEL does not hide them."""
-    if verbose():
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (e.g. some notebooks): nothing to hide
+    saved = _saved_stderr()
+    if saved is None:
         yield
         return
     with tempfile.TemporaryFile() as captured:
