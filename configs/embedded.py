@@ -131,6 +131,9 @@ def get_config():
     # so 2 cores per worker, which also gives several workers on a bigger machine.
     config.grid.workers_per_machine = 0
     config.grid.cores_per_worker = 2
+    # Networks of a split that read the same target half train as one pack, this many at
+    # most: one input stream, one step for all (training/packing.py; docs/performance.md).
+    config.grid.pack_size = 5
     config.grid.paper_overlay = True  # draw the published numbers on random splits
 
     # --mode=similarity: CKA, linear probes and LogME from the trained networks.

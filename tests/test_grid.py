@@ -107,8 +107,7 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
     second = _worker(args, logs[1])
     # Kill the first worker in the middle of a transfer cell (after the bases).
     training = r"(?m)^Training ([AB]1B\+?) on half .* -> \S+/(random\d)/\w+/\S+$"
-    text = _wait_for(logs[0], training, first)
-    killed_cell = "{1}/{0}".format(*re.findall(training, text)[-1])
+    _wait_for(logs[0], training, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     restarted = _worker(args, logs[2])
@@ -127,9 +126,19 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
     config.ns, config.treatments = (1,), ("AnB", "BnB", "AnB+")
     cells = [c.name for c in grid.cells(config, ("random0", "random1"))]
     assert len(cells) == 4 + 2 * 3 and set(trained) == set(cells)
-    # Every cell trained once; the killed one twice (killed, then resumed to its end).
-    assert trained == collections.Counter(cells) + collections.Counter([killed_cell])
-    assert any(re.search(rf"grid: {re.escape(killed_cell)} finished", o) for o in outputs[1:])
+    # Every cell trained once; those the killed worker was training (a pack trains
+    # several) twice: killed, then resumed to their end by another worker.
+    started_by_killed = {
+        f"{split}/{name}"
+        for name, split in re.findall(
+            r"^Training (\S+) on half .* -> \S+/(random\d)/\w+/\S+$", outputs[0], re.M
+        )
+    }
+    killed = started_by_killed - set(re.findall(r"^grid: (\S+) finished", outputs[0], re.M))
+    assert killed and all("/" in c and "base" not in c for c in killed)
+    assert trained == collections.Counter(cells) + collections.Counter(killed)
+    for cell in killed:
+        assert any(re.search(rf"grid: {re.escape(cell)} finished", o) for o in outputs[1:])
     assert "grid: 10/10 done" in outputs[1] + outputs[2]
     report = [
         os.path.join(root, d)

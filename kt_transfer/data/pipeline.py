@@ -27,7 +27,6 @@ class BadFiles:
     def __init__(self):
         self._lock = threading.Lock()
         self._seen = {}
-        self._reported = 0
 
     def add(self, name):
         with self._lock:
@@ -36,12 +35,6 @@ class BadFiles:
     def all(self):
         with self._lock:
             return dict(self._seen)
-
-    def new_since_last_call(self):
-        with self._lock:
-            names = list(self._seen)[self._reported :]
-            self._reported = len(self._seen)
-            return {n: self._seen[n] for n in names}
 
 
 CHUNK = 16  # elements decoded per error-isolated group

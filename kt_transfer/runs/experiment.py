@@ -196,18 +196,8 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
             f"result in {out}"
         )
         return stored, out
-    base, stopwatch = None, timing.Stopwatch()
-    if external_base(config, treatment):
-        log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
-        with stopwatch.phase("base_loading"):
-            base = transfer.load_base(config.base_model)
-    elif treatment.base_mode:
-        base_out = ensure_base(config, dataset, treatment, log, strategy)
-        with stopwatch.phase("base_loading"):
-            base = transfer.load_base(
-                os.path.join(base_out, MODEL_FILE),
-                label=f"the base network {base_out}/{MODEL_FILE}",
-            )
+    stopwatch = timing.Stopwatch()
+    base = _base_of(config, dataset, treatment, log, strategy, stopwatch)
     strategy = strategy or distribute.current_strategy()
     if not distribute.is_chief(strategy):
         # Every worker trains (the steps are collective), but only the chief writes the
@@ -216,85 +206,222 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         os.makedirs(config.workdir, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=".tmp-worker-", dir=config.workdir)
         try:
-            metrics = _train_run(
+            [metrics] = _train_runs(
                 config,
                 dataset,
-                treatment,
-                base,
-                scratch,
+                [_Run(treatment, base, scratch, guard, run_path=out)],
                 log,
                 strategy,
-                guard,
                 stopwatch,
-                run_path=out,
             )
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         distribute.barrier(strategy)  # the chief has written the run: e.g. a base to copy
         return metrics, out
-    created = not os.path.exists(out)
-    try:
-        with run_lock(out):
-            stored = read_metrics(out)  # another process may have finished it meanwhile
-            if stored is not None:
-                return stored, out
-            metrics = _train_run(
-                config, dataset, treatment, base, out, log, strategy, guard, stopwatch
-            )
-    except transfer.BaseMismatchError:
-        if created:  # refused before any training: leave no run directory behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+    [(metrics, out)] = _run_locked(
+        config, dataset, [_Run(treatment, base, out, guard)], log, strategy, stopwatch
+    )
     distribute.barrier(strategy)  # the other workers wait here for what was written
     return metrics, out
 
 
-def _train_run(
-    config, dataset, treatment, base, out, log, strategy, guard, stopwatch, run_path=None
-):
-    """Builds, trains, evaluates and stores one run in `out`; the caller holds its lock.
+def can_pack(strategy):
+    """Whether networks can train as a pack (training/packing.py) under `strategy`: on
+    TensorFlow, in one process (a multi-worker run trains one network at a time)."""
+    return keras.backend.backend() == "tensorflow" and not keras_compat.is_multi_worker(strategy)
 
-    stopwatch: gets the phases of this run's time (metrics.json "timings").
-    run_path: the run's own directory when `out` is a non-chief worker's scratch copy.
+
+def run_pack(config, dataset, treatments, log=print, strategy=None, guards=None):
+    """Trains treatments that read the same target half as one pack (training/packing.py):
+    one input stream, one step for all; each keeps its own run directory, backups, logs
+    and metrics. Bases are trained first where missing; finished runs are skipped.
+
+    Args:
+      guards: a Keras callback (or None) for each treatment (see run_treatment).
+
+    Returns:
+      [(metrics dict, run directory)] in the order of `treatments`.
+    Raises:
+      ValueError: the treatments read different target halves.
+      RunBusyError: another process holds one of the run directories.
     """
-    run_path = run_path or out
+    guards = list(guards or [None] * len(treatments))
+    strategy = strategy or distribute.current_strategy()
+    if len({t.target for t in treatments}) > 1:
+        raise ValueError(
+            "a pack's networks read one target half: " + ", ".join(t.run_name for t in treatments)
+        )
+    stored = {t: read_metrics(run_dir(config, dataset, t)) for t in treatments}
+    todo = [(t, g) for t, g in zip(treatments, guards) if stored[t] is None]
+    if len(todo) < 2 or not can_pack(strategy):
+        return [
+            run_treatment(config, dataset, t, log, strategy, g) for t, g in zip(treatments, guards)
+        ]
+    stopwatch, bases = timing.Stopwatch(), {}
+    runs = []
+    for treatment, guard in todo:
+        if treatment.base_mode not in bases:
+            bases[treatment.base_mode] = _base_of(
+                config, dataset, treatment, log, strategy, stopwatch
+            )
+        out = run_dir(config, dataset, treatment)
+        runs.append(_Run(treatment, bases[treatment.base_mode], out, guard))
+    trained = dict(
+        zip(
+            [r.treatment for r in runs],
+            _run_locked(config, dataset, runs, log, strategy, stopwatch),
+        )
+    )
+    return [trained.get(t) or (stored[t], run_dir(config, dataset, t)) for t in treatments]
+
+
+class _Run:
+    """A treatment to train, its base (or None), where it is written (`out`), its guard,
+    and its own run directory when `out` is a non-chief worker's scratch copy."""
+
+    def __init__(self, treatment, base, out, guard=None, run_path=None):
+        self.treatment, self.base, self.out, self.guard = treatment, base, out, guard
+        self.run_path = run_path or out
+
+
+def _base_of(config, dataset, treatment, log, strategy, stopwatch):
+    """The base network the treatment copies from (trained first if missing), or None."""
+    if external_base(config, treatment):
+        log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
+        with stopwatch.phase("base_loading"):
+            return transfer.load_base(config.base_model)
+    if treatment.base_mode:
+        base_out = ensure_base(config, dataset, treatment, log, strategy)
+        with stopwatch.phase("base_loading"):
+            return transfer.load_base(
+                os.path.join(base_out, MODEL_FILE),
+                label=f"the base network {base_out}/{MODEL_FILE}",
+            )
+    return None
+
+
+def _run_locked(config, dataset, runs, log, strategy, stopwatch):
+    """Trains the runs holding each one's lock (a run another process finished meanwhile
+    is read, not trained). Returns [(metrics, out)] in order. A run refused before any
+    training (its base does not fit) leaves no run directory behind."""
+    created = [r.out for r in runs if not os.path.exists(r.out)]
+    try:
+        with contextlib.ExitStack() as locks:
+            for r in runs:
+                locks.enter_context(run_lock(r.out))
+            finished = {r.out: read_metrics(r.out) for r in runs}
+            todo = [r for r in runs if finished[r.out] is None]
+            if todo:
+                for r, metrics in zip(
+                    todo, _train_runs(config, dataset, todo, log, strategy, stopwatch)
+                ):
+                    finished[r.out] = metrics
+    except transfer.BaseMismatchError:
+        for out in created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return [(finished[r.out], r.out) for r in runs]
+
+
+def _train_runs(config, dataset, runs, log, strategy, stopwatch):
+    """Builds, trains (as one pack), evaluates and stores runs in their `out`; the caller
+    holds their locks. stopwatch: gets the phases of the runs' time (each run's
+    metrics.json "timings" gets its share)."""
     bad_files = pipeline.BadFiles()  # named by the run: the decoders' own lines are dropped
     try:
         with keras_compat.without_decoder_noise():
-            return _train_and_store(
-                config,
-                dataset,
-                treatment,
-                base,
-                out,
-                log,
-                strategy,
-                guard,
-                stopwatch,
-                run_path,
-                bad_files,
-            )
+            return _train_and_store(config, dataset, runs, log, strategy, stopwatch, bad_files)
     except Exception as e:  # the input pipeline's watchdog (pipeline.make_dataset)
         if pipeline.NOTHING_READ in str(e):
             raise pipeline.nothing_readable_error(bad_files) from None
         raise
 
 
-def _train_and_store(
-    config, dataset, treatment, base, out, log, strategy, guard, stopwatch, run_path, bad_files
-):
+def _train_and_store(config, dataset, runs, log, strategy, stopwatch, bad_files):
+    target = runs[0].treatment.target
+    half = dataset.split.half(target)
     with stopwatch.phase("setup"):
-        model, plans, inputs = _set_up(
-            config, dataset, treatment, base, out, strategy, log, bad_files
+        networks = [_set_up_network(config, dataset, r, strategy, log) for r in runs]
+        train_data, val_ds, probe, *holdout_ds = _set_up_inputs(
+            config, dataset, half, strategy, bad_files
         )
-    train_data, val_ds, probe, *holdout_ds = inputs
-    half = dataset.split.half(treatment.target)
-    log(
-        f"Training {os.path.basename(run_path)} on half {treatment.target} ({len(half)} "
-        f"classes) for {train.num_epochs(config.train) * config.train.steps_per_epoch} steps "
-        f"-> {run_path}"
-    )
-    hparams = {
+    steps = train.num_epochs(config.train) * config.train.steps_per_epoch
+    members = []
+    for r, (model, plans) in zip(runs, networks):
+        log(
+            f"Training {os.path.basename(r.run_path)} on half {target} ({len(half)} "
+            f"classes) for {steps} steps -> {r.run_path}"
+        )
+        counter = train.StepCounter()
+        logger = layer_logging.LayerLogger(
+            os.path.join(r.out, "logs"),
+            probe,  # a fixed validation batch across the classes
+            [p.name for p in plans if p.trainable],
+            config.train.log_every_steps,
+            _hparams(config, dataset, r.treatment),
+            counter,
+            stopwatch,
+        )
+        members.append(
+            train.Member(
+                model,
+                r.out,
+                (
+                    logger,
+                    train.BadFileReport(bad_files, r.out, log),
+                    *([r.guard] if r.guard else []),
+                ),
+                restore_dir=r.run_path,
+                counter=counter,
+            )
+        )
+    with stopwatch.phase("training_steps"):
+        results = train.fit_pack(
+            members,
+            train_data,
+            val_ds,
+            config.train,
+            verbose=config.verbose,
+            log=log,
+            holdout_ds=holdout_ds[0] if holdout_ds else None,
+            stopwatch=stopwatch,
+        )
+    stored = []
+    for r, (model, _), metrics in zip(runs, networks, results):
+        log(f"{os.path.basename(r.run_path)}: weights fingerprint {weights_fingerprint(model)}")
+        metrics.update(
+            mode=r.treatment.mode,
+            n=r.treatment.n,
+            run=r.treatment.run_name,
+            split=dataset.split.name,
+            dataset=dataset.name,
+            seed=pipeline.run_seed(config, dataset),
+            copied_lr_mult=float(config.train.copied_lr_mult),
+            mean_rgb=model.get_layer(caffenet.NORMALIZATION_LAYER).mean_rgb,
+            num_classes=len(half),
+            bad_files=len(bad_files.all()),
+            base_model=config.base_model if external_base(config, r.treatment) else None,
+        )
+        if len(runs) > 1:
+            metrics["pack"] = [other.treatment.run_name for other in runs]
+        if metrics["status"] == "finished":
+            with stopwatch.phase("export"):
+                save_model(model, r.out)
+                export.export_saved_model(model, r.out)
+        stored.append(metrics)
+    for r, metrics in zip(runs, stored):
+        # This process's part of a resumed run; a pack's time is shared by its members.
+        metrics["timings"] = {
+            phase: round(seconds / len(runs), 2) for phase, seconds in stopwatch.rounded().items()
+        }
+        with atomic.reporting_full_disk(os.path.join(r.out, METRICS_FILE)):
+            atomic.write_json(os.path.join(r.out, METRICS_FILE), metrics)
+    return stored
+
+
+def _hparams(config, dataset, treatment):
+    """The run's hyperparameters, as TensorBoard's HParams dashboard shows them."""
+    return {
         "dataset": dataset.name,
         "split": dataset.split.name,
         "mode": treatment.mode,
@@ -304,57 +431,6 @@ def _train_and_store(
         "base_lr": float(config.train.base_lr),
         "seed": pipeline.run_seed(config, dataset),
     }
-    counter = train.StepCounter()
-    logger = layer_logging.LayerLogger(
-        os.path.join(out, "logs"),
-        probe,  # a fixed validation batch across the classes
-        [p.name for p in plans if p.trainable],
-        config.train.log_every_steps,
-        hparams,
-        counter,
-        stopwatch,
-    )
-    with stopwatch.phase("training_steps"):
-        metrics = train.fit_and_evaluate(
-            model,
-            train_data,
-            val_ds,
-            out,
-            config.train,
-            verbose=config.verbose,
-            log=log,
-            extra_callbacks=[
-                logger,
-                train.BadFileReport(bad_files, out, log),
-                *([guard] if guard else []),
-            ],
-            restore_dir=run_path,
-            counter=counter,
-            holdout_ds=holdout_ds[0] if holdout_ds else None,
-            stopwatch=stopwatch,
-        )
-    log(f"{os.path.basename(run_path)}: weights fingerprint {weights_fingerprint(model)}")
-    metrics.update(
-        mode=treatment.mode,
-        n=treatment.n,
-        run=treatment.run_name,
-        split=dataset.split.name,
-        dataset=dataset.name,
-        seed=hparams["seed"],
-        copied_lr_mult=float(config.train.copied_lr_mult),
-        mean_rgb=model.get_layer(caffenet.NORMALIZATION_LAYER).mean_rgb,
-        num_classes=len(half),
-        bad_files=len(bad_files.all()),
-        base_model=config.base_model if external_base(config, treatment) else None,
-    )
-    if metrics["status"] == "finished":
-        with stopwatch.phase("export"):
-            save_model(model, out)
-            export.export_saved_model(model, out)
-    metrics["timings"] = stopwatch.rounded()  # this process's part of a resumed run
-    with atomic.reporting_full_disk(os.path.join(out, METRICS_FILE)):
-        atomic.write_json(os.path.join(out, METRICS_FILE), metrics)
-    return metrics
 
 
 def save_model(model, out):
@@ -370,13 +446,13 @@ def save_model(model, out):
             os.remove(tmp_model)
 
 
-def _set_up(config, dataset, treatment, base, out, strategy, log, bad_files):
-    """The run's config record, seed, model (compiled, layers copied) and inputs.
+def _set_up_network(config, dataset, run, strategy, log):
+    """The run's config record, seed and model (compiled, layers copied).
 
     Returns:
-      (model, layer plans, (train, val, probe[, holdout])); files the inputs skip are
-      recorded in `bad_files`.
+      (model, layer plans).
     """
+    treatment, base, out = run.treatment, run.base, run.out
     with atomic.reporting_full_disk(os.path.join(out, CONFIG_FILE)):
         atomic.write_json(
             os.path.join(out, CONFIG_FILE),
@@ -410,8 +486,22 @@ def _set_up(config, dataset, treatment, base, out, strategy, log, bad_files):
             copied_fc_lr_mult=copied_fc_lr_mult(config, treatment),
         )
         train.compile_model(model, config.train, plans)
+    return model, plans
+
+
+def _set_up_inputs(config, dataset, half, strategy, bad_files):
+    """The inputs of the runs on `half`: (train, val, probe[, holdout]); files they skip
+    are recorded in `bad_files`.
+
+    Every network of a split reads the same stream (files, crops and mirrors), whatever
+    its treatment: the op seeds of tf.data's shuffles and random draws combine with the
+    global seed, set here from the split's seed alone. That is the paper's design (its
+    networks read one fixed LevelDB order), it pairs the treatments, and it is what lets
+    a network trained in a pack (training/packing.py) train exactly as it does alone.
+    """
+    keras.utils.set_random_seed(pipeline.run_seed(config, dataset))
     holdout = config.train.get("holdout_fraction", 0.0)
-    inputs = pipeline.make_run_inputs(
+    return pipeline.make_run_inputs(
         config,
         dataset,
         half,
@@ -419,7 +509,6 @@ def _set_up(config, dataset, treatment, base, out, strategy, log, bad_files):
         bad_files,
         holdout=(holdout, pipeline.run_seed(config, dataset)) if holdout > 0 else None,
     )
-    return model, plans, inputs
 
 
 def weights_fingerprint(model):

@@ -168,23 +168,27 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
         if cell is None:  # others hold the rest, or it waits for a base someone trains
             time.sleep(poll_s)
             continue
-        finished = False
+        pack = [(cell, claim)] + _claim_pack_mates(
+            cell, pending, status, errors, config, datasets, claims_dirs, timeout_s, strategy
+        )
+        finished = set()
         started = time.time()
         try:
-            metrics, _ = experiment.run_treatment(
+            results = experiment.run_pack(
                 config,
                 datasets[cell.split],
-                cell.treatment,
+                [c.treatment for c, _ in pack],
                 log=log,
                 strategy=strategy,
-                guard=claims.ClaimGuard(claim),
+                guards=[claims.ClaimGuard(c) for _, c in pack],
             )
-            finished = True
-            progress.durations.append(time.time() - started)
-            log(
-                f"grid: {cell.name} {metrics['status']}"
-                + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else "")
-            )
+            for (member, _), (metrics, _) in zip(pack, results):
+                finished.add(member.name)
+                progress.durations.append((time.time() - started) / len(pack))
+                log(
+                    f"grid: {member.name} {metrics['status']}"
+                    + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else "")
+                )
         except experiment.RunBusyError:  # another worker is still training it: wait
             log(f"grid: {cell.name} is being trained by another worker; waiting")
             time.sleep(poll_s)
@@ -193,10 +197,12 @@ def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells
         except atomic.DiskFullError:
             raise  # every other cell would fail the same way: stop, rerun when there is room
         except (RuntimeError, ValueError) as e:  # keep working the other cells
-            _record_error(claims_dirs[cell.split], cell.treatment.run_name, str(e))
-            log(f"grid: {cell.name} could not run: {e}")
+            for member, _ in pack:
+                _record_error(claims_dirs[member.split], member.treatment.run_name, str(e))
+                log(f"grid: {member.name} could not run: {e}")
         finally:
-            claim.release(finished=finished)
+            for member, member_claim in pack:
+                member_claim.release(finished=member.name in finished)
             _free_memory()
     if not train_cells:
         status = _status(config, datasets, grid_cells)
@@ -316,6 +322,34 @@ def _claim_next(pending, status, errors, config, datasets, claims_dirs, timeout_
             continue
         return cell, claim
     return None, None
+
+
+def _claim_pack_mates(
+    cell, pending, status, errors, config, datasets, claims_dirs, timeout_s, strategy
+):
+    """More cells to train with `cell` as a pack (training/packing.py), claimed: up to
+    `grid.pack_size` in all, of the same split and target half (so one input stream),
+    in the grid's order. A base trains alone (each base has a half of its own)."""
+    size = config.grid.get("pack_size", 1)
+    if size <= 1 or cell.treatment.source is None or not experiment.can_pack(strategy):
+        return []
+    mates = []
+    for other in pending:
+        if len(mates) + 1 >= size:
+            break
+        if (
+            other is cell
+            or other.split != cell.split
+            or other.treatment.source is None
+            or other.treatment.target != cell.treatment.target
+        ):
+            continue
+        claimed, claim = _claim_next(
+            [other], status, errors, config, datasets, claims_dirs, timeout_s
+        )
+        if claimed is not None:
+            mates.append((claimed, claim))
+    return mates
 
 
 def _free_memory():

@@ -54,16 +54,18 @@ class PeriodicBackup(keras.callbacks.Callback):
         history=None,
         stopwatch=timing.NO_STOPWATCH,
         steps_per_epoch=None,
+        share=1.0,
     ):
         super().__init__()
         self.checkpoints_dir, self.every_steps = checkpoints_dir, every_steps
+        self.share = share  # of the wall time: 1/k for a member of a pack of k
         self.counter, self.history, self.stopwatch = counter, history, stopwatch
         self.steps_per_epoch = steps_per_epoch
         self.seconds_before, self.started = seconds_before, time.monotonic()
 
     def seconds(self):
         """Training wall time of this run: earlier processes' part and this one's."""
-        return self.seconds_before + time.monotonic() - self.started
+        return self.seconds_before + self.share * (time.monotonic() - self.started)
 
     def on_train_batch_end(self, batch, logs=None):
         # The StepCounter has already counted this step (it is first among the callbacks).

@@ -232,3 +232,13 @@ def weights_file_bytes(model):
     finally:
         store.close()
     return buffer.getvalue()
+
+
+def build_for_training(model, batch):
+    """Creates a compiled model's metric, loss and optimizer variables from one batch
+    (x, y), as its own `fit` does on its first batch: a member of a pack
+    (packing.PackedModel) is trained by the pack's `fit`, never its own. Keras' private
+    Trainer._symbolic_build (Keras 3.x) is what `fit` calls for this."""
+    model._symbolic_build(data_batch=batch)
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)

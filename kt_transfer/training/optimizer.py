@@ -90,7 +90,7 @@ def make_optimizer(train_config, layer_lr_mults):
                     train_config.lr_gamma,
                     train_config.get("warmup_steps", 0),
                 ),
-                name=f"sgd_lr{lr_mult:g}_wd{decay:g}",
+                name=f"sgd_lr{lr_mult:g}_wd{decay:g}".replace("+", ""),  # 1e+06: no "+"
             )
         return groups[key]
 

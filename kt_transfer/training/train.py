@@ -1,5 +1,6 @@
 """Compile, fit and evaluate: the one training loop every treatment uses."""
 
+import dataclasses
 import math
 import os
 import warnings
@@ -7,7 +8,7 @@ import warnings
 import keras
 
 from kt_transfer import atomic
-from kt_transfer.training import backups, keras_compat, timing
+from kt_transfer.training import backups, keras_compat, packing, timing
 from kt_transfer.training import optimizer as optimizer_lib
 
 
@@ -130,6 +131,7 @@ class BadFileReport(keras.callbacks.Callback):
     def __init__(self, bad_files, run_dir, log=print):
         super().__init__()
         self.bad_files, self.run_dir, self.log = bad_files, run_dir, log
+        self._reported = set()  # the networks of a pack share one BadFiles
 
     def on_epoch_end(self, epoch, logs=None):
         self._report(f"epoch {epoch + 1}")
@@ -138,13 +140,15 @@ class BadFileReport(keras.callbacks.Callback):
         self._report("end of training")
 
     def _report(self, when):
-        new = self.bad_files.new_since_last_call()
+        seen = self.bad_files.all()
+        new = {name: reason for name, reason in seen.items() if name not in self._reported}
         if not new:
             return
+        self._reported.update(new)
         self.log(f"Skipped {len(new)} unreadable file(s) ({when}); training continues:")
         for name, reason in new.items():
             self.log(f"  {name}: {reason}")
-        rows = "".join(f"{n}\t{r}\n" for n, r in sorted(self.bad_files.all().items()))
+        rows = "".join(f"{n}\t{r}\n" for n, r in sorted(seen.items()))
         atomic.write_text(os.path.join(self.run_dir, self.FILE), "file\treason\n" + rows)
 
 
@@ -162,6 +166,25 @@ class RunProgress(keras.callbacks.ProgbarLogger):
         self.epochs = self.run_epochs
 
 
+@dataclasses.dataclass
+class Member:
+    """One network of a pack (packing.py) and where its run lives.
+
+    run_dir: where its checkpoints/ and logs/ go.
+    extra_callbacks: more Keras callbacks of this network (e.g. its per-layer logger).
+    restore_dir: the run directory whose backup to resume from (default run_dir); a
+      non-chief worker writes to a scratch run_dir but resumes from the chief's backup.
+    counter: the run's StepCounter, when callbacks outside need the step (a fresh one
+      otherwise); it is set to the resumed step here.
+    """
+
+    model: keras.Model
+    run_dir: str
+    extra_callbacks: tuple = ()
+    restore_dir: str = None
+    counter: StepCounter = None
+
+
 def fit_and_evaluate(
     model,
     train_data,
@@ -176,68 +199,106 @@ def fit_and_evaluate(
     holdout_ds=None,
     stopwatch=timing.NO_STOPWATCH,
 ):
-    """Trains `model` for train.total_steps, resuming from the run's backup if any.
+    """Trains one network: `fit_pack` with one member (see there and Member)."""
+    member = Member(model, run_dir, tuple(extra_callbacks), restore_dir, counter)
+    return fit_pack(
+        [member], train_data, val_ds, train_config, verbose, log, holdout_ds, stopwatch
+    )[0]
+
+
+def fit_pack(
+    members,
+    train_data,
+    val_ds,
+    train_config,
+    verbose=1,
+    log=print,
+    holdout_ds=None,
+    stopwatch=timing.NO_STOPWATCH,
+):
+    """Trains compiled networks for train.total_steps on one input stream, each resuming
+    from its run's backup if any; one network is trained by its own `fit`, several as a
+    pack (packing.py) in one step.
 
     Args:
-      model: compiled Keras model.
+      members: Members, each a compiled model with its run.
       train_data: function of the steps already done giving the repeated training
         dataset from that point (a resumed run continues the data stream).
       val_ds: one pass over the validation set.
-      run_dir: where checkpoints/ and logs/ go.
       train_config: the `config.train` block.
       verbose: Keras verbosity (progress bars by default).
       log: where the resume message goes.
-      extra_callbacks: more Keras callbacks (e.g. the per-layer logger).
-      restore_dir: the run directory whose backup to resume from (default run_dir); a
-        non-chief worker writes to a scratch run_dir but resumes from the chief's backup.
-      counter: the run's StepCounter, when callbacks outside need the step (a fresh one
-        otherwise); it is set to the resumed step here.
       holdout_ds: held-out training images to evaluate as well (a tuning trial's
-        objective).
+        objective; one member only).
       stopwatch: a timing.Stopwatch that gets the phases "validation" and "backups"
-        (the rest of the time in here is the training steps).
+        (the rest of the time in here is the training steps), for the whole pack.
 
     Returns:
-      {"status": "finished", "top1", "top5", "loss", "steps", "mean_highest_top1"}: final
-      validation figures and the paper's mean of the 10 highest evaluations (and
-      "holdout_top1", "holdout_top5" with a holdout_ds), or {"status": "failed",
-      "reason", "steps"} if the loss stopped being finite; all with "evaluations" (every
-      validation evaluation: step, top1, top5, loss), "seconds" (training wall time,
-      summed over the processes that trained it) and "resumed_from_step" (0 for a run
-      trained in one go).
+      For each member, in order: {"status": "finished", "top1", "top5", "loss", "steps",
+      "mean_highest_top1"}: final validation figures and the paper's mean of the 10
+      highest evaluations (and "holdout_top1", "holdout_top5" with a holdout_ds), or
+      {"status": "failed", "reason", "steps"} if the loss stopped being finite; all with
+      "evaluations" (every validation evaluation: step, top1, top5, loss), "seconds"
+      (training wall time, summed over the processes that trained it; a member of a pack
+      of k counts 1/k of the pack's) and "resumed_from_step" (0 for a run trained in one
+      go).
     """
-    checkpoints = os.path.join(run_dir, "checkpoints")
-    os.makedirs(checkpoints, exist_ok=True)
-    counter = counter or StepCounter()
-    done, seconds_before, evaluations = backups.restore_backup(
-        model,
-        os.path.join(restore_dir or run_dir, "checkpoints"),
-        log,
-        set_aside_unreadable=restore_dir in (None, run_dir),  # only the owner renames
-    )
-    counter.step = done
+    if holdout_ds is not None and len(members) > 1:
+        raise ValueError("a holdout evaluation is for one network, not a pack")
+    restored = []
+    for member in members:
+        checkpoints = os.path.join(member.run_dir, "checkpoints")
+        os.makedirs(checkpoints, exist_ok=True)
+        restored.append(
+            backups.restore_backup(
+                member.model,
+                os.path.join(member.restore_dir or member.run_dir, "checkpoints"),
+                log,
+                # only the owner renames
+                set_aside_unreadable=member.restore_dir in (None, member.run_dir),
+            )
+        )
+    steps_done = sorted({done for done, _, _ in restored})
+    if len(steps_done) > 1:
+        # Killed between two members' backups: each group of members at the same step
+        # trains on as a pack of its own (their streams continue from their own steps).
+        log(f"The pack's backups are at steps {steps_done}: training each group in turn")
+        outcomes = {}
+        for done in steps_done:
+            group = [i for i, r in enumerate(restored) if r[0] == done]
+            results = fit_pack(
+                [members[i] for i in group],
+                train_data,
+                val_ds,
+                train_config,
+                verbose,
+                log,
+                holdout_ds,
+                stopwatch,
+            )
+            outcomes.update(zip(group, results))
+        return [outcomes[i] for i in range(len(members))]
+    done = steps_done[0]
     steps_per_epoch, epochs = train_config.steps_per_epoch, num_epochs(train_config)
-    non_finite = StopOnNonFiniteLoss(counter)
-    history = ValidationHistory(counter, evaluations)
-    backup = backups.PeriodicBackup(
-        checkpoints,
-        train_config.backup_every_steps,
-        counter,
-        seconds_before=seconds_before,
-        history=history,
-        stopwatch=stopwatch,
-        steps_per_epoch=train_config.steps_per_epoch,
-    )
-    callbacks = [
-        counter,  # first: the others read the step it counts
-        history,  # before the backup, which saves the evaluations
-        backup,
-        timing.ValidationTime(stopwatch),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
-        RunProgress(epochs),
-        non_finite,
-        *extra_callbacks,
+    runs = [
+        _MemberRun(member, restored_state, train_config, stopwatch, 1 / len(members))
+        for member, restored_state in zip(members, restored)
     ]
+    pack_callbacks = [timing.ValidationTime(stopwatch), RunProgress(epochs)]
+    if len(runs) == 1:
+        model = members[0].model
+        callbacks = runs[0].callbacks + pack_callbacks
+    else:
+        model = packing.PackedModel([m.model for m in members])
+        model.compile(optimizer=None, jit_compile=train_config.get("jit_compile", False))
+        packing.build_members([m.model for m in members], val_ds.element_spec)
+        adapters = [
+            packing.MemberCallbacks(i, r.member.model, r.callbacks, r.failed)
+            for i, r in enumerate(runs)
+        ]
+        for adapter in adapters:
+            adapter.siblings = adapters
+        callbacks = adapters + pack_callbacks
     if done:
         log(
             f"Resuming from the backup at step {done} of "
@@ -267,45 +328,90 @@ def fit_and_evaluate(
                 steps_per_epoch=steps_per_epoch - into_epoch,
             )
             epoch += 1
-        if epoch < epochs and non_finite.failed_step is None:
+        if epoch < epochs and not all(r.failed() for r in runs):
             fit(
                 epoch * steps_per_epoch,
                 initial_epoch=epoch,
                 epochs=epochs,
                 steps_per_epoch=steps_per_epoch,
             )
-        steps = counter.step
-        if non_finite.failed_step is not None:
-            outcome = {
+        missing = [r for r in runs if not r.failed() and not r.evaluated()]
+        final = {}
+        if missing:
+            # The last epoch's validation is the final evaluation (same weights, same
+            # images); evaluate only when it is missing.
+            with stopwatch.phase("validation"):
+                logs = model.evaluate(val_ds, return_dict=True, verbose=0)
+            for i, r in enumerate(runs):
+                own = logs if len(runs) == 1 else packing.member_logs(logs, i)
+                final[i] = {k: float(v) for k, v in own.items()}
+        outcomes = [r.outcome(final.get(i)) for i, r in enumerate(runs)]
+        if holdout_ds is not None and outcomes[0]["status"] == "finished":
+            with stopwatch.phase("validation"):
+                held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
+            outcomes[0].update(holdout_top1=float(held["top1"]), holdout_top5=float(held["top5"]))
+    return [
+        {
+            **outcome,
+            "evaluations": r.history.evaluations,
+            "seconds": round(r.backup.seconds(), 1),
+            "resumed_from_step": done,
+        }
+        for r, outcome in zip(runs, outcomes)
+    ]
+
+
+class _MemberRun:
+    """One member's callbacks (step counter, evaluations, backups, TensorBoard, the
+    non-finite stop, its extra ones) and its outcome."""
+
+    def __init__(self, member, restored, train_config, stopwatch, share):
+        done, seconds_before, evaluations = restored
+        self.member = member
+        self.counter = member.counter or StepCounter()
+        self.counter.step = done
+        self.non_finite = StopOnNonFiniteLoss(self.counter)
+        self.history = ValidationHistory(self.counter, evaluations)
+        self.backup = backups.PeriodicBackup(
+            os.path.join(member.run_dir, "checkpoints"),
+            train_config.backup_every_steps,
+            self.counter,
+            seconds_before=seconds_before,
+            history=self.history,
+            stopwatch=stopwatch,
+            steps_per_epoch=train_config.steps_per_epoch,
+            share=share,
+        )
+        self.callbacks = [
+            self.counter,  # first: the others read the step it counts
+            self.history,  # before the backup, which saves the evaluations
+            self.backup,
+            keras.callbacks.TensorBoard(os.path.join(member.run_dir, "logs")),
+            self.non_finite,
+            *member.extra_callbacks,
+        ]
+
+    def failed(self):
+        return self.non_finite.failed_step is not None
+
+    def evaluated(self):
+        evaluations = self.history.evaluations
+        return bool(evaluations) and evaluations[-1]["step"] == self.counter.step
+
+    def outcome(self, final=None):
+        if self.failed():
+            step = self.non_finite.failed_step
+            return {
                 "status": "failed",
-                "steps": non_finite.failed_step,
-                "reason": f"loss became NaN or infinite at step {non_finite.failed_step}",
+                "steps": step,
+                "reason": f"loss became NaN or infinite at step {step}",
             }
-        else:
-            last = history.evaluations[-1] if history.evaluations else None
-            if last is None or last["step"] != steps:
-                # The last epoch's validation is the final evaluation (same weights, same
-                # images); evaluate only when it is missing.
-                with stopwatch.phase("validation"):
-                    last = {
-                        k: float(v)
-                        for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()
-                    }
-            outcome = {
-                "status": "finished",
-                "top1": last["top1"],
-                "top5": last["top5"],
-                "loss": last["loss"],
-                "steps": steps,
-                "mean_highest_top1": mean_highest(history.evaluations or [last]),
-            }
-            if holdout_ds is not None:
-                with stopwatch.phase("validation"):
-                    held = model.evaluate(holdout_ds, return_dict=True, verbose=0)
-                outcome.update(holdout_top1=float(held["top1"]), holdout_top5=float(held["top5"]))
-    return {
-        **outcome,
-        "evaluations": history.evaluations,
-        "seconds": round(backup.seconds(), 1),
-        "resumed_from_step": done,
-    }
+        last = final or self.history.evaluations[-1]
+        return {
+            "status": "finished",
+            "top1": last["top1"],
+            "top5": last["top5"],
+            "loss": last["loss"],
+            "steps": self.counter.step,
+            "mean_highest_top1": mean_highest(self.history.evaluations or [last]),
+        }
