@@ -17,6 +17,13 @@ from kt_transfer.runs import experiment
 
 SPEC = embedded.EmbeddedSpec(num_classes=6, train_per_class=3, val_per_class=2, image_size=72)
 KW = dict(resize_size=72, crop_size=67)
+IN_MEMORY = 2**30  # bytes: every test half fits
+
+
+@pytest.fixture(params=[0, IN_MEMORY], ids=["on_the_fly", "decoded_once"])
+def budget(request):
+    """Both pipelines: decoding each pass, and decoding once into memory."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def _batches(ds):
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
-def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
+def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root, budget):
     source = sources.folder_source(tiny_root)
     half = (4, 1, 5)  # the split's order, not sorted
     paths, labels = sources.list_files(tiny_root, "train", source.classes, half)
@@ -52,7 +59,9 @@ def test_folder_pipeline_reads_only_the_half_and_remaps_labels(tiny_root):
     }
     for path, label in zip(paths, labels):
         assert os.path.basename(os.path.dirname(path)) == source.classes[half[label]]
-    ds = pipeline.make_dataset(source, "val", half, batch_size=4, training=False, **KW)
+    ds = pipeline.make_dataset(
+        source, "val", half, batch_size=4, training=False, memory_budget=budget, **KW
+    )
     xs, ys = zip(*_batches(ds))
     assert sorted(np.concatenate(ys).tolist()) == [0, 0, 1, 1, 2, 2]
     assert xs[0].shape[1:] == (67, 67, 3) and xs[0].dtype == np.uint8
@@ -114,7 +123,7 @@ def test_the_probe_batch_covers_every_class_of_the_half(tiny_root):
     np.testing.assert_array_equal(images.numpy(), again.numpy())  # fixed
 
 
-def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
+def test_a_seed_fixes_order_crops_and_mirrors(tiny_root, budget):
     source = sources.folder_source(tiny_root)
 
     def first_batches(seed):
@@ -126,6 +135,7 @@ def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
             training=True,
             seed=seed,
             deterministic=True,
+            memory_budget=budget,
             **KW,
         )
         return _batches(ds.take(3))
@@ -137,7 +147,7 @@ def test_a_seed_fixes_order_crops_and_mirrors(tiny_root):
     assert any(not np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
 
 
-def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_root):
+def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_root, budget):
     source = sources.folder_source(tiny_root)
 
     def stream(skip_steps, steps, context=None):
@@ -151,6 +161,7 @@ def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_ro
             deterministic=True,
             input_context=context,
             skip_steps=skip_steps,
+            memory_budget=budget,
             **KW,
         )
         return _batches(ds.take(steps))
@@ -169,7 +180,7 @@ def test_a_resumed_stream_continues_where_the_uninterrupted_one_would_be(tiny_ro
     np.testing.assert_array_equal(whole[3][0], resumed[0][0])
 
 
-def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
+def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root, budget):
     source = sources.folder_source(tiny_root)
 
     def digests(worker):
@@ -177,7 +188,14 @@ def test_two_workers_of_an_input_context_see_disjoint_examples(tiny_root):
             num_input_pipelines=2, input_pipeline_id=worker, num_replicas_in_sync=2
         )
         ds = pipeline.make_dataset(
-            source, "val", range(6), batch_size=4, training=False, input_context=context, **KW
+            source,
+            "val",
+            range(6),
+            batch_size=4,
+            training=False,
+            input_context=context,
+            memory_budget=budget,
+            **KW,
         )
         batches = _batches(ds)
         assert max(len(x) for x, _ in batches) == 2  # global batch 4 over 2 replicas
@@ -211,14 +229,21 @@ def _write_bad_and_odd_files(folder):
     return sorted(os.path.join(folder, n) for n in bad), sorted(odd)
 
 
-def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, tmp_path):
+def test_odd_images_decode_and_bad_files_are_skipped_by_name(tiny_root, budget, tmp_path):
     root = str(tmp_path / "ds")
     shutil.copytree(tiny_root, root)
     source = sources.folder_source(root)
     bad, _ = _write_bad_and_odd_files(os.path.join(root, "val", source.classes[0]))
     bad_files = pipeline.BadFiles()
     ds = pipeline.make_dataset(
-        source, "val", (0, 1), batch_size=3, training=False, bad_files=bad_files, **KW
+        source,
+        "val",
+        (0, 1),
+        batch_size=3,
+        training=False,
+        bad_files=bad_files,
+        memory_budget=budget,
+        **KW,
     )
     labels = np.concatenate([y for _, y in _batches(ds)])
     assert sorted(labels.tolist()) == [0] * (2 + 3) + [1] * 2  # the 3 odd files decoded
@@ -377,3 +402,58 @@ def test_a_stream_that_decodes_nothing_stops_with_an_error_instead_of_waiting(ti
     reader.join(timeout=120)
     assert outcome, "the training stream is still waiting for a readable file"
     assert pipeline.NOTHING_READ in outcome[0]
+
+
+def _digests(ds):
+    return sorted(
+        (hashlib.sha1(image.tobytes()).hexdigest(), int(label))
+        for x, y in _batches(ds)
+        for image, label in zip(x, y)
+    )
+
+
+def test_images_decoded_once_are_the_pixels_decoded_on_the_fly(tiny_root):
+    source = sources.folder_source(tiny_root)
+    kwargs = dict(batch_size=4, seed=5, deterministic=True, **KW)
+    val = [
+        _batches(
+            pipeline.make_dataset(source, "val", (1, 3), training=False, memory_budget=b, **kwargs)
+        )
+        for b in (0, IN_MEMORY)
+    ]
+    for (x_fly, y_fly), (x_memory, y_memory) in zip(*val):  # the same order, bit for bit
+        np.testing.assert_array_equal(x_fly, x_memory)
+        np.testing.assert_array_equal(y_fly, y_memory)
+    # One training pass of centre crops: the same images, each once, in another order.
+    passes = [
+        _digests(
+            pipeline.make_dataset(
+                source, "train", (1, 3), training=True, augment=False, memory_budget=b, **kwargs
+            )
+            .take(6 // 2)  # 6 images, batch 4 -> the first pass and a half: count exactly
+            .unbatch()
+            .take(6)
+            .batch(6)
+        )
+        for b in (0, IN_MEMORY)
+    ]
+    assert passes[0] == passes[1] and len({d for d, _ in passes[0]}) == 6
+
+
+def test_a_half_is_decoded_once_per_process_within_the_budget(tiny_root, tmp_path):
+    root = str(tmp_path / "ds")
+    shutil.copytree(tiny_root, root)
+    source = sources.folder_source(root)
+    first = pipeline.make_dataset(
+        source, "val", (0, 4), batch_size=4, training=False, memory_budget=IN_MEMORY, **KW
+    )
+    expected = _digests(first)
+    shutil.rmtree(os.path.join(root, "val"))  # nothing left to decode: read from memory
+    again = pipeline.make_dataset(
+        source, "val", (0, 4), batch_size=4, training=False, memory_budget=IN_MEMORY, **KW
+    )
+    assert _digests(again) == expected
+    # A half larger than the budget is decoded on the fly, each pass.
+    one_image = 72 * 72 * 3
+    assert pipeline.decoded_images(source, "train", (0, 4), 72, budget=5 * one_image) is None
+    assert pipeline.decoded_images(source, "train", (0, 4), 72, budget=6 * one_image) is not None

@@ -80,10 +80,23 @@ def decode_crop(image_bytes, seed, *, training, resize_size, crop_size):
     )
     image = tf.cond(tf.reduce_all(stored_size == resize_size), fused, general)
     image = tf.ensure_shape(image, [crop_size, crop_size, 3])
-    if training:
-        mirror = tf.random.stateless_uniform([], seed + 1) < 0.5
-        image = tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
-    return image
+    return _maybe_mirror(image, seed) if training else image
+
+
+def _maybe_mirror(image, seed):
+    mirror = tf.random.stateless_uniform([], seed + 1) < 0.5
+    return tf.cond(mirror, lambda: tf.reverse(image, axis=[1]), lambda: image)
+
+
+def crop_mirror(resized, seed, *, training, resize_size, crop_size):
+    """An image already decoded and resized (uint8 [resize_size, resize_size, 3]) ->
+    the crop decode_crop gives for the same file and seed: the same pixels, as rounding to
+    8 bits before or after the crop is the same per pixel."""
+    top, left = crop_offsets(seed, training=training, resize_size=resize_size, crop_size=crop_size)
+    image = tf.ensure_shape(
+        resized[top : top + crop_size, left : left + crop_size, :], [crop_size, crop_size, 3]
+    )
+    return _maybe_mirror(image, seed) if training else image
 
 
 def preprocess(image_bytes, *, training, resize_size, crop_size, seed=(0, 0)):

@@ -14,6 +14,7 @@ decoded (to RGB) like any other.
 import os
 import threading
 
+import numpy as np
 import tensorflow as tf
 
 from kt_transfer.data import images
@@ -28,9 +29,10 @@ class BadFiles:
         self._lock = threading.Lock()
         self._seen = {}
 
-    def add(self, name):
+    def add(self, name, reason=None):
         with self._lock:
-            self._seen.setdefault(name, images.describe_bad_file(name))
+            if name not in self._seen:
+                self._seen[name] = reason or images.describe_bad_file(name)
 
     def all(self):
         with self._lock:
@@ -142,8 +144,14 @@ def make_dataset(
     skip_steps=0,
     holdout=None,
     augment=None,
+    memory_budget=0,
 ):
     """A batched tf.data.Dataset of (uint8 RGB crops, label) for the chosen classes.
+
+    With a `memory_budget` (bytes) that holds the half's `subset` decoded at the resize
+    size, its images are decoded once per process (decoded_images) and every pass, every
+    crop and mirror, and every network of a pack take them from memory; otherwise each
+    pass decodes the files again.
 
     Args:
       source: a sources.FolderSource or sources.TfdsSource.
@@ -163,6 +171,8 @@ def make_dataset(
         unless files were skipped as unreadable.
       augment: random crops and mirrors (default: when training); False reads a shuffled,
         repeated stream of centre crops (the mean image).
+      memory_budget: bytes the decoded images of this process may take (0: decode on
+        the fly).
       holdout: None, or (part, fraction, seed): a fixed part of the images, chosen by a
         seeded hash of each file name (so the same on every run and source order), is
         set aside; part "rest" reads the others, part "held" only those (see in_holdout).
@@ -171,6 +181,20 @@ def make_dataset(
       The dataset (for a folder source of a training run: infinite).
     """
     bad_files = bad_files if bad_files is not None else BadFiles()
+    crop = dict(resize_size=resize_size, crop_size=crop_size)
+    decoded = decoded_images(source, subset, class_indices, resize_size, holdout, memory_budget)
+    if decoded is not None:
+        return _from_memory(
+            decoded,
+            bad_files,
+            crop,
+            batch_size=batch_size,
+            training=training,
+            augment=training if augment is None else augment,
+            seed=seed,
+            input_context=input_context,
+            skip_steps=skip_steps,
+        )
     # Elements this pipeline feeds per step: its share of the global batch.
     elements_per_step = batch_size // (
         input_context.num_input_pipelines if input_context is not None else 1
@@ -222,6 +246,106 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = deterministic or not training
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class DecodedImages:
+    """A half's images decoded once, resized, uint8, with their labels (0..K-1), and the
+    files that could not be decoded (replayed into each run's BadFiles)."""
+
+    def __init__(self, images, labels, bad):
+        self.images, self.labels, self.bad = images, labels, bad
+
+    @property
+    def nbytes(self):
+        return self.images.nbytes
+
+
+_DECODED = {}  # this process's decoded halves, oldest first (see decoded_images)
+
+
+def decoded_images(source, subset, class_indices, resize_size, holdout=None, budget=0):
+    """The half's `subset` decoded at the resize size, once per process: a DecodedImages,
+    or None when it would not fit `budget` bytes (with the halves decoded before it; the
+    oldest are dropped to make room)."""
+    if budget <= 0:
+        return None
+    key = (source.describe(), subset, tuple(class_indices), resize_size, holdout)
+    if key in _DECODED:
+        return _DECODED[key]
+    if source.count(subset, class_indices) * resize_size * resize_size * 3 > budget:
+        return None
+    bad_files = BadFiles()
+    ds, read, _ = source.examples(subset, class_indices, training=False, seed=0)
+    if holdout is not None:
+        part, fraction, holdout_seed = holdout
+        ds = ds.filter(
+            lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed), part == "held")
+        )
+    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat())
+
+    def load(element, element_seed):  # the whole resized image: training=False, no crop
+        return images.decode_crop(
+            read(element["image"]),
+            element_seed,
+            training=False,
+            resize_size=resize_size,
+            crop_size=resize_size,
+        )
+
+    load.output_shape = (resize_size, resize_size, 3)
+    ds = ds.batch(CHUNK).interleave(
+        _decode_chunk(load, bad_files),
+        cycle_length=2 * (os.cpu_count() or 2),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    parts = [(batch_images.numpy(), labels.numpy()) for batch_images, labels, _ in ds]
+    if not any(len(labels) for _, labels in parts):
+        raise nothing_readable_error(bad_files)
+    decoded = DecodedImages(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        bad_files.all(),
+    )
+    while _DECODED and sum(d.nbytes for d in _DECODED.values()) + decoded.nbytes > budget:
+        del _DECODED[next(iter(_DECODED))]
+    _DECODED[key] = decoded
+    return decoded
+
+
+def _from_memory(
+    decoded, bad_files, crop, *, batch_size, training, augment, seed, input_context, skip_steps
+):
+    """make_dataset's pipeline over decoded images: shuffled indices (per pass, seeded),
+    a stateless seed per element for its crop and mirror, as the on-the-fly pipeline."""
+    for name, reason in decoded.bad.items():
+        bad_files.add(name, reason)
+    elements_per_step = batch_size // (
+        input_context.num_input_pipelines if input_context is not None else 1
+    )
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    images_in_memory = tf.constant(decoded.images)
+    labels = tf.constant(decoded.labels)
+    ds = tf.data.Dataset.range(len(decoded.labels))
+    if input_context is not None:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(len(decoded.labels), seed=seed, reshuffle_each_iteration=True).repeat()
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+    ds = tf.data.Dataset.zip(ds, seeds)
+    if training and skip_steps:
+        ds = ds.skip(skip_steps * elements_per_step)
+
+    def take(index, element_seed):
+        image = images.crop_mirror(images_in_memory[index], element_seed, training=augment, **crop)
+        return image, labels[index]
+
+    ds = ds.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=training)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def in_holdout(names, fraction, seed):
@@ -282,6 +406,7 @@ def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout
         seed=run_seed(config, dataset),
         deterministic=dc.deterministic,
         bad_files=bad_files,
+        memory_budget=int(dc.get("decoded_cache_mb", 0) * 2**20),
     )
 
     def pipeline(subset, training, skip_steps=0, part=None):

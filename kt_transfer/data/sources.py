@@ -59,6 +59,10 @@ class FolderSource:
             ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return ds, tf.io.read_file, len(paths)
 
+    def count(self, subset, class_indices):
+        """How many images a pass of the half's `subset` reads."""
+        return len(list_files(self.root, self._subset(subset), self.classes, class_indices)[0])
+
     def probe_examples(self, class_indices, size, load):
         """Up to `size` (image, label) validation examples drawn round robin across the
         classes (file lists are class-sorted); `load(encoded bytes)` decodes one, and a
@@ -143,6 +147,13 @@ class TfdsSource:
         if training:
             ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
         return ds, tf.identity, self.FILES_PER_PASS
+
+    def count(self, subset, class_indices):
+        """About how many images a pass of the half's `subset` reads: the split's size
+        times the half's share of the classes (TFDS does not count per class)."""
+        split = "train" if subset == "train" else self.val_split
+        total = self.builder.info.splits[split].num_examples
+        return -(-total * len(class_indices) // len(self.classes))
 
     def probe_examples(self, class_indices, size, load):
         """TFDS validation splits are not sorted by class: the first examples of each
