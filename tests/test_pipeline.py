@@ -341,6 +341,31 @@ def test_shrinking_is_antialiased_like_pillow():
     np.testing.assert_allclose(crop, np.floor(ours[2:69, 2:69] + 0.5), atol=1)
 
 
+@pytest.mark.parametrize(
+    "side, scale",
+    [(200, 1), (340, 2), (660, 4), (1300, 4)],  # resize 80: 159 * r < side
+)
+def test_a_large_jpeg_is_decoded_at_the_smallest_dct_scale_that_keeps_the_resize_size(side, scale):
+    # Detail down to a third of the 80 px output's grid, at every size, as a photo's
+    # (whose spectrum falls off) rather than noise at the output's Nyquist limit.
+    photo = np.asarray(
+        Image.fromarray(np.random.default_rng(side).integers(0, 255, (27, 27, 3), np.uint8)).resize(
+            (side, side), Image.BICUBIC
+        )
+    )
+    jpeg = _encode(photo, "JPEG", quality=92)
+    stored = tf.io.extract_jpeg_shape(jpeg)[:2]
+    decoded = images.decode_jpeg_at_least(jpeg, stored, 80).numpy()
+    assert decoded.shape[0] == -(-side // scale) >= 2 * 80  # ceil(side / scale)
+    # After the antialiased resize it is the full decode's image, up to rounding: the
+    # DCT scaling is a low-pass filter, as the resize's own.
+    full = images.resize(tf.io.decode_jpeg(jpeg, channels=3), 80).numpy()
+    ours = images.decode_crop(
+        jpeg, tf.constant([0, 0], tf.int64), training=False, resize_size=80, crop_size=80
+    ).numpy()
+    assert np.abs(ours - full).mean() < 1.5 and np.abs(ours - full).max() < 12
+
+
 # Faults (issue 22): a half with nothing readable fails, it never waits forever.
 
 LFS_POINTER = (

@@ -37,9 +37,13 @@ FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _code():
+    return os.path.abspath(FLAGS.code or REPO)
+
+
 def _environment():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.path.abspath(FLAGS.code or REPO)
+    env["PYTHONPATH"] = _code()  # and each run starts in it: `-m` puts the cwd first
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
@@ -63,6 +67,7 @@ def run(extra):
         check=True,
         capture_output=True,
         env=env,
+        cwd=_code(),
     )
     workdir = os.path.join(root, "grid")
     args = _cli(
@@ -75,7 +80,7 @@ def run(extra):
         *extra,
     )
     started = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True, env=env)
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=_code())
     seconds = time.monotonic() - started
     if done.returncode:
         sys.exit(f"the grid failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
