@@ -272,8 +272,9 @@ def decoded_images(source, subset, class_indices, resize_size, holdout=None, bud
     key = (source.describe(), subset, tuple(class_indices), resize_size, holdout)
     if key in _DECODED:
         return _DECODED[key]
-    if source.count(subset, class_indices) * resize_size * resize_size * 3 > budget:
-        return None
+    count = source.count(subset, class_indices)
+    if count is None or count * resize_size * resize_size * 3 > budget:
+        return None  # too large, or of unknown size: decoded on the fly
     bad_files = BadFiles()
     ds, read, _ = source.examples(subset, class_indices, training=False, seed=0)
     if holdout is not None:

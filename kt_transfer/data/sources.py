@@ -150,9 +150,13 @@ class TfdsSource:
 
     def count(self, subset, class_indices):
         """About how many images a pass of the half's `subset` reads: the split's size
-        times the half's share of the classes (TFDS does not count per class)."""
+        times the half's share of the classes (TFDS does not count per class); None when
+        the builder does not say."""
         split = "train" if subset == "train" else self.val_split
-        total = self.builder.info.splits[split].num_examples
+        try:
+            total = self.builder.info.splits[split].num_examples
+        except KeyError:  # a builder without split metadata (tfds.testing.mock_data)
+            return None
         return -(-total * len(class_indices) // len(self.classes))
 
     def probe_examples(self, class_indices, size, load):
