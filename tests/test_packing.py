@@ -81,6 +81,7 @@ def test_a_diverging_member_fails_alone_and_the_others_finish(tiny_config):
     assert np.isfinite(frozen["top1"])
 
 
+@pytest.mark.slow
 def test_a_pack_resumed_with_its_backups_at_two_steps_finishes_every_member(
     deterministic_config,
 ):
@@ -107,6 +108,7 @@ def test_a_pack_resumed_with_its_backups_at_two_steps_finishes_every_member(
     assert stored["resumed_from_step"] == 5
 
 
+@pytest.mark.slow
 def test_finished_members_are_not_trained_again(tiny_config):
     dataset = sources.resolve_dataset(tiny_config, **QUIET)
     first, _ = experiment.run_treatment(tiny_config, dataset, _treatments("AnB")[0], **QUIET)

@@ -90,7 +90,6 @@ class LayerLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         names = caffenet.LAYER_NAMES
         self.probe = keras.Model(self.model.input, [self.model.get_layer(n).output for n in names])
-        self._traced = None  # traced again for this fit (see log_layers)
         with self.writer.as_default():
             hparams_api.hparams(self.hparams)
         self.writer.flush()
@@ -147,19 +146,12 @@ class LayerLogger(keras.callbacks.Callback):
         by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
         return {name: by_path[model.get_layer(name).kernel.path] for name in self.trained_layers}
 
-    def _probe_outputs(self):
-        """(gradients per trained layer, activations per layer) on the probe batch."""
-        return self._gradients(), self.probe(self.probe_x, training=False)
-
     def log_layers(self, step):
-        if keras.backend.backend() == "tensorflow":
-            # One traced function, not an eager pass through the network at every event
-            # (measured: logging took 5 s of a 40 s CPU-scale run eagerly).
-            if self._traced is None:
-                self._traced = tf.function(self._probe_outputs)
-            grads, activations = self._traced()
-        else:
-            grads, activations = self._probe_outputs()
+        # Eager: traced as a tf.function, the trace cost more than its 10-20 events of a
+        # CPU-scale run save (tools/bench_step.py --logging_overhead, 1,000 steps: 13%
+        # overhead traced, 5.6% eager).
+        grads = self._gradients()
+        activations = self.probe(self.probe_x, training=False)
         with self.writer.as_default():
             for name, act in zip(caffenet.LAYER_NAMES, activations):
                 kernel = self.model.get_layer(name).kernel.numpy()
