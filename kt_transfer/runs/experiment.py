@@ -227,8 +227,13 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
 
 def can_pack(strategy):
     """Whether networks can train as a pack (training/packing.py) under `strategy`: on
-    TensorFlow, in one process (a multi-worker run trains one network at a time)."""
-    return keras.backend.backend() == "tensorflow" and not keras_compat.is_multi_worker(strategy)
+    TensorFlow, under its default strategy (one device, one process: the CPU machines'
+    grids). Packs under a mirrored or multi-worker strategy are not tested, so there each
+    network trains alone."""
+    return (
+        keras.backend.backend() == "tensorflow"
+        and type(strategy).__name__ == "_DefaultDistributionStrategy"
+    )
 
 
 def run_pack(config, dataset, treatments, log=print, strategy=None, guards=None):

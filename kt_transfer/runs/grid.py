@@ -32,6 +32,7 @@ from kt_transfer.analysis import replicates, results
 from kt_transfer.data import splits
 from kt_transfer.networks import transfer
 from kt_transfer.runs import claims, experiment
+from kt_transfer.training import distribute
 
 CLAIMS_DIR = ".claims"
 
@@ -331,6 +332,7 @@ def _claim_pack_mates(
     `grid.pack_size` in all, of the same split and target half (so one input stream),
     in the grid's order. A base trains alone (each base has a half of its own)."""
     size = config.grid.get("pack_size", 1)
+    strategy = strategy or distribute.current_strategy()
     if size <= 1 or cell.treatment.source is None or not experiment.can_pack(strategy):
         return []
     mates = []
