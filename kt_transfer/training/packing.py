@@ -16,7 +16,8 @@ learning-rate multipliers), metrics, callbacks, backups, TensorBoard logs and me
 `PackedModel` is only the step: it calls every member's own `train_step` and `test_step`
 and prefixes their logs; `MemberCallbacks` hands each member's callbacks its own model and
 its own, unprefixed, logs. TensorFlow backend only (a member's `train_step` there is a
-plain function of the data): on other backends a pack has one member.
+plain function of the data), under its default strategy (experiment.can_pack): elsewhere
+a pack has one member.
 """
 
 import keras
