@@ -16,6 +16,10 @@ left by a dead process on this same machine, is taken over, and the cell resumes
 last backup; a worker whose claim was taken over stops that cell. Finished cells are
 skipped, so running the command again after a kill finishes the grid.
 
+A worker claims up to `grid.pack_size` transfer cells of one split and target half at once
+and trains them as a pack (training/packing.py): one step, one input stream, each cell
+still its own run.
+
 A cell that cannot run (its base failed or could not run, an error before training) is
 recorded in the claims directory, so every worker stops waiting for it and for the cells
 that need it. A new grid process tries such cells again. The grid ends with a summary of
