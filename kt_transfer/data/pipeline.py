@@ -181,43 +181,33 @@ def make_dataset(
       The dataset (for a folder source of a training run: infinite).
     """
     bad_files = bad_files if bad_files is not None else BadFiles()
-    crop = dict(resize_size=resize_size, crop_size=crop_size)
-    decoded = decoded_images(source, subset, class_indices, resize_size, holdout, memory_budget)
-    if decoded is not None:
-        return _from_memory(
-            decoded,
-            bad_files,
-            crop,
-            batch_size=batch_size,
-            training=training,
-            augment=training if augment is None else augment,
-            seed=seed,
-            input_context=input_context,
-            skip_steps=skip_steps,
-        )
     # Elements this pipeline feeds per step: its share of the global batch.
     elements_per_step = batch_size // (
         input_context.num_input_pipelines if input_context is not None else 1
     )
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)
+    decoded = decoded_images(source, subset, class_indices, resize_size, holdout, memory_budget)
+    if decoded is not None:
+        return _from_memory(
+            decoded,
+            bad_files,
+            dict(resize_size=resize_size, crop_size=crop_size),
+            batch_size=batch_size,
+            elements_per_step=elements_per_step,
+            training=training,
+            augment=training if augment is None else augment,
+            seed=seed,
+            input_context=input_context,
+            skip_steps=skip_steps,
+        )
     ds, read, watchdog_limit = source.examples(
         subset, class_indices, training=training, seed=seed, input_context=input_context
     )
-    if holdout is not None:
-        part, fraction, holdout_seed = holdout
-        ds = ds.filter(
-            lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed), part == "held")
-        )
+    ds = _keep_part(ds, holdout)
     if training:
         ds = ds.repeat()
-    # A stateless seed per element: crops and mirrors do not depend on thread timing.
-    seeds = (
-        tf.data.Dataset.random(seed=seed).batch(2)
-        if training
-        else tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
-    )
-    ds = tf.data.Dataset.zip(ds, seeds)
+    ds = tf.data.Dataset.zip(ds, _element_seeds(training, seed))
     if training and skip_steps:
         ds = ds.skip(skip_steps * elements_per_step)
     ds = ds.batch(CHUNK)
@@ -233,13 +223,7 @@ def make_dataset(
 
     load.output_shape = (crop_size, crop_size, 3)
 
-    ds = ds.interleave(
-        _decode_chunk(load, bad_files),
-        cycle_length=2 * (os.cpu_count() or 2),
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic or not training,
-    )
+    ds = _decode_chunks(ds, load, bad_files, deterministic=deterministic or not training)
     ds = ds.scan(tf.constant(0, tf.int64), _stop_when_nothing_decodes(watchdog_limit))
     ds = ds.unbatch()
     ds = ds.batch(batch_size, drop_remainder=training)
@@ -277,12 +261,7 @@ def decoded_images(source, subset, class_indices, resize_size, holdout=None, bud
         return None  # too large, or of unknown size: decoded on the fly
     bad_files = BadFiles()
     ds, read, _ = source.examples(subset, class_indices, training=False, seed=0)
-    if holdout is not None:
-        part, fraction, holdout_seed = holdout
-        ds = ds.filter(
-            lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed), part == "held")
-        )
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat())
+    ds = tf.data.Dataset.zip(_keep_part(ds, holdout), _element_seeds(False))
 
     def load(element, element_seed):  # the whole resized image: training=False, no crop
         return images.decode_crop(
@@ -294,12 +273,7 @@ def decoded_images(source, subset, class_indices, resize_size, holdout=None, bud
         )
 
     load.output_shape = (resize_size, resize_size, 3)
-    ds = ds.batch(CHUNK).interleave(
-        _decode_chunk(load, bad_files),
-        cycle_length=2 * (os.cpu_count() or 2),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    ds = _decode_chunks(ds.batch(CHUNK), load, bad_files, deterministic=True)
     parts = [(batch_images.numpy(), labels.numpy()) for batch_images, labels, _ in ds]
     if not any(len(labels) for _, labels in parts):
         raise nothing_readable_error(bad_files)
@@ -315,17 +289,23 @@ def decoded_images(source, subset, class_indices, resize_size, holdout=None, bud
 
 
 def _from_memory(
-    decoded, bad_files, crop, *, batch_size, training, augment, seed, input_context, skip_steps
+    decoded,
+    bad_files,
+    crop,
+    *,
+    batch_size,
+    elements_per_step,
+    training,
+    augment,
+    seed,
+    input_context,
+    skip_steps,
 ):
     """make_dataset's pipeline over decoded images: shuffled indices (per pass, seeded),
-    a stateless seed per element for its crop and mirror, as the on-the-fly pipeline."""
+    a stateless seed per element for its crop and mirror, as the on-the-fly pipeline.
+    batch_size: this replica's; elements_per_step: this input pipeline's."""
     for name, reason in decoded.bad.items():
         bad_files.add(name, reason)
-    elements_per_step = batch_size // (
-        input_context.num_input_pipelines if input_context is not None else 1
-    )
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(batch_size)
     images_in_memory = tf.constant(decoded.images)
     labels = tf.constant(decoded.labels)
     ds = tf.data.Dataset.range(len(decoded.labels))
@@ -333,10 +313,7 @@ def _from_memory(
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         ds = ds.shuffle(len(decoded.labels), seed=seed, reshuffle_each_iteration=True).repeat()
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    else:
-        seeds = tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
-    ds = tf.data.Dataset.zip(ds, seeds)
+    ds = tf.data.Dataset.zip(ds, _element_seeds(training, seed))
     if training and skip_steps:
         ds = ds.skip(skip_steps * elements_per_step)
 
@@ -347,6 +324,35 @@ def _from_memory(
     ds = ds.map(take, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _keep_part(ds, holdout):
+    """The examples of a holdout's part (see make_dataset's `holdout`), or all of them."""
+    if holdout is None:
+        return ds
+    part, fraction, holdout_seed = holdout
+    return ds.filter(
+        lambda e: tf.equal(in_holdout(e["name"], fraction, holdout_seed), part == "held")
+    )
+
+
+def _element_seeds(training, seed=0):
+    """A stateless seed per element, so crops and mirrors do not depend on thread timing
+    (all zeros when not training: centre crops)."""
+    if training:
+        return tf.data.Dataset.random(seed=seed).batch(2)
+    return tf.data.Dataset.from_tensors(tf.zeros([2], tf.int64)).repeat()
+
+
+def _decode_chunks(chunks, load, bad_files, deterministic):
+    """Decodes chunks of elements in parallel, naming the files that fail (_decode_chunk)."""
+    return chunks.interleave(
+        _decode_chunk(load, bad_files),
+        cycle_length=2 * (os.cpu_count() or 2),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def in_holdout(names, fraction, seed):
