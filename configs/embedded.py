@@ -126,15 +126,17 @@ def get_config():
     config.grid.ns = (1, 2, 3, 4, 5, 6, 7)
     config.grid.splits = ("random0", "random1")
     config.grid.directions = ("AtoB", "BtoA")
-    # A cell whose worker has not refreshed its claim for this long is taken over (a claim
-    # left by a dead process on the same machine is taken over at once).
-    config.grid.claim_timeout_s = 120.0
-    # Worker processes --mode=grid starts on a machine without GPUs, each pinned to its
-    # cores (0: one per cores_per_worker cores). On the 2-core machine one worker on both
-    # cores did 46.2 cells/hour, two pinned one-core workers 38.6 (bench_grid_workers.py):
-    # so 2 cores per worker, which also gives several workers on a bigger machine.
-    config.grid.workers_per_machine = 0
-    config.grid.cores_per_worker = 2
+    # Where the cells train (runs/executors.py; docs/distributed.md): "local", a pool of
+    # persistent worker processes on this machine, one per cpus_per_cell cores (on the
+    # 2-core machine one worker on both cores did 46.2 cells/hour, two one-core workers
+    # 38.6); or "ray", Ray tasks on the cluster at ray_address (or $RAY_ADDRESS; empty and
+    # unset: a Ray instance on this machine), each asking Ray for cpus_per_cell CPUs and
+    # gpus_per_cell GPUs. A unit whose worker or node dies runs again this many times.
+    config.grid.executor = "local"
+    config.grid.ray_address = ""
+    config.grid.cpus_per_cell = 2
+    config.grid.gpus_per_cell = 0
+    config.grid.retries = 2
     # Networks of a split that read the same target half train as one pack, this many at
     # most: one input stream, one step for all (training/packing.py; docs/performance.md).
     config.grid.pack_size = 5

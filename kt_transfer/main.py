@@ -83,19 +83,15 @@ def main(argv):
     treatment = None
     if config.mode not in ("grid", "tune", "similarity"):
         treatment = transfer.parse_treatment(config.mode, config.n)  # validated above
+    if config.mode == "grid":
+        _run_grid(config)
+        return
     try:
         strategy = distribute.make_strategy(config.distribute)
         dataset = sources.resolve_dataset(config)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # incl. a full disk
         _fail(e)
     try:
-        if config.mode == "grid":
-            from kt_transfer.runs import local_workers
-
-            codes = local_workers.run_grid_on_this_machine(config, dataset, strategy, sys.argv)
-            if any(codes):
-                sys.exit(f"error: grid worker exit codes {codes}")
-            return
         if config.mode == "tune":
             tune.run_sweep(config, dataset, strategy=strategy)
             return
@@ -116,6 +112,20 @@ def main(argv):
     print(summary.summary(config, dataset, treatment, metrics, out))
     if metrics["status"] != "finished":
         sys.exit(1)
+
+
+def _run_grid(config):
+    """--mode=grid: this process schedules, its workers (or Ray's) train. The workdir's
+    grid lock comes first, so a second grid on the same workdir is refused at once."""
+    from kt_transfer.data import sources
+    from kt_transfer.runs import grid
+
+    try:
+        with grid.grid_lock(config.workdir):
+            dataset = sources.resolve_dataset(config)
+            grid.run_grid(config, dataset)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:  # incl. GridIncompleteError
+        _fail(e)
 
 
 def _fail(error):

@@ -7,6 +7,7 @@ Only the config is read here (and whether paths exist): no model is built, no Te
 op runs.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -353,9 +354,20 @@ def _check_grid(check, gc):
                 "(empty: the config's split)",
                 got=split,
             )
-    check.number("grid.claim_timeout_s", low=0, low_open=True)
-    check.number("grid.workers_per_machine", low=0, integer=True)
-    check.number("grid.cores_per_worker", low=1, integer=True)
+    check.one_of("grid.executor", ("local", "ray"))
+    if gc.executor == "ray" and importlib.util.find_spec("ray") is None:
+        check.fail(
+            "grid.executor", 'Ray is not installed: pip install "kt_transfer[ray]", or use local'
+        )
+    check.number("grid.cpus_per_cell", low=0, low_open=True)
+    check.number("grid.gpus_per_cell", low=0)
+    check.number("grid.retries", low=0, integer=True)
+    check.number("grid.pack_size", low=1, integer=True)
+    if not isinstance(gc.ray_address, str):
+        check.fail(
+            "grid.ray_address",
+            "give a Ray address, e.g. '10.0.0.1:6379' (empty: $RAY_ADDRESS, else a local Ray)",
+        )
     check.boolean("grid.paper_overlay")
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
         check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")

@@ -1,44 +1,41 @@
 """The whole experiment, replicated: for every split of `grid.splits` both bases, then
 for every n, split and direction of `grid.directions` every treatment.
 
-    python -m kt_transfer.main --mode=grid            # start as many of these as you like
+    python -m kt_transfer.main --mode=grid
 
 The random splits and the two directions are the paper's replicates: its Figure 2 pools
 AnB with BnA and BnB with AnA over its four random splits. Each split's runs live in its
 own experiment directory; the pooled table, figure and findings.md are written to
 <workdir>/<dataset>/grid-<experiment id>/ (replicates.py, figures.py, findings.py).
 
-Any number of worker processes, on one machine or on several sharing the workdir's
-filesystem, work the same grid: each cell is claimed exclusively before it is trained
-(claims.py), so no cell is trained by two workers. A claim is kept fresh by a heartbeat;
-one not refreshed for `grid.claim_timeout_s` (its worker died, its machine was lost), or
-left by a dead process on this same machine, is taken over, and the cell resumes from its
-last backup; a worker whose claim was taken over stops that cell. Finished cells are
-skipped, so running the command again after a kill finishes the grid.
-
-A worker claims up to `grid.pack_size` transfer cells of one split and target half at once
-and trains them as a pack (training/packing.py): one step, one input stream, each cell
-still its own run.
-
-A cell that cannot run (its base failed or could not run, an error before training) is
-recorded in the claims directory, so every worker stops waiting for it and for the cells
-that need it. A new grid process tries such cells again. The grid ends with a summary of
-what finished, what failed and why, writes the results table and the paper's figure
-beside the runs, and raises (the CLI exits non-zero) unless every cell finished.
+This module is the grid's one scheduler. It runs in one process, which holds the
+workdir's grid lock (a second grid on the same workdir is refused), decides which cells
+are ready (a transfer cell waits for its base), groups transfer cells of a split and
+target half into packs of up to `grid.pack_size` (training/packing.py: one step, one input
+stream, each cell still its own run), and hands them to an executor (executors.py): a
+pool of persistent local worker processes, or Ray tasks across machines. Finished cells are
+never trained again, so running the command again after a kill finishes the grid; a cell
+killed in training resumes from its last backup. A cell whose base failed or could not run
+cannot run either. The grid ends with a summary of what finished, what failed and why,
+writes the results table and the paper's figure beside the runs, and raises (the CLI exits
+non-zero) unless every cell finished.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import os
+import socket
+import sys
 import time
 
 from kt_transfer import atomic
 from kt_transfer.analysis import replicates, results
 from kt_transfer.data import splits
 from kt_transfer.networks import transfer
-from kt_transfer.runs import claims, experiment
-from kt_transfer.training import distribute
+from kt_transfer.runs import executors, experiment
 
-CLAIMS_DIR = ".claims"
+LOCK_FILE = ".grid.lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,23 +99,38 @@ def _treatments(grid_config, split):
 
 
 class Progress:
-    """Done / running / left over the grid's cells, and an estimate of the time left."""
+    """The grid's progress bar: done / running / failed / left, and the time to go from
+    measured cell times (a resumed grid starts from its finished cells' stored times).
 
-    def __init__(self, total):
-        self.total = total
-        self.durations = []
+    On a terminal the bar is redrawn in place; in a log (a batch job's output) it is a
+    line whenever the counts change."""
 
-    def line(self, done, running, workers):
-        left = self.total - done - len(running)
-        text = f"grid: {done}/{self.total} done, {len(running)} running"
-        if running:
-            text += f" ({', '.join(sorted(running))})"
-        text += f", {left} left"
-        if self.durations and done < self.total:
+    WIDTH = 24
+
+    def __init__(self, total, slots, durations=(), stream=None):
+        self.total, self.slots = total, max(slots, 1)
+        self.durations = list(durations)  # seconds per cell
+        self.stream = stream or sys.stdout
+        self._last = None
+
+    def line(self, done, running, failed):
+        left = self.total - done - running - failed
+        filled = round(self.WIDTH * (done + failed) / max(self.total, 1))
+        text = (
+            f"grid [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total} done, "
+            f"{running} running, {failed} failed, {left} left"
+        )
+        if self.durations and (left or running):
             mean = sum(self.durations) / len(self.durations)
-            remaining = mean * (left + len(running) / 2) / max(workers, 1)
-            text += f"; about {_format_duration(remaining)} to go"
+            to_go = mean * (left + running / 2) / self.slots
+            text += f"; about {_format_duration(to_go)} to go"
         return text
+
+    def show(self, done, running, failed, log):
+        text = self.line(done, running, failed)
+        if text != self._last:  # with the clock time: a resumed grid's log gives its total
+            log(f"{text} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
+            self._last = text
 
 
 def _format_duration(seconds):
@@ -128,96 +140,76 @@ def _format_duration(seconds):
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def run_grid(config, dataset, log=print, strategy=None, poll_s=None, train_cells=True, since=None):
-    """Works the grid until every cell is finished, failed or could not run.
+class GridBusyError(RuntimeError):
+    """Another grid process holds the workdir's lock."""
 
-    Cells whose base is not finished yet wait; meanwhile this worker takes other cells.
+
+@contextlib.contextmanager
+def grid_lock(workdir):
+    """The workdir's grid lock, held while a grid runs: a second grid process on the same
+    workdir is refused at once rather than left to race the first. The OS releases it when
+    the process ends, however it ends, so a killed grid leaves no stale lock."""
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, LOCK_FILE), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise GridBusyError(
+            f"another --mode=grid is running on --workdir={workdir} ({holder}); wait for it "
+            "to end, or stop it and run this command again (it resumes), or give another "
+            "--workdir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(
+        f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
+    """Trains every cell of the grid that is not finished, then reports.
 
     Args:
-      train_cells: False: only summarize and report (after local worker processes).
-      since: errors recorded from this time on count (default: this call's start).
+      executor: where the units run (executors.py); default: `grid.executor`'s, closed at
+        the end.
+      poll_s: how often a cell another process holds is looked at again.
 
     Returns:
       The paths of the report's files (results.write_report).
     Raises:
       GridIncompleteError: after the summary, tables, figure and findings, if a cell did
         not finish.
+      atomic.DiskFullError: the disk is full (every other cell would fail the same way).
     """
     split_names = grid_splits(config)
     datasets = {name: dataset.with_split(name) for name in split_names}
     grid_cells = cells(config.grid, split_names)
-    claims_dirs = {
-        name: os.path.join(experiment.experiment_dir(config, datasets[name]), CLAIMS_DIR)
-        for name in split_names
-    }
-    for path in claims_dirs.values():
-        os.makedirs(path, exist_ok=True)
-    timeout_s = config.grid.claim_timeout_s
-    poll_s = poll_s or min(10.0, timeout_s / 2)
-    progress = Progress(len(grid_cells))
-    started_grid, started_at = time.monotonic(), since or time.time()
-    last_line = None
-    while train_cells:
-        status = _status(config, datasets, grid_cells)
-        errors = _errors(claims_dirs, started_at)
-        done = sum(m is not None for m in status.values())
-        pending = [c for c in grid_cells if status[c.name] is None and c.name not in errors]
-        running = _held(claims_dirs, timeout_s) & {c.name for c in pending}
-        line = progress.line(done, running, workers=max(len(running), 1))
-        if line != last_line:  # with the clock time: a resumed grid's log gives its total
-            log(f"{line} ({time.strftime('%Y-%m-%d %H:%M:%S')})")
-            last_line = line
-        if not pending:
-            break
-        cell, claim = _claim_next(pending, status, errors, config, datasets, claims_dirs, timeout_s)
-        if cell is None:  # others hold the rest, or it waits for a base someone trains
-            time.sleep(poll_s)
-            continue
-        pack = [(cell, claim)] + _claim_pack_mates(
-            cell, pending, status, errors, config, datasets, claims_dirs, timeout_s, strategy
+    status = _status(config, datasets, grid_cells)
+    stored = [m.get("seconds", 0.0) for m in status.values() if m is not None]
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(executors.make_executor(config, log))
+        log(
+            f"grid: {len(grid_cells)} cells, {len(stored)} finished earlier; on {executor.describe}"
         )
-        finished = set()
-        started = time.time()
-        try:
-            results = experiment.run_pack(
-                config,
-                datasets[cell.split],
-                [c.treatment for c, _ in pack],
-                log=log,
-                strategy=strategy,
-                guards=[claims.ClaimGuard(c) for _, c in pack],
-            )
-            for (member, _), (metrics, _) in zip(pack, results):
-                finished.add(member.name)
-                progress.durations.append((time.time() - started) / len(pack))
-                log(
-                    f"grid: {member.name} {metrics['status']}"
-                    + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else "")
-                )
-        except experiment.RunBusyError:  # another worker is still training it: wait
-            log(f"grid: {cell.name} is being trained by another worker; waiting")
-            time.sleep(poll_s)
-        except claims.ClaimLostError as e:
-            log(f"grid: {e}")
-        except atomic.DiskFullError:
-            raise  # every other cell would fail the same way: stop, rerun when there is room
-        except (RuntimeError, ValueError) as e:  # keep working the other cells
-            for member, _ in pack:
-                _record_error(claims_dirs[member.split], member.treatment.run_name, str(e))
-                log(f"grid: {member.name} could not run: {e}")
-        finally:
-            for member, member_claim in pack:
-                member_claim.release(finished=member.name in finished)
-            _free_memory()
-    if not train_cells:
-        status = _status(config, datasets, grid_cells)
-        errors = _errors(claims_dirs, started_at)
+        schedule = _Schedule(config, dataset, grid_cells, status, executor, log)
+        schedule.progress = Progress(len(grid_cells), executor.capacity, stored)
+        schedule.run(poll_s)
     log(
-        f"grid: this worker ran {len(progress.durations)} cell(s) in "
-        f"{_format_duration(time.monotonic() - started_grid)}; the grid's cells trained "
-        f"for {_format_duration(_training_seconds(status))} in all"
+        f"grid: {schedule.trained} cell(s) trained in "
+        f"{_format_duration(time.monotonic() - started)}; the grid's cells trained for "
+        f"{_format_duration(_training_seconds(status))} in all"
     )
-    summary, incomplete = _summary(grid_cells, status, errors)
+    summary, incomplete = _summary(grid_cells, status, schedule.errors)
     for summary_line in summary:
         log(summary_line)
     written = write_results(config, dataset, log)
@@ -233,43 +225,147 @@ class GridIncompleteError(RuntimeError):
     """The grid ended with cells that failed or could not run."""
 
 
+class _Schedule:
+    """The grid's state while it runs: each cell waits, runs, is finished (its
+    metrics.json) or could not run (`errors`); ready cells go to the executor in packs."""
+
+    def __init__(self, config, dataset, grid_cells, status, executor, log):
+        self.config, self.dataset, self.cells = config, dataset, grid_cells
+        self.status, self.executor, self.log = status, executor, log
+        self.worker_config = _worker_config(config, executor)
+        self.errors = {}  # cell name -> why it could not run
+        self.running = {}  # job -> (cells, start time)
+        self.not_before = {}  # cell name -> when to try a cell another process holds
+        self.trained = 0
+        self.progress = None
+
+    def waiting(self):
+        in_flight = {c.name for unit, _ in self.running.values() for c in unit}
+        return [
+            c
+            for c in self.cells
+            if self.status[c.name] is None and c.name not in self.errors.keys() | in_flight
+        ]
+
+    def run(self, poll_s):
+        while True:
+            while self.executor.has_room():
+                unit = self._next_unit()
+                if not unit:
+                    break
+                job = self.executor.submit(
+                    self.worker_config, self.dataset, unit[0].split, [c.treatment for c in unit]
+                )
+                self.running[job] = (unit, time.monotonic())
+                self.log(f"grid: training {_unit_name(unit)}")
+            self._show_progress()
+            if not self.running:
+                if not self.not_before:
+                    return  # nothing runs and nothing is ready: every cell has ended
+                time.sleep(poll_s)  # only cells that another process holds are left
+                continue
+            for job, result in self.executor.wait(timeout=poll_s):
+                self._record(*self.running.pop(job), result, poll_s)
+
+    def _show_progress(self):
+        done = failed = 0
+        for cell in self.cells:
+            metrics = self.status[cell.name]
+            if cell.name in self.errors or (metrics or {}).get("status", "finished") != "finished":
+                failed += 1
+            elif metrics is not None:
+                done += 1
+        running = sum(len(unit) for unit, _ in self.running.values())
+        self.progress.show(done, running, failed, self.log)
+
+    def _next_unit(self):
+        """The first ready cell and, for a transfer cell, up to `grid.pack_size` - 1 more
+        of its split and target half: a pack. A cell whose base failed or could not run
+        is recorded as unable to run."""
+        now, unit = time.monotonic(), []
+        for cell in self.waiting():
+            if self.not_before.get(cell.name, 0) > now or not self._ready(cell):
+                continue
+            if not unit:
+                unit.append(cell)
+                if cell.treatment.source is None:  # a base has a half of its own
+                    break
+            elif (
+                cell.split == unit[0].split
+                and cell.treatment.source is not None
+                and cell.treatment.target == unit[0].treatment.target
+            ):
+                unit.append(cell)
+            if len(unit) >= max(self.config.grid.pack_size, 1):
+                break
+        for cell in unit:
+            self.not_before.pop(cell.name, None)
+        return unit
+
+    def _ready(self, cell):
+        if not cell.treatment.base_mode:
+            return True
+        base = self.status.get(cell.base_name)
+        reason = None
+        if cell.base_name in self.errors:
+            reason = (
+                f"its base {cell.treatment.base_mode} could not run ({self.errors[cell.base_name]})"
+            )
+        elif base is not None and base.get("status") != "finished":
+            reason = f"its base {cell.treatment.base_mode} failed ({base.get('reason', '')})"
+        if reason:
+            self.errors[cell.name] = reason
+            self.log(f"grid: {cell.name} could not run: {reason}")
+        return base is not None and reason is None
+
+    def _record(self, unit, started, result, poll_s):
+        if isinstance(result, Exception):  # the worker died, retries used up
+            result = {"error": str(result)}
+        if "disk_full" in result:
+            raise atomic.DiskFullError(result["disk_full"])
+        if "busy" in result:  # another process trains one of them: look again later
+            for cell in unit:
+                self.not_before[cell.name] = time.monotonic() + poll_s
+            self.log(f"grid: {_unit_name(unit)} is being trained by another process; waiting")
+            return
+        if "error" in result:
+            for cell in unit:
+                self.errors[cell.name] = result["error"]
+                self.log(f"grid: {cell.name} could not run: {result['error']}")
+            return
+        seconds = (time.monotonic() - started) / len(unit)
+        for cell, metrics in zip(unit, result["metrics"]):
+            self.status[cell.name] = metrics
+            self.trained += 1
+            self.progress.durations.append(seconds)
+            self.log(
+                f"grid: {cell.name} {metrics['status']}"
+                + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else "")
+            )
+
+
+def _unit_name(unit):
+    return f"{unit[0].split}/{'+'.join(c.treatment.run_name for c in unit)}"
+
+
+def _worker_config(config, executor):
+    """The config the workers get: absolute paths (a Ray worker's directory is not this
+    one's), and one line per epoch where several workers share the output."""
+    worker_config = config.copy_and_resolve_references()
+    with worker_config.unlocked():
+        worker_config.workdir = os.path.abspath(config.workdir)
+        if config.dataset.data_dir:
+            worker_config.dataset.data_dir = os.path.abspath(config.dataset.data_dir)
+        if executor.capacity > 1 or isinstance(executor, executors.RayExecutor):
+            worker_config.verbose = 2 if config.verbose else 0
+    return worker_config
+
+
 def _status(config, datasets, grid_cells):
     return {
         c.name: experiment.read_metrics(experiment.run_dir(config, datasets[c.split], c.treatment))
         for c in grid_cells
     }
-
-
-def _held(claims_dirs, timeout_s):
-    """Names (split/run) of the cells some live worker holds."""
-    return {
-        f"{split}/{run}"
-        for split, path in claims_dirs.items()
-        for run in claims.held_cells(path, timeout_s)
-    }
-
-
-def _record_error(claims_dir, cell, reason):
-    atomic.write_json(
-        os.path.join(claims_dir, f"{cell}.error"), {"reason": reason, "time": time.time()}
-    )
-
-
-def _errors(claims_dirs, since):
-    """{split/run: reason} of the cells recorded as unable to run since this worker
-    started.
-
-    Older records are ignored: a new grid process tries those cells again (the fault may
-    have been fixed), and records its own error if it persists.
-    """
-    errors = {}
-    for split, claims_dir in claims_dirs.items():
-        for name in os.listdir(claims_dir):
-            if name.endswith(".error"):
-                record = atomic.read_json(os.path.join(claims_dir, name))  # atomic
-                if record is not None and record["time"] >= since:
-                    errors[f"{split}/{name[: -len('.error')]}"] = record["reason"]
-    return errors
 
 
 def _summary(grid_cells, status, errors):
@@ -294,78 +390,6 @@ def _summary(grid_cells, status, errors):
 def _training_seconds(status):
     """Sum of the cells' recorded training wall times (all workers, all resumed parts)."""
     return sum(m.get("seconds", 0.0) for m in status.values() if m is not None)
-
-
-def _claim_next(pending, status, errors, config, datasets, claims_dirs, timeout_s):
-    """The first pending cell whose base is finished and that no one holds, claimed.
-
-    A cell whose base failed or could not run is recorded as unable to run (so no worker
-    waits for it).
-    """
-    for cell in pending:
-        treatment, claims_dir = cell.treatment, claims_dirs[cell.split]
-        if treatment.base_mode and not experiment.external_base(config, treatment):
-            base = status.get(cell.base_name)
-            reason = None
-            if base is None and cell.base_name in errors:
-                reason = f"its base {treatment.base_mode} could not run ({errors[cell.base_name]})"
-            elif base is not None and base["status"] != "finished":
-                reason = f"its base {treatment.base_mode} failed ({base.get('reason', '')})"
-            if reason:
-                _record_error(claims_dir, treatment.run_name, reason)
-                errors[cell.name] = reason
-                continue
-            if base is None:
-                continue  # its base is still to be trained (a base cell comes first)
-        claim = claims.try_claim(claims_dir, treatment.run_name, timeout_s)
-        if claim is None:
-            continue
-        # Finished by another worker between our listing and our claim?
-        run_dir = experiment.run_dir(config, datasets[cell.split], treatment)
-        if experiment.read_metrics(run_dir) is not None:
-            claim.release(finished=True)
-            continue
-        return cell, claim
-    return None, None
-
-
-def _claim_pack_mates(
-    cell, pending, status, errors, config, datasets, claims_dirs, timeout_s, strategy
-):
-    """More cells to train with `cell` as a pack (training/packing.py), claimed: up to
-    `grid.pack_size` in all, of the same split and target half (so one input stream),
-    in the grid's order. A base trains alone (each base has a half of its own)."""
-    size = config.grid.get("pack_size", 1)
-    strategy = strategy or distribute.current_strategy()
-    if size <= 1 or cell.treatment.source is None or not experiment.can_pack(strategy):
-        return []
-    mates = []
-    for other in pending:
-        if len(mates) + 1 >= size:
-            break
-        if (
-            other is cell
-            or other.split != cell.split
-            or other.treatment.source is None
-            or other.treatment.target != cell.treatment.target
-        ):
-            continue
-        claimed, claim = _claim_next(
-            [other], status, errors, config, datasets, claims_dirs, timeout_s
-        )
-        if claimed is not None:
-            mates.append((claimed, claim))
-    return mates
-
-
-def _free_memory():
-    """Drops the finished cell's graphs and tensors before the next cell builds its own."""
-    import gc
-
-    import keras
-
-    keras.backend.clear_session()
-    gc.collect()
 
 
 def report_dir(config, dataset):
