@@ -1,7 +1,7 @@
-"""The grid: cells, worker processes sharing one grid, cells that cannot run, and the
-end-of-grid summary."""
+"""The grid: cells, the local executor's faults (a dead worker, a killed grid), cells
+that cannot run, a cell another process holds, and the end-of-grid summary."""
 
-import collections
+import glob
 import json
 import os
 import re
@@ -65,15 +65,15 @@ def test_replicated_cells_cover_every_split_and_direction_once():
     assert all(c.base_name == f"{c.split}/{c.treatment.base_mode}" for c in cells[4:])
 
 
-def _worker(args, log_path):
-    env = subprocess_env(PYTHONUNBUFFERED="1")
-    log = open(log_path, "w")
+def _grid(args, log_path, **env):
+    """`--mode=grid ARGS` in the background, its output (workers' too) in log_path."""
     return subprocess.Popen(
-        [sys.executable, "-m", "kt_transfer.main", *args],
-        env=env,
-        stdout=log,
+        [sys.executable, "-m", "kt_transfer.main", "--mode=grid", *args],
+        env=subprocess_env(PYTHONUNBUFFERED="1", **env),
+        stdout=open(log_path, "w"),
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -81,65 +81,88 @@ def _wait_for(path, pattern, proc, timeout_s=300):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         text = open(path).read()
-        if re.search(pattern, text):
-            return text
+        match = re.search(pattern, text)
+        if match:
+            return match
         assert proc.poll() is None, text[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"{pattern!r} not seen in {path}")
 
 
+def _wait_for_backup(run_dir, timeout_s=120):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if glob.glob(os.path.join(run_dir, "checkpoints", "backup-*", "state.json")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no backup in {run_dir}")
+
+
+def _worker_pid(grid_pid):
+    """The local executor's worker: the grid process's child that runs spawn_main (not
+    multiprocessing's resource tracker)."""
+    for child in open(f"/proc/{grid_pid}/task/{grid_pid}/children").read().split():
+        if "resource_tracker" not in open(f"/proc/{child}/cmdline").read():
+            return int(child)
+    raise AssertionError("the grid has no worker process")
+
+
+TRAINING = r"(?m)^(?:\[worker \S+\] )?Training ([AB]1B\+?) on half .* -> (\S+/(random\d)/\w+/\S+)$"
+# Long enough to kill a transfer cell in the middle: 60 steps, a backup every 5.
+KILLABLE = [
+    "--config.train.total_steps=60",
+    "--config.train.steps_per_epoch=20",
+    "--config.train.backup_every_steps=5",
+]
+
+
 @pytest.mark.slow
-def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resumes(
+def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_rest(
     tmp_path, data_cache
 ):
+    """The local executor's two faults on the grid of two splits: its worker process
+    killed in the middle of a cell (run again in a fresh worker, from the backup, in the
+    same grid), then the grid process itself killed (the next command resumes it)."""
     args = [
         f"--config={TINY}",
-        "--mode=grid",
         "--config.grid.ns=(1,)",
         "--config.grid.splits=('random0', 'random1')",
         "--config.grid.treatments=('AnB', 'BnB', 'AnB+')",
         f"--workdir={tmp_path / 'wd'}",
         f"--config.dataset.data_dir={data_cache}",
-        "--config.grid.claim_timeout_s=30",
+        *KILLABLE,
     ]
-    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log", tmp_path / "worker0b.log"]
-    first = _worker(args, logs[0])
-    second = _worker(args, logs[1])
-    # Kill the first worker in the middle of a transfer cell (after the bases).
-    training = r"(?m)^Training ([AB]1B\+?) on half .* -> \S+/(random\d)/\w+/\S+$"
-    _wait_for(logs[0], training, first)
-    first.send_signal(signal.SIGKILL)
+    logs = [tmp_path / "grid0.log", tmp_path / "grid1.log"]
+    first = _grid(args, logs[0])
+    # 1. The worker dies in the middle of the first transfer pack.
+    match = _wait_for(logs[0], TRAINING, first)
+    _wait_for_backup(match.group(2))
+    os.kill(_worker_pid(first.pid), signal.SIGKILL)
+    _wait_for(logs[0], r"grid: worker 1 died training random\d/\S+; running it again", first)
+    _wait_for(logs[0], r"Resuming from the backup at step [1-9]\d* of 60", first)
+    # 2. The grid process is killed in the middle of the next split's pack.
+    second_split = "random1" if match.group(3) == "random0" else "random0"
+    match = _wait_for(logs[0], TRAINING.replace(r"(random\d)", f"({second_split})"), first)
+    _wait_for_backup(match.group(2))
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    restarted = _worker(args, logs[2])
-    for proc, log in ((second, logs[1]), (restarted, logs[2])):
-        assert proc.wait(timeout=600) == 0, open(log).read()[-3000:]
+    text0 = open(logs[0]).read()
+    finished_first = set(re.findall(r"^grid: (\S+) finished", text0, re.M))
+    resumed = _grid(args, logs[1])
+    assert resumed.wait(timeout=600) == 0, open(logs[1]).read()[-3000:]
+    text1 = open(logs[1]).read()
 
-    outputs = [open(p).read() for p in logs]
-    trained = collections.Counter(
-        f"{split}/{name}"
-        for out in outputs
-        for name, split in re.findall(
-            r"^Training (\S+) on half .* -> \S+/(random\d)/\w+/\S+$", out, re.M
-        )
-    )
     config = config_files.load("tiny").grid
     config.ns, config.treatments = (1,), ("AnB", "BnB", "AnB+")
     cells = [c.name for c in grid.cells(config, ("random0", "random1"))]
-    assert len(cells) == 4 + 2 * 3 and set(trained) == set(cells)
-    # Every cell trained once; those the killed worker was training (a pack trains
-    # several) twice: killed, then resumed to their end by another worker.
-    started_by_killed = {
-        f"{split}/{name}"
-        for name, split in re.findall(
-            r"^Training (\S+) on half .* -> \S+/(random\d)/\w+/\S+$", outputs[0], re.M
-        )
-    }
-    killed = started_by_killed - set(re.findall(r"^grid: (\S+) finished", outputs[0], re.M))
-    assert killed and all("/" in c and "base" not in c for c in killed)
-    assert trained == collections.Counter(cells) + collections.Counter(killed)
-    for cell in killed:
-        assert any(re.search(rf"grid: {re.escape(cell)} finished", o) for o in outputs[1:])
-    assert "grid: 10/10 done" in outputs[1] + outputs[2]
+    assert len(cells) == 10
+    assert f"grid: 10 cells, {len(finished_first)} finished earlier" in text1
+    # Nothing finished was trained again; every other cell finished in the second grid.
+    finished_second = set(re.findall(r"^grid: (\S+) finished", text1, re.M))
+    assert finished_first.isdisjoint(finished_second)
+    assert finished_first | finished_second == set(cells)
+    assert "Resuming from the backup" in text1  # the killed pack went on from its backups
+    assert "grid [########################] 10/10 done, 0 running, 0 failed, 0 left" in text1
     report = [
         os.path.join(root, d)
         for root, dirs, _ in os.walk(tmp_path / "wd")
@@ -153,22 +176,16 @@ def test_two_workers_run_every_cell_of_two_splits_once_and_a_killed_worker_resum
         assert os.path.exists(os.path.join(report[0], name)), name
     summary = open(os.path.join(report[0], "replicates.csv")).read()
     assert "\nAnB,1,2," in summary and "\nbase,0,2," in summary  # one network per split
-    exp_dir = os.path.join(
-        os.path.dirname(report[0]), "random0", os.path.basename(report[0])[len("grid-") :]
-    )
-    assert not [n for n in os.listdir(os.path.join(exp_dir, grid.CLAIMS_DIR))]
     # Each cell records its training wall time; the grid reports their sum at the end.
-    seconds = [
-        json.load(open(os.path.join(exp_dir, c.split("/")[1], "metrics.json")))["seconds"]
-        for c in cells
-        if c.startswith("random0/")
+    metrics = [
+        json.load(open(path))
+        for path in glob.glob(
+            str(tmp_path / "wd" / "embedded" / "random*" / "*" / "*" / "metrics.json")
+        )
     ]
-    assert all(s > 0 for s in seconds)
-    assert re.search(
-        r"grid: this worker ran \d+ cell\(s\) in .*; the grid's cells trained "
-        r"for .* in all",
-        outputs[1] + outputs[2],
-    )
+    assert len(metrics) == 10 and all(m["seconds"] > 0 for m in metrics)
+    assert sum(m["resumed_from_step"] > 0 for m in metrics) >= 2  # one pack per kill
+    assert re.search(r"grid: \d+ cell\(s\) trained in .*; the grid's cells trained for", text1)
 
 
 CANNOT_RUN = r"""
@@ -222,19 +239,17 @@ def test_a_cell_busy_in_another_process_is_waited_for_not_failed(tmp_path, data_
     config.workdir, config.dataset.data_dir = str(tmp_path / "wd"), data_cache
     args = [
         f"--config={TINY}",
-        "--mode=grid",
         "--config.grid.ns=(1,)",
         "--config.grid.treatments=('AnB', 'BnB')",
         f"--workdir={config.workdir}",
         f"--config.dataset.data_dir={data_cache}",
-        "--config.grid.claim_timeout_s=2",
     ]
     dataset = sources.resolve_dataset(config, log=lambda *_: None)
     base_a = experiment.run_dir(config, dataset, transfer.parse_treatment("baseA"))
     log = tmp_path / "worker.log"
     with experiment.run_lock(base_a):  # "another process" is training baseA
-        worker = _worker(args, log)
-        _wait_for(log, r"grid: random0/baseA is being trained by another worker; waiting", worker)
+        worker = _grid(args, log)
+        _wait_for(log, r"grid: random0/baseA is being trained by another process; waiting", worker)
     assert worker.wait(timeout=300) == 0, open(log).read()[-3000:]
     text = open(log).read()
     assert "grid: summary: 4 of 4 cells finished" in text
