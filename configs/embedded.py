@@ -128,10 +128,11 @@ def get_config():
     config.grid.directions = ("AtoB", "BtoA")
     # Where the cells train (runs/executors.py; docs/distributed.md): "local", a pool of
     # persistent worker processes on this machine, one per cpus_per_cell cores (on the
-    # 2-core machine one worker on both cores did 46.2 cells/hour, two one-core workers
-    # 38.6); or "ray", Ray tasks on the cluster at ray_address (or $RAY_ADDRESS; empty and
-    # unset: a Ray instance on this machine), each asking Ray for cpus_per_cell CPUs and
-    # gpus_per_cell GPUs. A unit whose worker or node dies runs again this many times.
+    # 2-core machine one worker on both cores was not slower than two one-core workers:
+    # docs/performance.md); or "ray", Ray tasks on the cluster at ray_address (else
+    # $RAY_ADDRESS; "auto": the cluster this machine is in; neither: a Ray instance on this
+    # machine), each asking Ray for cpus_per_cell CPUs and gpus_per_cell GPUs. A cell whose
+    # worker or node dies runs again, from its backup, up to `retries` times.
     config.grid.executor = "local"
     config.grid.ray_address = ""
     config.grid.cpus_per_cell = 2

@@ -264,3 +264,18 @@ def test_a_grid_over_other_splits_reports_apart_from_the_random_grid(tiny_config
     assert re.fullmatch(r"grid-[0-9a-f]{8}", random_only)
     tiny_config.grid.splits = ("random0", "natman", "all")
     assert os.path.basename(grid.report_dir(tiny_config, dataset)) == random_only + "-all-natman"
+
+
+def test_the_progress_bar_counts_every_state_and_estimates_from_cell_times():
+    # A resumed grid: two cells finished earlier in 60 s each, on two workers.
+    progress = grid.Progress(total=10, slots=2, durations=[60.0, 60.0])
+    line = progress.line(done=4, running=2, failed=1)
+    assert line.startswith("grid [" + "#" * 12 + "." * 12 + "] 4/10 done, 2 running, ")
+    # left 3 and half of the 2 running, 60 s each, over 2 workers: 120 s.
+    assert line.endswith("1 failed, 3 left; about 2 min to go")
+    assert "to go" not in grid.Progress(total=3, slots=1).line(done=0, running=1, failed=0)
+    shown = []
+    progress.show(4, 2, 1, shown.append)
+    progress.show(4, 2, 1, shown.append)  # unchanged: not shown again
+    progress.show(5, 1, 1, shown.append)
+    assert len(shown) == 2 and "5/10 done" in shown[1]

@@ -84,11 +84,12 @@ def make_executor(config, log=print):
         return RayExecutor(config.grid, log)
     from kt_transfer.training import distribute
 
-    if distribute.has_gpus():  # one worker, mirrored over every GPU (docs/distributed.md)
+    workers = local_worker_count(config.grid.cpus_per_cell)
+    if distribute.has_gpus() or workers == 1:
+        # One worker with the whole machine (mirrored over every GPU there is): nothing to
+        # pin, TensorFlow sizes its thread pools from the machine.
         return LocalExecutor([None], config.grid.retries, log)
-    return LocalExecutor(
-        cpu_shares(local_worker_count(config.grid.cpus_per_cell)), config.grid.retries, log
-    )
+    return LocalExecutor(cpu_shares(workers), config.grid.retries, log)
 
 
 class WorkerLostError(RuntimeError):
@@ -105,8 +106,10 @@ def available_cpus():
 
 def local_worker_count(cpus_per_cell, cpus=None):
     """Worker processes on this machine: one per `cpus_per_cell` cores, at least one.
-    On the 2-core machine one worker on both cores beat two one-core workers (46.2 against
-    38.6 cells/hour; docs/performance.md), hence the default of 2."""
+    A CPU-scale cell is a small network that spreads over many cores poorly, so several
+    pinned workers can beat one on a big machine; on the 2-core machine one worker on
+    both cores was not slower than two one-core workers (docs/performance.md), hence the
+    default of 2."""
     cpus = len(cpus if cpus is not None else available_cpus())
     return max(1, cpus // max(int(cpus_per_cell), 1))
 

@@ -174,14 +174,12 @@ def load_network(path):
     return keras.saving.load_model(model_path, safe_mode=True, compile=False)
 
 
-def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=None):
+def run_treatment(config, dataset, treatment, log=print, strategy=None):
     """Trains and evaluates one treatment (its base first, if missing).
 
     Args:
       strategy: tf.distribute strategy (or on JAX a distribute.KerasDistribution) to build
         and train under (default: the current).
-      guard: a Keras callback added to this treatment's training (the grid's claim
-        check, which stops a cell whose claim another worker took over).
 
     Returns:
       (metrics dict, run directory). A finished (or failed) run is not trained again.
@@ -209,7 +207,7 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
             [metrics] = _train_runs(
                 config,
                 dataset,
-                [_Run(treatment, base, scratch, guard, run_path=out)],
+                [_Run(treatment, base, scratch, run_path=out)],
                 log,
                 strategy,
                 stopwatch,
@@ -219,7 +217,7 @@ def run_treatment(config, dataset, treatment, log=print, strategy=None, guard=No
         distribute.barrier(strategy)  # the chief has written the run: e.g. a base to copy
         return metrics, out
     [(metrics, out)] = _run_locked(
-        config, dataset, [_Run(treatment, base, out, guard)], log, strategy, stopwatch
+        config, dataset, [_Run(treatment, base, out)], log, strategy, stopwatch
     )
     distribute.barrier(strategy)  # the other workers wait here for what was written
     return metrics, out
@@ -236,13 +234,10 @@ def can_pack(strategy):
     )
 
 
-def run_pack(config, dataset, treatments, log=print, strategy=None, guards=None):
+def run_pack(config, dataset, treatments, log=print, strategy=None):
     """Trains treatments that read the same target half as one pack (training/packing.py):
     one input stream, one step for all; each keeps its own run directory, backups, logs
     and metrics. Bases are trained first where missing; finished runs are skipped.
-
-    Args:
-      guards: a Keras callback (or None) for each treatment (see run_treatment).
 
     Returns:
       [(metrics dict, run directory)] in the order of `treatments`.
@@ -250,27 +245,24 @@ def run_pack(config, dataset, treatments, log=print, strategy=None, guards=None)
       ValueError: the treatments read different target halves.
       RunBusyError: another process holds one of the run directories.
     """
-    guards = list(guards or [None] * len(treatments))
     strategy = strategy or distribute.current_strategy()
     if len({t.target for t in treatments}) > 1:
         raise ValueError(
             "a pack's networks read one target half: " + ", ".join(t.run_name for t in treatments)
         )
     stored = {t: read_metrics(run_dir(config, dataset, t)) for t in treatments}
-    todo = [(t, g) for t, g in zip(treatments, guards) if stored[t] is None]
+    todo = [t for t in treatments if stored[t] is None]
     if len(todo) < 2 or not can_pack(strategy):
-        return [
-            run_treatment(config, dataset, t, log, strategy, g) for t, g in zip(treatments, guards)
-        ]
+        return [run_treatment(config, dataset, t, log, strategy) for t in treatments]
     stopwatch, bases = timing.Stopwatch(), {}
     runs = []
-    for treatment, guard in todo:
+    for treatment in todo:
         if treatment.base_mode not in bases:
             bases[treatment.base_mode] = _base_of(
                 config, dataset, treatment, log, strategy, stopwatch
             )
         out = run_dir(config, dataset, treatment)
-        runs.append(_Run(treatment, bases[treatment.base_mode], out, guard))
+        runs.append(_Run(treatment, bases[treatment.base_mode], out))
     trained = dict(
         zip(
             [r.treatment for r in runs],
@@ -281,11 +273,11 @@ def run_pack(config, dataset, treatments, log=print, strategy=None, guards=None)
 
 
 class _Run:
-    """A treatment to train, its base (or None), where it is written (`out`), its guard,
-    and its own run directory when `out` is a non-chief worker's scratch copy."""
+    """A treatment to train, its base (or None), where it is written (`out`), and its own
+    run directory when `out` is a non-chief worker's scratch copy."""
 
-    def __init__(self, treatment, base, out, guard=None, run_path=None):
-        self.treatment, self.base, self.out, self.guard = treatment, base, out, guard
+    def __init__(self, treatment, base, out, run_path=None):
+        self.treatment, self.base, self.out = treatment, base, out
         self.run_path = run_path or out
 
 
@@ -371,11 +363,7 @@ def _train_and_store(config, dataset, runs, log, strategy, stopwatch, bad_files)
             train.Member(
                 model,
                 r.out,
-                (
-                    logger,
-                    train.BadFileReport(bad_files, r.out, log),
-                    *([r.guard] if r.guard else []),
-                ),
+                (logger, train.BadFileReport(bad_files, r.out, log)),
                 restore_dir=r.run_path,
                 counter=counter,
             )
