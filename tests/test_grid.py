@@ -107,12 +107,16 @@ def _worker_pid(grid_pid):
     raise AssertionError("the grid has no worker process")
 
 
-TRAINING = r"(?m)^(?:\[worker \S+\] )?Training ([AB]1B\+?) on half .* -> (\S+/(random\d)/\w+/\S+)$"
-# Long enough to kill a transfer cell in the middle: 60 steps, a backup every 5.
+def _training(n):
+    """A transfer cell at n starting to train; group 1: its run directory."""
+    return rf"(?m)^Training [AB]{n}B on half .* -> (\S+/random0/\w+/[AB]{n}B)$"
+
+
+# Long enough to kill a transfer cell in the middle: 40 steps, a backup every 4.
 KILLABLE = [
-    "--config.train.total_steps=60",
+    "--config.train.total_steps=40",
     "--config.train.steps_per_epoch=20",
-    "--config.train.backup_every_steps=5",
+    "--config.train.backup_every_steps=4",
 ]
 
 
@@ -120,30 +124,27 @@ KILLABLE = [
 def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_rest(
     tmp_path, data_cache
 ):
-    """The local executor's two faults on the grid of two splits: its worker process
-    killed in the middle of a cell (run again in a fresh worker, from the backup, in the
-    same grid), then the grid process itself killed (the next command resumes it)."""
+    """The local executor's two faults: its worker process killed in the middle of a
+    pack (run again in a fresh worker, from the backups, in the same grid), then the grid
+    process itself killed in the middle of the next pack (the next command resumes it)."""
     args = [
         f"--config={TINY}",
-        "--config.grid.ns=(1,)",
-        "--config.grid.splits=('random0', 'random1')",
-        "--config.grid.treatments=('AnB', 'BnB', 'AnB+')",
+        "--config.grid.ns=(1, 2)",
+        "--config.grid.treatments=('AnB', 'BnB')",
+        "--config.grid.pack_size=2",  # packs A1B+B1B, then A2B+B2B
         f"--workdir={tmp_path / 'wd'}",
         f"--config.dataset.data_dir={data_cache}",
         *KILLABLE,
     ]
     logs = [tmp_path / "grid0.log", tmp_path / "grid1.log"]
     first = _grid(args, logs[0])
-    # 1. The worker dies in the middle of the first transfer pack.
-    match = _wait_for(logs[0], TRAINING, first)
-    _wait_for_backup(match.group(2))
+    # 1. The worker dies in the middle of the first pack.
+    _wait_for_backup(_wait_for(logs[0], _training(1), first).group(1))
     os.kill(_worker_pid(first.pid), signal.SIGKILL)
-    _wait_for(logs[0], r"grid: worker 1 died training random\d/\S+; running it again", first)
-    _wait_for(logs[0], r"Resuming from the backup at step [1-9]\d* of 60", first)
-    # 2. The grid process is killed in the middle of the next split's pack.
-    second_split = "random1" if match.group(3) == "random0" else "random0"
-    match = _wait_for(logs[0], TRAINING.replace(r"(random\d)", f"({second_split})"), first)
-    _wait_for_backup(match.group(2))
+    _wait_for(logs[0], r"grid: worker 1 died training random0/A1B\+B1B; running it again", first)
+    _wait_for(logs[0], r"Resuming from the backup at step [1-9]\d* of 40", first)
+    # 2. The grid process is killed in the middle of the second pack.
+    _wait_for_backup(_wait_for(logs[0], _training(2), first).group(1))
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     text0 = open(logs[0]).read()
@@ -153,16 +154,16 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
     text1 = open(logs[1]).read()
 
     config = config_files.load("tiny").grid
-    config.ns, config.treatments = (1,), ("AnB", "BnB", "AnB+")
-    cells = [c.name for c in grid.cells(config, ("random0", "random1"))]
-    assert len(cells) == 10
-    assert f"grid: 10 cells, {len(finished_first)} finished earlier" in text1
+    config.ns, config.treatments = (1, 2), ("AnB", "BnB")
+    cells = [c.name for c in grid.cells(config)]
+    assert len(cells) == 6 and {"random0/A1B", "random0/B1B"} <= finished_first
+    assert f"grid: 6 cells, {len(finished_first)} finished earlier" in text1
     # Nothing finished was trained again; every other cell finished in the second grid.
     finished_second = set(re.findall(r"^grid: (\S+) finished", text1, re.M))
     assert finished_first.isdisjoint(finished_second)
     assert finished_first | finished_second == set(cells)
     assert "Resuming from the backup" in text1  # the killed pack went on from its backups
-    assert "grid [########################] 10/10 done, 0 running, 0 failed, 0 left" in text1
+    assert "grid [########################] 6/6 done, 0 running, 0 failed, 0 left" in text1
     report = [
         os.path.join(root, d)
         for root, dirs, _ in os.walk(tmp_path / "wd")
@@ -171,11 +172,11 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
     ]
     assert len(report) == 1
     table = open(os.path.join(report[0], "results.csv")).read().splitlines()
-    assert len(table) == 1 + 10 and all(",finished," in row for row in table[1:])
+    assert len(table) == 1 + 6 and all(",finished," in row for row in table[1:])
     for name in ("results.png", "replicates.md", "findings.md"):
         assert os.path.exists(os.path.join(report[0], name)), name
     summary = open(os.path.join(report[0], "replicates.csv")).read()
-    assert "\nAnB,1,2," in summary and "\nbase,0,2," in summary  # one network per split
+    assert "\nAnB,2,1," in summary and "\nbase,0,1," in summary  # one network each
     # Each cell records its training wall time; the grid reports their sum at the end.
     metrics = [
         json.load(open(path))
@@ -183,8 +184,8 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
             str(tmp_path / "wd" / "embedded" / "random*" / "*" / "*" / "metrics.json")
         )
     ]
-    assert len(metrics) == 10 and all(m["seconds"] > 0 for m in metrics)
-    assert sum(m["resumed_from_step"] > 0 for m in metrics) >= 2  # one pack per kill
+    assert len(metrics) == 6 and all(m["seconds"] > 0 for m in metrics)
+    assert sum(m["resumed_from_step"] > 0 for m in metrics) >= 2  # a cell of each pack
     assert re.search(r"grid: \d+ cell\(s\) trained in .*; the grid's cells trained for", text1)
 
 

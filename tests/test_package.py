@@ -91,7 +91,7 @@ def documented_commands():
     found = []
     pattern = re.compile(r"(?:python -m kt_transfer\.main|(?<![\w-])kt-transfer)((?: [^\n`|]*)?)")
     for path in files:
-        for line in open(path).read().splitlines():
+        for line in open(path).read().replace("\\\n", " ").splitlines():  # "\\" continues
             for match in pattern.finditer(line):
                 arguments = shlex.split(match.group(1).split(" #")[0])
                 found.append((os.path.relpath(path, REPO), arguments))
