@@ -252,12 +252,16 @@ class RayExecutor:
             ) from None
         self._ray, self.log = ray, log
         address = grid_config.ray_address or os.environ.get("RAY_ADDRESS") or None
-        context = ray.init(
-            address=address,
-            log_to_driver=True,
-            configure_logging=True,
-            logging_level="WARNING",
-        )
+        try:
+            context = ray.init(
+                address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING"
+            )
+        except (ConnectionError, RuntimeError, ValueError) as e:  # no cluster there
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(
+                f"cannot join the Ray cluster at {address} ({first}); start it (ray start "
+                "--head, docs/distributed.md) or fix --config.grid.ray_address / $RAY_ADDRESS"
+            ) from None
         self.cpus, self.gpus = grid_config.cpus_per_cell, grid_config.gpus_per_cell
         self._task = ray.remote(
             num_cpus=self.cpus,
