@@ -26,7 +26,6 @@ import dataclasses
 import fcntl
 import os
 import socket
-import sys
 import time
 
 from kt_transfer import atomic
@@ -107,10 +106,9 @@ class Progress:
 
     WIDTH = 24
 
-    def __init__(self, total, slots, durations=(), stream=None):
+    def __init__(self, total, slots, durations=()):
         self.total, self.slots = total, max(slots, 1)
         self.durations = list(durations)  # seconds per cell
-        self.stream = stream or sys.stdout
         self._last = None
 
     def line(self, done, running, failed):
@@ -201,8 +199,8 @@ def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
         log(
             f"grid: {len(grid_cells)} cells, {len(stored)} finished earlier; on {executor.describe}"
         )
-        schedule = _Schedule(config, dataset, grid_cells, status, executor, log)
-        schedule.progress = Progress(len(grid_cells), executor.capacity, stored)
+        progress = Progress(len(grid_cells), executor.capacity, stored)
+        schedule = _Schedule(config, dataset, grid_cells, status, executor, progress, log)
         schedule.run(poll_s)
     log(
         f"grid: {schedule.trained} cell(s) trained in "
@@ -229,15 +227,15 @@ class _Schedule:
     """The grid's state while it runs: each cell waits, runs, is finished (its
     metrics.json) or could not run (`errors`); ready cells go to the executor in packs."""
 
-    def __init__(self, config, dataset, grid_cells, status, executor, log):
+    def __init__(self, config, dataset, grid_cells, status, executor, progress, log):
         self.config, self.dataset, self.cells = config, dataset, grid_cells
         self.status, self.executor, self.log = status, executor, log
+        self.progress = progress
         self.worker_config = _worker_config(config, executor)
         self.errors = {}  # cell name -> why it could not run
         self.running = {}  # job -> (cells, start time)
         self.not_before = {}  # cell name -> when to try a cell another process holds
         self.trained = 0
-        self.progress = None
 
     def waiting(self):
         in_flight = {c.name for unit, _ in self.running.values() for c in unit}
