@@ -115,12 +115,15 @@ def main(argv):
 
 
 def _run_grid(config):
-    """--mode=grid: this process schedules, its workers (or Ray's) train. The workdir's
-    grid lock comes first, so a second grid on the same workdir is refused at once."""
+    """--mode=grid: this process schedules, its workers (or Ray's) train. A Ray address
+    that does not answer and the workdir's grid lock come first, so a typo or a second
+    grid on the same workdir is refused at once."""
     from kt_transfer.data import sources
-    from kt_transfer.runs import grid
+    from kt_transfer.runs import executors, grid
 
     try:
+        if config.grid.executor == "ray":  # before the data: an address typo fails in seconds
+            executors.check_ray_address(executors.ray_address(config.grid))
         with grid.grid_lock(config.workdir):
             dataset = sources.resolve_dataset(config)
             grid.run_grid(config, dataset)

@@ -3,6 +3,7 @@ neither Ray nor a network, and a second grid process on the same workdir refused
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -118,3 +119,82 @@ def test_the_local_executor_needs_no_ray_and_no_network(tmp_path, data_cache):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on 1 local worker process(es)" in result.stdout
     assert "grid: summary: 3 of 3 cells finished" in result.stdout
+
+
+def _closed_port():
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_ray_address_is_probed_before_ray_is_asked_to_join_it():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        executors.check_ray_address(f"127.0.0.1:{server.getsockname()[1]}")  # answers
+        executors.check_ray_address(f"ray://127.0.0.1:{server.getsockname()[1]}")
+    executors.check_ray_address("auto")  # Ray's own to find
+    executors.check_ray_address(None)
+    port = _closed_port()
+    with pytest.raises(RuntimeError, match=rf"cannot reach the Ray cluster at 127.0.0.1:{port} \("):
+        executors.check_ray_address(f"127.0.0.1:{port}")
+    with pytest.raises(RuntimeError, match="is not HOST:PORT"):
+        executors.check_ray_address("10.0.0.1")
+
+
+def test_a_ray_head_that_never_answers_is_reported_within_the_timeout():
+    # A listening socket with a full backlog drops further SYNs, as a firewalled or
+    # powered-off head does: ray.init would retry for ~14 minutes.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        address = server.getsockname()
+        fillers = []
+        try:
+            for _ in range(4):  # fill the backlog (its size is kernel-dependent)
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(address)
+                fillers.append(filler)
+            time.sleep(0.2)
+            started = time.monotonic()
+            with pytest.raises(RuntimeError, match=r"no answer within 0.5 s"):
+                executors.check_ray_address(f"127.0.0.1:{address[1]}", timeout_s=0.5)
+            assert time.monotonic() - started < 3
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.slow
+def test_a_grid_on_a_ray_address_nobody_answers_at_fails_in_seconds(tmp_path):
+    pytest.importorskip("ray")
+    data_dir = tmp_path / "data"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kt_transfer.main",
+            f"--config={TINY}",
+            "--mode=grid",
+            f"--workdir={tmp_path / 'wd'}",
+            f"--config.dataset.data_dir={data_dir}",
+            "--config.grid.executor=ray",
+            f"--config.grid.ray_address=127.0.0.1:{_closed_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
+    seconds = time.monotonic() - started
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: cannot reach the Ray cluster at 127.0.0.1:")
+    )
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists()  # before the dataset was generated
+    assert seconds < 60, seconds  # not ray.init's ~14 minutes

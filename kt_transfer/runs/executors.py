@@ -21,8 +21,10 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import socket
 
 RAY_INSTALL_HINT = 'pip install "kt_transfer[ray]"'
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 def train_unit(config, dataset, split, treatments, log_prefix=""):
@@ -237,6 +239,40 @@ def _ray_train_unit(config, dataset, split, treatments):
     return train_unit(config, dataset, split, treatments)
 
 
+def ray_address(grid_config):
+    """The Ray cluster the grid joins: grid.ray_address, else $RAY_ADDRESS; None starts a
+    Ray instance on this machine."""
+    return grid_config.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_ray_address(address, timeout_s=RAY_CONNECT_TIMEOUT_S):
+    """Raises RuntimeError (one line) when nothing answers at a HOST:PORT Ray address.
+
+    ray.init keeps retrying an address where nobody answers for about 14 minutes before
+    it gives up; a TCP connect to the same port answers in at most `timeout_s`, so a typo
+    or a head that is down is reported before the grid resolves its data. `auto` (the
+    cluster this machine is part of) and a local instance are Ray's own to find."""
+    if address is None or address in ("auto", "local"):
+        return
+    host_port = address.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise RuntimeError(
+            f"the Ray address {address!r} is not HOST:PORT: give e.g. "
+            "--config.grid.ray_address=10.0.0.1:6379 (or auto, or ray://HOST:10001)"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise RuntimeError(
+            f"cannot reach the Ray cluster at {address} ({reason} within {timeout_s:g} s); "
+            "start it (ray start --head, docs/distributed.md) or fix "
+            "--config.grid.ray_address / $RAY_ADDRESS"
+        ) from None
+
+
 class RayExecutor:
     """Units as Ray tasks. Ray reuses its worker processes from task to task, so
     TensorFlow stays loaded; a task whose worker or node dies is retried by Ray on another
@@ -251,7 +287,8 @@ class RayExecutor:
                 "or use --config.grid.executor=local (this machine only)"
             ) from None
         self._ray, self.log = ray, log
-        address = grid_config.ray_address or os.environ.get("RAY_ADDRESS") or None
+        address = ray_address(grid_config)
+        check_ray_address(address)
         try:
             context = ray.init(
                 address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING"
