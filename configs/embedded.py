@@ -124,8 +124,14 @@ def get_config():
     config.grid = ml_collections.ConfigDict()
     config.grid.treatments = ("BnB", "BnB+", "AnB", "AnB+", "RnB")
     config.grid.ns = (1, 2, 3, 4, 5, 6, 7)
-    config.grid.splits = ("random0", "random1")
+    # The unit of replication is the class partition (a split): the paper's 4 random
+    # halves, each in both directions (directions share a partition and count once).
+    config.grid.splits = ("random0", "random1", "random2", "random3")
     config.grid.directions = ("AtoB", "BtoA")
+    # The restart control B8B+ (A8A+) in every replicate: the base's own 8 layers trained
+    # again with the schedule restarted, which separates "re-initialise the top layers"
+    # (BnB+ - B8B+) from "train longer from a warm restart" (B8B+ - base).
+    config.grid.restart_control = True
     # Where the cells train (runs/executors.py; docs/distributed.md): "local", a pool of
     # persistent worker processes on this machine, one per cpus_per_cell cores (on the
     # 2-core machine one worker on both cores was not slower than two one-core workers:

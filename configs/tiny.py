@@ -26,6 +26,7 @@ def get_config():
     config.train.log_every_steps = 2
     config.grid.splits = ("random0",)  # one replicate; tests widen it where they need to
     config.grid.directions = ("AtoB",)
+    config.grid.restart_control = False
     config.grid.cpus_per_cell = 2  # one local worker on the 2-core machines
     config.verbose = 2
     return config

@@ -369,6 +369,7 @@ def _check_grid(check, gc):
             "give a Ray address, e.g. '10.0.0.1:6379' (empty: $RAY_ADDRESS, else a local Ray)",
         )
     check.boolean("grid.paper_overlay")
+    check.boolean("grid.restart_control")
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
         check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
     if not gc.treatments:

@@ -5,10 +5,11 @@ import json
 import math
 import os
 import random
+import statistics
 
 import pytest
 
-from kt_transfer.analysis import findings, replicates, results
+from kt_transfer.analysis import findings, replicates, results, stats
 
 SPLITS = ("random0", "random1")
 
@@ -60,13 +61,14 @@ def test_mirror_images_are_pooled_each_against_its_own_base_and_missing_ones_nam
     # The failed A2A of random1 is missing, not averaged in.
     assert replicates.missing(records, expected) == [("random1", "BtoA", "BnB", 2)]
     table = {(e["treatment"], e["n"]): e for e in replicates.summarize(records)}
-    assert table[("BnB", 2)]["estimate"].count == 3
-    assert table[("AnB", 1)]["estimate"].count == 4
+    # Intervals are over partitions (splits): the two directions of a split count once.
+    assert (table[("BnB", 2)]["estimate"].count, table[("BnB", 2)]["estimate"].replicates) == (2, 3)
+    assert (table[("AnB", 1)]["estimate"].count, table[("AnB", 1)]["estimate"].replicates) == (2, 4)
     assert table[("AnB", 1)]["estimate"].mean == pytest.approx(0.356)
     # vs_base pairs each network with its own base: AnB -0.199 and BnA -0.199 in each split.
     assert table[("AnB", 1)]["vs_base"].mean == pytest.approx(-0.199)
     assert table[("AnB", 1)]["vs_base"].sd == pytest.approx(0.0, abs=1e-12)
-    assert table[("base", 0)]["estimate"].count == 4
+    assert table[("base", 0)]["estimate"].count == 2
 
 
 def test_the_report_tables_give_mean_sd_count_and_interval(tmp_path):
@@ -83,11 +85,11 @@ def test_the_report_tables_give_mean_sd_count_and_interval(tmp_path):
     summary = open(out / "embedded_random_abcd1234_replicates.csv").read().splitlines()
     assert summary[0] == ",".join(replicates.SUMMARY_COLUMNS)
     row = next(line for line in summary if line.startswith("AnB,1,"))
-    count, mean, sd, low, high = row.split(",")[2:7]
-    assert (count, mean) == ("4", "0.3560")
-    half = 3.182 * float(sd) / 2
-    assert float(low) == pytest.approx(0.356 - half, abs=1e-4)
-    assert float(high) == pytest.approx(0.356 + half, abs=1e-4)
+    partitions, networks, mean, sd, low, high = row.split(",")[2:8]
+    assert (partitions, networks, mean) == ("2", "4", "0.3560")
+    half = 12.706 * float(sd) / math.sqrt(2)  # two partitions: t with 1 df
+    assert float(low) == pytest.approx(0.356 - half, abs=1e-3)  # sd is rounded to 4 places
+    assert float(high) == pytest.approx(0.356 + half, abs=1e-3)
     assert "mean_highest_top1" in open(out / "results.csv").readline()
 
 
@@ -110,7 +112,10 @@ def test_t_interval_matches_the_textbook():
         ([0.10, -0.05, 0.08, -0.02], "positive", "inconclusive"),  # noisy: spans zero
         ([0.05], "positive", "inconclusive"),  # one replicate: no interval
         ([-0.001, 0.002, 0.0, 0.001], "not_below", "shows"),  # at base
-        ([-0.05, -0.06, -0.055, -0.052], "not_below", "does not show"),  # below base
+        ([-0.004, -0.005, -0.003, -0.006], "not_below", "shows"),  # below, inside the margin
+        ([0.03, -0.04, 0.05, -0.03], "not_below", "inconclusive"),  # wide: no evidence
+        ([-0.05, -0.06, -0.055, -0.052], "not_below", "does not show"),  # below the margin
+        ([0.05, 0.06, 0.055, 0.052], "either", "higher"),  # a control: no paper side
     ],
 )
 def test_verdicts(values, sign, verdict):
@@ -132,14 +137,14 @@ def test_convergence_is_judged_on_the_interval_of_the_mean_gain(gains, verdict):
     assert said.startswith(verdict) and estimate.count == len(gains)
 
 
-def _records(effects, noise, replicates_n=4, seed=0):
-    """Networks of `replicates_n` (split, direction) replicates: top-1 = base + effect(n)
-    + noise, for treatments given as {treatment: function of n}."""
+def _records(effects, noise, partitions=4, seed=0, base_top1=0.6):
+    """Networks of `partitions` splits x 2 directions: top-1 = base + effect(n) + noise,
+    for treatments given as {treatment: function of n} ("restart" is drawn at n = 8)."""
     rng = random.Random(seed)
     records = []
-    for rep in range(replicates_n):
+    for rep in range(2 * partitions):
         split, direction = f"random{rep // 2}", ("AtoB", "BtoA")[rep % 2]
-        base = 0.6 + rng.gauss(0, noise)
+        base = base_top1 + rng.gauss(0, noise)
         records.append(
             {
                 "split": split,
@@ -151,7 +156,7 @@ def _records(effects, noise, replicates_n=4, seed=0):
             }
         )
         for treatment, effect in effects.items():
-            for n in range(1, 8):
+            for n in (8,) if treatment == "restart" else range(1, 8):
                 records.append(
                     {
                         "split": split,
@@ -192,9 +197,103 @@ def test_findings_on_grids_whose_answer_is_known():
 
     noisy = {t: f for t, f in paper_like.items()}
     found = {f.key: f for f in findings.evaluate(_records(noisy, 0.2), paper, range(1, 8))}
-    assert found["d"].verdict() == "inconclusive"  # 0.03 under noise 0.2 with 4 replicates
+    assert found["d"].verdict() == "inconclusive"  # 0.03 under noise 0.2 with 4 partitions
     text = findings.to_markdown(list(found.values()), "t")
     assert "| (a) frozen transfer" in text and "inconclusive" in text
+    assert "Holm p" in text and "4 partitions, 8 replicates" in text
+
+
+def test_two_directions_of_one_split_count_once():
+    # Directions differ by +-0.02 around a split effect of 0.01, 0.02: averaged within
+    # their split first, two partitions remain (t with 1 df), not four.
+    first = {
+        ("random0", "AtoB"): 0.03,
+        ("random0", "BtoA"): -0.01,
+        ("random1", "AtoB"): 0.04,
+        ("random1", "BtoA"): 0.0,
+        ("random1.s1", "AtoB"): 0.02,  # a seeded replicate of random1: same partition
+    }
+    second = dict.fromkeys(first, 0.0)
+    est = replicates.paired(first, second)
+    assert (est.count, est.replicates) == (2, 5)
+    assert est.mean == pytest.approx((0.01 + 0.02) / 2)
+    assert est.high - est.mean == pytest.approx(12.706 * statistics.stdev([0.01, 0.02]) / 2**0.5)
+    relative = replicates.paired(first, second, scale=dict.fromkeys(first, 0.5))
+    assert relative.mean == pytest.approx(0.03)  # (first - second) / base
+
+
+def test_p_values_and_holm_against_hand_computed_cases():
+    for df in (1, 2, 3, 7, 30):  # the table's 95% quantiles sit at p = 0.05
+        assert stats.t_two_sided_p(replicates.t975(df), df) == pytest.approx(0.05, abs=2e-4)
+    assert stats.t_two_sided_p(0.0, 3) == pytest.approx(1.0)
+    assert stats.t_two_sided_p(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
+    # Sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> 0.06.
+    assert stats.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx(
+        [0.03, 0.06, 0.06, None, 0.02]
+    )
+    est = replicates.Estimate.of([0.01, 0.02, 0.03, 0.02])
+    t = est.mean / (est.sd / 2)
+    assert est.p_value() == pytest.approx(stats.t_two_sided_p(t, 3))
+
+
+def test_verdicts_are_on_holm_adjusted_p_values():
+    # Nine contrasts each at p ~ 0.02: each alone "shows", none after Holm's correction.
+    paper = results.paper_results()
+    weak = {
+        "AnB": lambda n: -0.004 * n,
+        "BnB": lambda n: -0.006 if 3 <= n <= 5 else 0.0,
+        "BnB+": lambda n: 0.0,
+        "AnB+": lambda n: 0.004,
+        "RnB": lambda n: -0.05 * n,
+    }
+    found = findings.evaluate(_records(weak, 0.01, partitions=3, seed=3), paper, range(1, 8))
+    contrasts = [c for f in found if not f.todo for c in f.contrasts]
+    assert all(c.adjusted_p >= c.p_value() for c in contrasts)
+    raw_shows = [c for c in contrasts if c.p_value() < 0.05]
+    adjusted_shows = [c for c in contrasts if c.adjusted_p < 0.05]
+    assert len(adjusted_shows) < len(raw_shows)
+
+
+def test_fine_tuning_cannot_remove_a_dip_that_is_not_there():
+    paper = results.paper_results()
+    no_dip = {
+        "AnB": lambda n: -0.015 * n,
+        "BnB": lambda n: 0.0,
+        "BnB+": lambda n: 0.0,
+        "AnB+": lambda n: 0.0,
+        "RnB": lambda n: -0.05 * n,
+    }
+    found = {f.key: f for f in findings.evaluate(_records(no_dip, 0.003), paper, range(1, 8))}
+    assert found["b"].verdict() != "shows"
+    assert found["c"].verdict() == "no dip to remove"
+
+
+def test_relative_contrasts_compare_with_the_paper_on_its_own_scale():
+    # At a base of 0.35 a 3% relative dip is -0.0105 points; the paper's -0.0186 points
+    # at 0.625 is -3.0%: inside on the relative scale, outside in points.
+    paper = results.paper_results()
+    dip = {"BnB": lambda n: -0.0105 if 3 <= n <= 5 else 0.0}
+    found = {
+        f.key: f
+        for f in findings.evaluate(_records(dip, 0.001, base_top1=0.35), paper, range(1, 8))
+    }
+    contrast = found["b"].contrasts[0]
+    assert contrast.relative.mean == pytest.approx(-0.03, abs=0.003)
+    assert contrast.paper_relative == pytest.approx(contrast.paper / 0.625, rel=0.02)
+    assert contrast.paper_inside() is True
+    assert not (contrast.estimate.low <= contrast.paper <= contrast.estimate.high)
+
+
+def test_the_restart_control_separates_restarting_from_transfer():
+    paper = results.paper_results()
+    effects = {"AnB+": lambda n: 0.02, "BnB+": lambda n: 0.02, "restart": lambda n: 0.02}
+    found = {f.key: f for f in findings.evaluate(_records(effects, 0.002), paper, range(1, 8))}
+    beats, restart_gain, selffer = found["g"].contrasts
+    assert restart_gain.verdict() == "higher"  # the restart alone lifts the base
+    assert beats.verdict() == "inconclusive" and found["g"].verdict() == "inconclusive"
+    assert selffer.estimate.mean == pytest.approx(0.0, abs=0.003)
+    without = findings.evaluate(_records({"AnB+": lambda n: 0.02}, 0.002), paper, range(1, 8))
+    assert "g" not in {f.key for f in without}  # no restart networks: no (g)
 
 
 def test_rank_agreement_of_training_free_curves_with_the_grid():

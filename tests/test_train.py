@@ -136,15 +136,18 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
     ] == ["backup-000000010", "backup-000000012"]
 
 
-def test_mean_highest_averages_the_ten_best_evaluations():
-    evaluations = [
-        {"step": s, "top1": v}
-        for s, v in enumerate([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.55, 0.45, 0.0])
-    ]
-    assert train.mean_highest(evaluations) == pytest.approx(
+def test_mean_highest_averages_the_papers_top_fraction_of_evaluations():
+    # The paper's 10 of 450: one of 12 or 40, 10 of 450, 20 of 900.
+    assert [train.highest_count(k) for k in (1, 12, 40, 67, 450, 900)] == [1, 1, 1, 1, 10, 20]
+    values = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.55, 0.45, 0.0]
+    evaluations = [{"step": s, "top1": v} for s, v in enumerate(values)]
+    assert train.mean_highest(evaluations) == pytest.approx(0.9)  # the best of 12
+    assert train.mean_highest(evaluations, k=10) == pytest.approx(
         np.mean([0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.45, 0.4, 0.3, 0.2])
     )
-    assert train.mean_highest(evaluations[:2]) == pytest.approx(0.5)
+    curve = [{"step": s, "top1": 0.5 + (s % 45) / 1000} for s in range(450)]  # ten peaks
+    assert train.mean_highest(curve) == pytest.approx(0.544)
+    assert train.mean_highest([{"step": 1, "top1": None}]) is None
     assert train.mean_highest([]) is None
 
 

@@ -1,46 +1,89 @@
-"""The paper's findings, each tested on a grid's networks with its 95% interval.
+"""The paper's findings, each tested on a grid's networks, with verdicts that hold.
 
 Every finding is one or more *contrasts*: a difference between treatments (or a treatment
 and its base), averaged over pre-set n values, computed within each replicate (one split
-and direction, whose networks share their bases) and then averaged over replicates with
-a t interval. A contrast *shows* when its interval excludes zero on the side the paper
-found, *does not show* when it excludes zero on the other side, and is *inconclusive*
-when the interval spans zero (or there are fewer than 2 replicates); *not run* when the
-grid has none of the networks it needs. A finding shows when
-all its contrasts show. The n values are fixed in advance (MIDDLE, HIGH), not picked after
-seeing the curve, which would bias the test.
+and direction, whose networks share their bases), averaged within each class partition
+(directions and seeds are nested in their partition: replicates.nest), and then over the
+partitions with a t interval and p-value. The n values are fixed in advance (MIDDLE,
+HIGH), not picked after seeing the curve, which would bias the test.
 
-Pure Python (no TensorFlow), like replicates.py.
+Verdicts:
+- Every tested contrast of the report is one family: its p-values are Holm-adjusted
+  together (stats.holm), and the verdict is on the adjusted p. A contrast *shows* when
+  the adjusted p is below ALPHA on the paper's side, *does not show* when it is below
+  ALPHA on the other side, and is *inconclusive* otherwise (or with fewer than 2
+  partitions); *not run* when the grid has none of the networks it needs.
+- "Not below" is a non-inferiority test with a stated margin (NON_INFERIORITY_MARGIN):
+  *shows* when the treatment is significantly above base - margin, *does not show* when
+  significantly below it, else inconclusive. A wide interval is inconclusive, never a
+  finding by absence of evidence.
+- (c) "fine-tuning removes the dip" is conditional on (b): with no dip shown, there is
+  no dip to remove.
+- Every contrast is also given on the relative scale (the difference divided by its
+  replicate's base top-1), where networks at a base of 0.35 and the paper's at 0.625
+  compare; the paper's value is compared with ours on that scale.
+
+A finding shows when all its tested contrasts show. Pure Python (no TensorFlow), like
+replicates.py.
 """
 
 import dataclasses
 import math
 import statistics
 
-from kt_transfer.analysis import replicates
+from kt_transfer.analysis import replicates, stats
 
 MIDDLE, HIGH = (3, 4, 5), (6, 7)  # the paper's dip (BnB) and its recovery / specificity
+ALPHA = 0.05  # familywise, after Holm's correction
+# "Not below its base" means not more than 1 point of top-1 below it (2.9% of a 0.35
+# base): about the spread of one base trained again (0.9 points) and the binomial
+# standard error of one evaluation on 2,000 images (1.1 points).
+NON_INFERIORITY_MARGIN = 0.01
+SIGNS = ("positive", "negative", "not_below", "either")  # "either": a control, no side
 
 
 @dataclasses.dataclass
 class Contrast:
     label: str  # what is measured, e.g. "AnB+ - BnB+, n = 1..7"
-    sign: str  # the paper's direction: "positive", "negative" or "not_below" (>= 0)
-    paper: float  # the paper's value of the same contrast
+    sign: str  # the paper's direction (SIGNS); "either" for a control the paper lacks
+    paper: float  # the paper's value of the same contrast (NaN: not in the paper)
     estimate: object  # replicates.Estimate or None
+    relative: object = None  # the same on the relative scale (/ base top-1)
+    paper_relative: float = math.nan
+    adjusted_p: float | None = None  # Holm over the report's contrasts (set by evaluate)
+
+    @property
+    def null(self):
+        """The value the test rejects: 0, or -margin for non-inferiority."""
+        return -NON_INFERIORITY_MARGIN if self.sign == "not_below" else 0.0
+
+    def p_value(self):
+        """Two-sided p of the estimate against `null`; None when untestable."""
+        est = self.estimate
+        if est is None or est.count < 2:
+            return None
+        return est.p_value(self.null)
 
     def verdict(self):
         est = self.estimate
         if est is None:
             return "not run"  # the grid has none of the networks it needs
-        if est.count < 2:
+        p = self.adjusted_p if self.adjusted_p is not None else self.p_value()
+        if p is None or math.isnan(p) or p >= ALPHA:
             return "inconclusive"
-        if self.sign == "not_below":
-            return "does not show" if est.high < 0 else "shows"
-        if not est.excludes_zero():
-            return "inconclusive"
-        agrees = est.low > 0 if self.sign == "positive" else est.high < 0
+        above = est.mean > self.null
+        if self.sign == "either":
+            return "higher" if above else "lower"
+        agrees = above if self.sign in ("positive", "not_below") else not above
         return "shows" if agrees else "does not show"
+
+    def paper_inside(self):
+        """Is the paper's relative value inside our relative 95% interval? None if either
+        is missing."""
+        rel = self.relative
+        if rel is None or rel.count < 2 or math.isnan(self.paper_relative):
+            return None
+        return rel.low <= self.paper_relative <= rel.high
 
 
 @dataclasses.dataclass
@@ -49,13 +92,17 @@ class Finding:
     claim: str
     contrasts: list
     todo: str = ""  # what to run, when the networks it needs do not exist
+    requires: object = None  # a Contrast that must show for this finding to be asked
+    unmet: str = ""  # the verdict when `requires` does not show
 
     def verdict(self):
         if self.todo:
             return "not run"
-        verdicts = [c.verdict() for c in self.contrasts]
+        verdicts = [c.verdict() for c in self.contrasts if c.sign != "either"]
         if all(v == "not run" for v in verdicts):
             return "not run"
+        if self.requires is not None and self.requires.verdict() != "shows":
+            return self.unmet
         if "does not show" in verdicts:
             return "does not show"
         return "shows" if all(v == "shows" for v in verdicts) else "inconclusive"
@@ -75,14 +122,15 @@ def _mean_over(curve, ns):
     return statistics.fmean(curve[n] for n in ns)
 
 
-def _welch(first, second):
-    """Estimate of mean(first) - mean(second) for unpaired groups (Welch's interval); with
-    one value on a side, the difference without an interval (count 1: inconclusive)."""
+def _welch(first, second, replicates_count=0):
+    """Estimate of mean(first) - mean(second) for unpaired groups (Welch's interval and
+    df); with one value on a side, the difference without an interval (inconclusive)."""
     if not first or not second:
         return None
     m1, m2 = statistics.fmean(first), statistics.fmean(second)
-    if len(first) < 2 or len(second) < 2:
-        return replicates.Estimate(m1 - m2, math.nan, 1, math.nan, math.nan)
+    count = min(len(first), len(second))
+    if count < 2:
+        return replicates.Estimate(m1 - m2, math.nan, 1, math.nan, math.nan, replicates_count)
     v1, v2 = statistics.variance(first) / len(first), statistics.variance(second) / len(second)
     se = (v1 + v2) ** 0.5
     df = (
@@ -92,15 +140,16 @@ def _welch(first, second):
     )
     half = replicates.t975(max(int(df), 1)) * se
     return replicates.Estimate(
-        m1 - m2, se, min(len(first), len(second)), m1 - m2 - half, m1 - m2 + half
+        m1 - m2, se, count, m1 - m2 - half, m1 - m2 + half, replicates_count, max(int(df), 1)
     )
 
 
 def evaluate(records, published, ns, natman_records=(), whole_records=()):
-    """The findings (a)-(f) on the networks of a grid.
+    """The findings (a)-(g) on the networks of a grid, Holm-adjusted together.
 
     Args:
-      records: replicates.networks() of the random-split grid.
+      records: replicates.networks() of the random-split grid (with its restart control,
+        treatment "restart", if run: finding g).
       published: the published numbers (results.paper_results()).
       ns: the grid's n values; each contrast uses those of its pre-set n it has.
       natman_records: replicates.networks() of the natman split, if run (finding e).
@@ -126,9 +175,23 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
         return _mean_over(curves[treatment], n_values)
 
     def contrast(label, sign, paper_value, first, second):
-        return Contrast(label, sign, paper_value, replicates.paired(first, second))
+        return Contrast(
+            label,
+            sign,
+            paper_value,
+            replicates.paired(first, second),
+            relative=replicates.paired(first, second, scale=base),
+            paper_relative=paper_value / paper_base,
+        )
 
     lo, hi, mid, every = ns[0], ns[-1], _ns(middle), _ns(ns)
+    dip = contrast(
+        f"BnB - base, n = {mid}",
+        "negative",
+        paper("BnB", middle) - paper_base,
+        arm("BnB", middle),
+        base,
+    )
     found = [
         Finding(
             "a",
@@ -148,13 +211,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
             "the frozen selffer (BnB) dips below its base at middle n and recovers "
             "at n = 6-7: fragile co-adaptation",
             [
-                contrast(
-                    f"BnB - base, n = {mid}",
-                    "negative",
-                    paper("BnB", middle) - paper_base,
-                    arm("BnB", middle),
-                    base,
-                ),
+                dip,
                 contrast(
                     f"BnB(n = {_ns(high)}) - BnB(n = {mid})",
                     "positive",
@@ -166,7 +223,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
         ),
         Finding(
             "c",
-            "fine-tuning removes the dip: BnB+ at its base",
+            "fine-tuning removes the dip: BnB+ at its base (asked only where (b)'s dip shows)",
             [
                 contrast(
                     f"BnB+ - BnB, n = {mid}",
@@ -176,13 +233,16 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
                     arm("BnB", middle),
                 ),
                 contrast(
-                    f"BnB+ - base, n = {mid} (not below)",
+                    f"BnB+ - base, n = {mid} (not below: margin "
+                    f"{NON_INFERIORITY_MARGIN * 100:g} point)",
                     "not_below",
                     paper("BnB+", middle) - paper_base,
                     arm("BnB+", middle),
                     base,
                 ),
             ],
+            requires=dip,
+            unmet="no dip to remove",
         ),
         Finding(
             "d",
@@ -208,7 +268,49 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
     ]
     found.append(_dissimilar(records, natman_records, published, curves, paper_base, high))
     found.append(_random_features(records, whole_records, published, curves, paper_base, ns))
+    restart = arm(replicates.RESTART, [replicates.RESTART_N])
+    if restart:
+        found.append(_restart_control(contrast, arm, base, restart, ns))
+    _adjust(found)
     return found
+
+
+def _restart_control(contrast, arm, base, restart, ns):
+    """(g): the restart control B8B+ (every layer of the base, trained again with the
+    schedule restarted) against the base and the fine-tuned networks. Not in the paper:
+    it separates "restart and train longer" (restart - base) from "re-initialise the top
+    layers" (BnB+ - restart) and from what transfer adds (AnB+ - restart)."""
+    every = _ns(ns)
+    return Finding(
+        "g",
+        "fine-tuned transfer (AnB+) beats the restart control (its target's base, all 8 "
+        "layers trained again): a gain that restarting alone does not give",
+        [
+            contrast(
+                f"AnB+ - restart (B8B+), n = {every}",
+                "positive",
+                math.nan,
+                arm("AnB+", ns),
+                restart,
+            ),
+            contrast("restart (B8B+) - base", "either", math.nan, restart, base),
+            contrast(
+                f"BnB+ - restart (B8B+), n = {every}",
+                "either",
+                math.nan,
+                arm("BnB+", ns),
+                restart,
+            ),
+        ],
+    )
+
+
+def _adjust(found):
+    """Holm's correction over every testable contrast of the report, in place."""
+    tested = [c for f in found if not f.todo for c in f.contrasts]
+    adjusted = stats.holm([c.p_value() for c in tested])
+    for c, p in zip(tested, adjusted, strict=True):
+        c.adjusted_p = p
 
 
 def _relative(records, treatment, ns):
@@ -244,16 +346,25 @@ def _dissimilar(records, natman_records, paper, curves, paper_base, high):
             '\'("natman", "natman.s1", "natman.s2")\' '
             "--config.grid.treatments='(\"AnB\",)'",
         )
-    natman, random = (list(_relative(rs, "AnB", high).values()) for rs in (natman_records, records))
+    # natman is one partition (the paper's): its seeds are training-noise replicates, each
+    # the mean of its two directions; the random halves are nested in their partitions.
+    natman_values = _relative(natman_records, "AnB", high)
+    random_values = _relative(records, "AnB", high)
+    natman = replicates.nest(natman_values, unit=lambda replicate: replicate[0])
+    random = replicates.nest(random_values)
+    estimate = _welch(natman, random, len(natman_values) + len(random_values))
     return Finding(
         "e",
         claim,
         [
             Contrast(
-                label + f" (unpaired: {len(natman)} natman, {len(random)} random replicates)",
+                label + f" (unpaired: {len(natman)} seeds of the one natman partition, "
+                f"training noise only; {len(random)} random partitions)",
                 "negative",
                 paper_natman - paper_random,
-                _welch(natman, random),
+                estimate,
+                relative=estimate,  # already relative to each base
+                paper_relative=paper_natman - paper_random,
             )
         ],
     )
@@ -269,35 +380,24 @@ def _random_features(records, whole_records, paper, curves, paper_base, ns):
     )
     label = f"random / its base - AnB / base, n = {_ns(deep)}"
     if whole_records:  # one replicate per seed of the all-class split (all, all.s1, ...)
-        control, transfer = (
-            list(_relative(rs, treatment, deep).values())
-            for rs, treatment in ((whole_records, "RnB"), (records, "AnB"))
+        control_values = _relative(whole_records, "RnB", deep)
+        transfer_values = _relative(records, "AnB", deep)
+        control = replicates.nest(control_values, unit=lambda replicate: replicate[0])
+        transfer = replicates.nest(transfer_values)
+        estimate = _welch(control, transfer, len(control_values) + len(transfer_values))
+        label += (
+            f" (all-class control, unpaired: {len(control)} seeds, training noise only; "
+            f"{len(transfer)} random partitions)"
         )
-        return Finding(
-            "f",
-            claim,
-            [
-                Contrast(
-                    label + f" (all-class control, unpaired: {len(control)} seeds, {len(transfer)} "
-                    "random replicates)",
-                    "negative",
-                    paper_value,
-                    _welch(control, transfer),
-                )
-            ],
+    else:
+        estimate = replicates.paired(
+            _relative(records, "RnB", deep), _relative(records, "AnB", deep)
         )
-    estimate = replicates.paired(_relative(records, "RnB", deep), _relative(records, "AnB", deep))
+        label += " (RnB on the half, paired; not the paper's all-class control)"
     return Finding(
         "f",
         claim,
-        [
-            Contrast(
-                label + " (RnB on the half, paired; not the paper's all-class control)",
-                "negative",
-                paper_value,
-                estimate,
-            )
-        ],
+        [Contrast(label, "negative", paper_value, estimate, estimate, paper_value)],
     )
 
 
@@ -311,12 +411,37 @@ def _ns(ns):
 def _interval(estimate):
     if estimate is None:
         return "no networks"
+    units = f"{estimate.count} partition{'s' if estimate.count != 1 else ''}"
+    if estimate.replicates > estimate.count:
+        units += f", {estimate.replicates} replicates"
     if estimate.count < 2:
-        return f"{estimate.mean:+.4f} (1 replicate: no interval)"
-    return (
-        f"{estimate.mean:+.4f} [{estimate.low:+.4f}, {estimate.high:+.4f}] "
-        f"({estimate.count} replicates)"
+        return f"{estimate.mean:+.4f} ({units}: no interval)"
+    return f"{estimate.mean:+.4f} [{estimate.low:+.4f}, {estimate.high:+.4f}] ({units})"
+
+
+def _percent(value):
+    return "-" if value is None or math.isnan(value) else f"{value * 100:+.1f}%"
+
+
+def _relative_cell(contrast):
+    """'paper -3.0% / this grid -1.0% [-5.1%, +3.0%]: inside' (relative scale)."""
+    rel = contrast.relative
+    ours = (
+        "no networks"
+        if rel is None
+        else (
+            _percent(rel.mean)
+            if rel.count < 2
+            else f"{_percent(rel.mean)} [{_percent(rel.low)}, {_percent(rel.high)}]"
+        )
     )
+    inside = contrast.paper_inside()
+    where = "" if inside is None else ("; paper inside" if inside else "; paper outside")
+    return f"{_percent(contrast.paper_relative)} / {ours}{where}"
+
+
+def _p(value):
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 RANK_ALPHA = 0.05
@@ -376,32 +501,42 @@ def _rank_lines(ranks):
 
 
 def to_markdown(found, title, notes=(), ranks=()):
-    """findings.md: one line per finding (and per contrast), with the paper's value, then
-    the training-free measures' rank agreement with the grid (rank_agreement) if any."""
+    """findings.md: one line per finding (and per contrast), with the paper's value, raw
+    and Holm-adjusted p, the relative scale, then the training-free measures' rank
+    agreement with the grid (rank_agreement) if any."""
     lines = [f"# {title}", ""]
     lines += [f"{note}" for note in notes]
     lines += [
         "",
-        "| finding | contrast | paper | this grid: mean [95% interval] | verdict |",
-        "|---|---|---|---|---|",
+        "| finding | contrast | paper | this grid: mean [95% interval] | relative to base: "
+        "paper / this grid | p | Holm p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for finding in found:
         for i, contrast in enumerate(finding.contrasts):
             first = i == 0
             verdict = contrast.verdict() if not finding.todo else "not run"
+            paper = "-" if math.isnan(contrast.paper) else f"{contrast.paper:+.4f}"
             lines.append(
                 f"| {'(' + finding.key + ') ' + finding.claim if first else ''} "
-                f"| {contrast.label} | {contrast.paper:+.4f} "
+                f"| {contrast.label} | {paper} "
                 f"| {_interval(contrast.estimate) if not finding.todo else finding.todo} "
-                f"| {verdict} |"
+                f"| {_relative_cell(contrast) if not finding.todo else '-'} "
+                f"| {_p(contrast.p_value())} | {_p(contrast.adjusted_p)} | {verdict} |"
             )
-        lines.append(f"| | **({finding.key}) overall** | | | **{finding.verdict()}** |")
+        lines.append(f"| | **({finding.key}) overall** | | | | | | **{finding.verdict()}** |")
     lines += [
         "",
-        "A contrast *shows* when its 95% interval excludes zero on the paper's "
-        "side, *does not show* when it excludes zero on the other side, and is "
-        "*inconclusive* when the interval spans zero: a difference smaller than its "
-        "interval is not a finding.",
+        "Intervals are over class partitions: the directions and seeds of one partition "
+        "are averaged first (they share its classes and bases). A contrast *shows* when its "
+        f"Holm-adjusted p (over every contrast above) is below {ALPHA} on the paper's side, "
+        "*does not show* when it is on the other side, and is *inconclusive* otherwise: a "
+        "difference smaller than its interval is not a finding. *Not below* is a "
+        f"non-inferiority test with a margin of {NON_INFERIORITY_MARGIN * 100:g} point of "
+        "top-1. (c) is asked only where (b)'s dip shows. Controls the paper lacks (sign "
+        "*either*) say *higher* or *lower* when their adjusted p is below "
+        f"{ALPHA}. The relative column divides each replicate's difference by its base's "
+        "top-1; the paper's value (its base: 0.625) is compared with ours there.",
     ]
     lines += _rank_lines(ranks)
     return "\n".join(lines) + "\n"

@@ -7,15 +7,24 @@ The paper's Figure 2 pools its random splits and both directions: AnB and BnA ar
 random-features control, and each network is compared with the base of its own target
 half (BnA with baseA). A *replicate* is one (split, direction): the networks of one
 replicate share their bases, so differences between treatments are paired within it.
+
+The unit of *replication* is the class partition, not the replicate: both directions of a
+split share its partition and its two bases, and a seeded replicate ("random0.s1") differs
+from "random0" only in training noise. So every interval is over partitions: a
+replicate's values are first averaged within its partition (nest), and k partitions give
+k - 1 degrees of freedom however many directions and seeds each holds.
 """
 
 import dataclasses
 import math
 import statistics
 
+from kt_transfer.analysis import stats
 from kt_transfer.data import splits
 
 TREATMENTS = ("BnB", "BnB+", "AnB", "AnB+", "RnB")  # in the paper's A -> B names
+# The restart control (B8B+, A8A+: grid.restart_control) is the treatment "restart" at n 8.
+RESTART, RESTART_N = "restart", 8
 
 # Two-sided 95% quantiles of Student's t, t_{0.975}(df), df = 1..30.
 _T975 = (
@@ -65,28 +74,49 @@ def t975(df):
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """Mean of k values with its standard deviation and 95% t interval (None if k < 2)."""
+    """Mean of k independent values (partitions) with its standard deviation and 95% t
+    interval (NaN if k < 2). `replicates` counts the (split, direction) replicates nested
+    in them; `df` is k - 1 unless given (Welch's)."""
 
     mean: float
     sd: float
     count: int
     low: float
     high: float
+    replicates: int = 0
+    df: float = 0.0
 
     @classmethod
-    def of(cls, values):
+    def of(cls, values, replicates=0):
         values = [float(v) for v in values]
         if not values:
             return None
         mean = statistics.fmean(values)
+        replicates = replicates or len(values)
         if len(values) < 2:
-            return cls(mean, math.nan, 1, math.nan, math.nan)
+            return cls(mean, math.nan, 1, math.nan, math.nan, replicates)
         sd = statistics.stdev(values)
         half = t975(len(values) - 1) * sd / math.sqrt(len(values))
-        return cls(mean, sd, len(values), mean - half, mean + half)
+        return cls(mean, sd, len(values), mean - half, mean + half, replicates, len(values) - 1)
+
+    @property
+    def se(self):
+        """Standard error of the mean (from the interval, so Welch's too)."""
+        if self.count < 2:
+            return math.nan
+        return (self.high - self.low) / (2 * t975(max(int(self.df), 1)))
 
     def excludes_zero(self):
         return self.count >= 2 and (self.low > 0 or self.high < 0)
+
+    def p_value(self, null=0.0):
+        """Two-sided t-test p of mean == null (NaN with fewer than 2 values)."""
+        if self.count < 2:
+            return math.nan
+        se = self.se
+        if se == 0:
+            return 0.0 if self.mean != null else 1.0
+        return stats.t_two_sided_p((self.mean - null) / se, self.df)
 
 
 def convergence_verdict(gains, threshold):
@@ -133,6 +163,8 @@ def networks(rows, split_names=None):
             treatment, direction = "base", ("AtoB" if row["mode"] == "baseB" else "BtoA")
         else:
             treatment, direction = paper_name(row["mode"])
+            if row["n"] == RESTART_N:  # B8B+ / A8A+
+                treatment = RESTART
         records.append(
             {
                 "split": row["split"],
@@ -158,7 +190,7 @@ def expected_networks(split_names, directions, treatments, ns):
             for treatment in treatments:
                 if whole and treatment != "RnB":
                     continue
-                for n in ns:
+                for n in (RESTART_N,) if treatment == RESTART else ns:
                     expected.add((split, direction, treatment, n))
     return expected
 
@@ -170,13 +202,13 @@ def missing(records, expected):
 
 
 def summarize(records, key="top1"):
-    """Per (treatment, n): Estimate over its networks, and over their differences from
-    their own base ("vs_base"). Bases appear as ("base", 0).
+    """Per (treatment, n): Estimate over its partitions (each the mean of its networks),
+    and of their differences from their own base ("vs_base"). Bases appear as ("base", 0).
 
     Returns:
       [{"treatment", "n", "estimate", "vs_base"}], in treatment then n order.
     """
-    order = {t: i for i, t in enumerate(("base", *TREATMENTS))}
+    order = {t: i for i, t in enumerate(("base", *TREATMENTS, RESTART))}
     groups = {}
     for record in records:
         groups.setdefault((record["treatment"], record["n"]), []).append(record)
@@ -184,17 +216,18 @@ def summarize(records, key="top1"):
     for (treatment, n), group in sorted(
         groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])
     ):
-        deltas = [
-            r[key] - r["base_top1"]
+        values = {(r["split"], r["direction"]): r[key] for r in group}
+        deltas = {
+            (r["split"], r["direction"]): r[key] - r["base_top1"]
             for r in group
             if treatment != "base" and r["base_top1"] is not None
-        ]
+        }
         table.append(
             {
                 "treatment": treatment,
                 "n": n,
-                "estimate": Estimate.of([r[key] for r in group]),
-                "vs_base": Estimate.of(deltas) if deltas else None,
+                "estimate": Estimate.of(nest(values), replicates=len(values)),
+                "vs_base": Estimate.of(nest(deltas), replicates=len(deltas)) if deltas else None,
             }
         )
     return table
@@ -223,10 +256,31 @@ def base_by_replicate(records):
     return {(r["split"], r["direction"]): r["top1"] for r in records if r["treatment"] == "base"}
 
 
-def paired(first, second):
-    """Estimate of first - second over the replicates both have, and that count."""
-    common = sorted(set(first) & set(second))
-    return Estimate.of([first[rep] - second[rep] for rep in common]) if common else None
+def partition(replicate):
+    """The class partition of a (split, direction) replicate: "random0.s1" -> "random0"."""
+    return splits.base_name(replicate[0])
+
+
+def nest(values, unit=partition):
+    """{replicate: value} -> [mean per unit] (default: per partition), in unit order."""
+    groups = {}
+    for replicate, value in values.items():
+        groups.setdefault(unit(replicate), []).append(value)
+    return [statistics.fmean(groups[key]) for key in sorted(groups)]
+
+
+def paired(first, second, scale=None):
+    """Estimate of first - second over the replicates both have, nested in partitions;
+    with `scale` ({replicate: base top-1}), of (first - second) / scale: the relative
+    scale, on which a base of 0.35 and the paper's 0.625 compare."""
+    common = sorted(set(first) & set(second) & (set(scale) if scale is not None else set(first)))
+    if not common:
+        return None
+    differences = {
+        rep: (first[rep] - second[rep]) / (scale[rep] if scale is not None else 1.0)
+        for rep in common
+    }
+    return Estimate.of(nest(differences), replicates=len(common))
 
 
 def _fmt(value, digits=4):
@@ -240,7 +294,8 @@ def _fmt(value, digits=4):
 SUMMARY_COLUMNS = (
     "treatment",
     "n",
-    "count",
+    "partitions",
+    "networks",
     "mean",
     "sd",
     "ci95_low",
@@ -260,7 +315,8 @@ def summary_rows(table):
             {
                 "treatment": entry["treatment"],
                 "n": str(entry["n"]),
-                "count": str(est.count),
+                "partitions": str(est.count),
+                "networks": str(est.replicates),
                 "mean": _fmt(est.mean),
                 "sd": _fmt(est.sd),
                 "ci95_low": _fmt(est.low),

@@ -6,7 +6,12 @@ whether they are frozen. Modes:
   AnB, BnB (AnA, BnA) layers 1..n copied from baseA/baseB and frozen, n+1..8 trained;
   AnB+, BnB+, ...     the same, but the copied layers are fine-tuned;
   RnB, RnA            the random-features control: layers 1..n randomly initialized and
-                      frozen, n+1..8 trained (the paper's "random, untrained" features).
+                      frozen, n+1..8 trained (the paper's "random, untrained" features);
+  B8B+, A8A+          the restart control: all 8 layers copied from the target's own
+                      base and trained again on its half with the schedule restarted
+                      (warmup included). BnB+ at n differs from it only in re-initialising
+                      layers n+1..8, so BnB+ - B8B+ is the re-initialisation's effect and
+                      B8B+ - base the restart's (not in the paper).
 """
 
 import dataclasses
@@ -20,6 +25,7 @@ import numpy as np
 from kt_transfer.networks import caffenet
 
 MODE_PATTERN = re.compile(r"base(?P<base>[AB])|(?P<source>[ABR])n(?P<target>[AB])(?P<plus>\+?)")
+RESTART_N = 8  # n of the restart control: every layer copied (caffenet.LAYER_NAMES)
 MODES_HELP = (
     "baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, BnA+, AnA, AnA+, RnB, RnA "
     "(R = random frozen features)"
@@ -93,9 +99,16 @@ def parse_treatment(mode, n=None):
             f"network; use --mode=R{mode[1:-1]} or --mode=base{mode[2]}"
         )
     last = len(caffenet.LAYER_NAMES) - 1
-    if n is None or not 1 <= int(n) <= last:
+    restart = (  # B8B+: every layer of the target's own base, trained again (RESTART_N)
+        n is not None
+        and int(n) == RESTART_N
+        and match.group("source") == match.group("target")
+        and match.group("plus")
+    )
+    if n is None or not (1 <= int(n) <= last or restart):
         raise ValueError(
             f"--mode={mode} needs --n between 1 and {last} (layers copied), got --n={n}"
+            f" ({RESTART_N} only for the restart control, a fine-tuned selffer: BnB+ or AnA+)"
         )
     return Treatment(
         mode=mode,

@@ -63,6 +63,7 @@ def cells(grid_config, split_names=("random0",)):
 
     `grid.treatments` are written for the A -> B direction (BnB, AnB+, RnB, ...); the
     direction "BtoA" of `grid.directions` trains their mirror images (AnA, BnA+, RnA, ...).
+    `grid.restart_control` adds B8B+ (A8A+) to every replicate, last.
     """
     for direction in grid_config.directions:
         if direction not in splits.DIRECTIONS:
@@ -81,6 +82,13 @@ def cells(grid_config, split_names=("random0",)):
                 cell = Cell(split, transfer.parse_treatment(flip(mode), n))
                 if cell not in grid_cells:
                     grid_cells.append(cell)
+    if grid_config.get("restart_control", False):
+        for split in split_names:
+            if splits.base_name(split) == splits.WHOLE:
+                continue  # no transfer on "all", so nothing to separate
+            for direction in grid_config.directions:
+                mode = "AnA+" if direction == "BtoA" else "BnB+"
+                grid_cells.append(Cell(split, transfer.parse_treatment(mode, transfer.RESTART_N)))
     return grid_cells
 
 
@@ -415,7 +423,8 @@ def write_results(config, dataset, log=print, only_if_written=False):
         experiment=os.path.basename(experiment.experiment_dir(config, dataset)),
         splits=tuple(grid_splits(config)),
         directions=tuple(config.grid.directions),
-        treatments=tuple(_paper_names(config.grid.treatments)),
+        treatments=tuple(_paper_names(config.grid.treatments))
+        + (("restart",) if config.grid.get("restart_control", False) else ()),
         ns=tuple(config.grid.ns),
     )
     written = results.write_report(
