@@ -35,7 +35,9 @@ flags.DEFINE_string(
     "probes and LogME from trained networks, config.similarity). Overrides "
     "config.mode.",
 )
-flags.DEFINE_integer("n", None, "Layers copied, 1..7. Overrides config.n.")
+flags.DEFINE_integer(
+    "n", None, "Layers copied, 1..7 (8: the restart control, BnB+ or AnA+). Overrides config.n."
+)
 flags.DEFINE_string("workdir", None, "Where runs are written. Overrides config.workdir.")
 flags.DEFINE_string(
     "base_model",

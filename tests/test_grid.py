@@ -65,6 +65,17 @@ def test_replicated_cells_cover_every_split_and_direction_once():
     assert all(c.base_name == f"{c.split}/{c.treatment.base_mode}" for c in cells[4:])
 
 
+def test_the_restart_control_is_one_cell_per_replicate_after_the_rest():
+    config = config_files.load("tiny").grid
+    config.ns, config.treatments = (1, 2), ("BnB+", "AnB+")
+    config.directions, config.restart_control = ("AtoB", "BtoA"), True
+    cells = grid.cells(config, ("random0", "all"))
+    restart = [c.name for c in cells if c.treatment.n == 8]
+    assert restart == ["random0/B8B+", "random0/A8A+"]  # none on "all": nothing transfers
+    assert [c.name for c in cells[-2:]] == restart
+    assert cells[-1].base_name == "random0/baseA"  # A8A+ copies its own half's base
+
+
 def _grid(args, log_path, **env):
     """`--mode=grid ARGS` in the background, its output (workers' too) in log_path."""
     return subprocess.Popen(

@@ -22,12 +22,33 @@ def test_similarity_mode_reads_trained_networks_and_writes_its_measures(tiny_con
         experiment.run_treatment(
             tiny_config, dataset, transfer.parse_treatment(mode, n), log=lambda *_: None
         )
+    # The seed control: baseA again from another seed, the split's seeded replicate.
+    seeded_config = tiny_config.copy_and_resolve_references()
+    seeded_config.split = "random0.s1"
+    seeded = sources.resolve_dataset(seeded_config, log=lambda *_: None)
+    experiment.run_treatment(
+        seeded_config, seeded, transfer.parse_treatment("baseA"), log=lambda *_: None
+    )
     lines = []
     rows = representations.run_similarity(tiny_config, dataset, log=lines.append)
     by = {(r["measure"], r["layer"]): r["value"] for r in rows}
     for half in ("A", "B"):
         values = [by[(f"CKA(baseA, baseB) on {half}", layer)] for layer in representations.LAYERS]
         assert all(-0.05 <= v <= 1.0 + 1e-9 for v in values), values
+    # Against itself a network has CKA 1; against itself from another seed, below 1.
+    batches = representations._images(tiny_config, dataset, "A", "val", 24)
+    base_a = experiment.load_network(
+        os.path.join(experiment.experiment_dir(tiny_config, dataset), "baseA")
+    )
+    assert np.allclose(representations.cka_between(base_a, base_a, batches, diagonal=True), 1)
+    other_seed = [
+        by[("CKA(baseA, baseA other seed) on A", layer)] for layer in representations.LAYERS
+    ]
+    assert all(v < 0.999 for v in other_seed[1:]), other_seed  # conv1: nearly linear maps
+    assert ("CKA(baseB, baseB other seed) on B", "fc7") not in by  # no seeded baseB
+    assert len([r for r in rows if r["measure"] == "CKA null 95th percentile on A"]) == 7
+    reduced = [r for r in rows if r["measure"].startswith("LogME (6 PCs")]  # conv1: 6 channels
+    assert len(reduced) == 7
     # A1B's conv1 is baseA's, copied and frozen: the same representation, CKA 1.
     assert by[("CKA(A1B, baseA)", "conv1")] > 1 - 1e-6
     assert by[("CKA(A1B, baseA)", "fc7")] < 0.999  # fresh layers learned something else

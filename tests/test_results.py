@@ -146,12 +146,14 @@ def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tm
     line_e = next(
         line for line in findings_md.splitlines() if "(natman)" in line and "unpaired" in line
     )
-    assert "unpaired: 6 natman, 4 random replicates" in line_e
-    assert "(4 replicates)" in line_e and line_e.rstrip().endswith("| shows |")  # min(6, 4)
+    # natman's 3 seeds are training-noise replicates of its one partition; the random
+    # side is 2 partitions (their directions averaged first).
+    assert "3 seeds of the one natman partition, training noise only; 2 random partitions" in line_e
+    assert "(2 partitions, 10 replicates)" in line_e and line_e.rstrip().endswith("| shows |")
     assert abs(_estimate(line_e) - (0.6 - 0.9)) < 0.01
     line_f = next(line for line in findings_md.splitlines() if "all-class control" in line)
-    assert "(3 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
-    assert "unpaired: 3 seeds, 4 random replicates" in line_f
+    assert "(2 partitions, 7 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
+    assert "unpaired: 3 seeds, training noise only; 2 random partitions" in line_f
     assert abs(_estimate(line_f) - (0.1 - 0.9)) < 0.01
 
 
@@ -174,4 +176,4 @@ def test_one_all_class_network_per_n_gives_no_interval_for_f(tmp_path):
     results.write_report(workdir, str(tmp_path / "out"))
     findings_md = open(tmp_path / "out" / "embedded_random_abcd1234_findings.md").read()
     line_f = next(line for line in findings_md.splitlines() if "all-class control" in line)
-    assert "(1 replicate: no interval)" in line_f and "| inconclusive |" in line_f
+    assert "(1 partition, 3 replicates: no interval)" in line_f and "| inconclusive |" in line_f

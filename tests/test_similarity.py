@@ -131,3 +131,45 @@ def test_spearman_exact_p_value_counts_orderings():
     assert similarity.spearman_p_value(range(7), [3, 0, 6, 2, 5, 1, 4]) > 0.3  # unrelated
     with pytest.raises(ValueError, match="3..8 points"):
         similarity.spearman_p_value(range(9), range(9))
+
+
+def test_cka_of_mismatched_images_is_the_null_and_sits_far_below_matched():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16))
+    y = x @ rng.normal(size=(16, 16)) + 0.3 * rng.normal(size=(200, 16))  # related
+    batches = range(0, 200, 50)
+    grams_x = [[similarity.gram(x[i : i + 50])] for i in batches]
+    grams_y = [[similarity.gram(y[i : i + 50])] for i in batches]
+    acc = similarity.MinibatchCKA(diagonal=True)
+    for gx, gy in zip(grams_x, grams_y):
+        acc.update_grams(gx, gy)
+    matched = acc.value()[0]
+    null = similarity.cka_null(grams_x, grams_y, permutations=30, seed=1)
+    assert null.shape == (30, 1)
+    assert matched > 0.5 and np.quantile(null, 0.95) < 0.1 < matched
+    assert abs(null.mean()) < 0.05  # the unbiased estimator centres the null near 0
+
+
+def test_principal_components_give_every_layer_one_dimension():
+    rng = np.random.default_rng(0)
+    wide = rng.normal(size=(100, 512)) @ np.diag(np.linspace(3, 0.1, 512))
+    reduced, other = similarity.principal_components(wide, [wide[:10]], dim=12)
+    assert reduced.shape == (100, 12) and other.shape == (10, 12)
+    assert np.allclose(reduced[:10], other)  # the same map, fitted on the first
+    variances = reduced.var(axis=0)
+    assert (np.diff(variances) <= 1e-9).all()  # leading components first
+    narrow, _ = similarity.principal_components(wide[:, :6], [wide[:3, :6]], dim=12)
+    assert narrow.shape == (100, 6)  # fewer dimensions than asked: all kept
+
+
+def test_partial_correlation_asks_what_a_measure_adds_to_depth():
+    n = np.arange(1, 8)
+    grid = np.array([0.40, 0.39, 0.37, 0.33, 0.30, 0.20, 0.10])  # bends down at n = 6
+    depth = -n
+    assert similarity.spearman(depth, grid) == pytest.approx(1.0)  # depth ranks it fully
+    assert similarity.partial_correlation(depth, grid, n) == pytest.approx(0.0, abs=1e-9)
+    follows = [0.90, 0.88, 0.85, 0.80, 0.70, 0.40, 0.20]  # the same bend
+    assert similarity.partial_correlation(follows, grid, n) > 0.9
+    assert similarity.partial_correlation_p_value(follows, grid, n) < 0.05
+    straight = 1.0 - 0.1 * n  # falls with depth and nothing else
+    assert similarity.partial_correlation_p_value(straight, grid, n) == pytest.approx(1.0)

@@ -44,13 +44,21 @@ def test_base_modes_and_run_names():
     t = transfer.parse_treatment("AnB+", 4)
     assert (t.run_name, t.base_mode, t.target, t.fine_tune) == ("A4B+", "baseA", "B", True)
     assert transfer.parse_treatment("RnB", 3).base_mode is None
+    # The restart control: every layer of the target's own base, fine-tuned.
+    restart = transfer.parse_treatment("BnB+", 8)
+    assert (restart.run_name, restart.base_mode) == ("B8B+", "baseB")
+    assert [p.origin for p in restart.layer_plans()] == ["copied"] * 8
+    assert all(p.trainable for p in restart.layer_plans())
+    assert transfer.parse_treatment("AnA+", 8).run_name == "A8A+"
 
 
 @pytest.mark.parametrize(
     "mode,n,message",
     [
         ("AnB", 0, "between 1 and 7"),
-        ("AnB", 8, "between 1 and 7"),
+        ("AnB", 8, "between 1 and 7"),  # 8 only for the restart control
+        ("BnB", 8, "restart control"),
+        ("RnB", 8, "between 1 and 7"),
         ("XnY", 3, "unknown --mode"),
         ("AnB", None, "--n"),
         ("RnB+", 2, "random control"),

@@ -449,20 +449,28 @@ RANK_ALPHA = 0.05
 
 def rank_agreement(measures, transfer_curve):
     """Does a training-free curve (--mode=similarity: CKA, probe, LogME per layer) rank
-    the layers as the grid's transfer networks do?
+    the layers as the grid's transfer networks do, and does it say more than depth?
+
+    Every such curve and the grid's both fall with depth, so agreeing in rank is easy:
+    the layer index alone ("layer depth") is given as the baseline row. The second test
+    takes a straight line in n out of both curves (similarity.partial_correlation) and
+    asks whether the measure follows the grid's bends beyond it.
 
     Args:
       measures: {label: {n: value}}, e.g. the probe top-1 on baseA's layer n.
       transfer_curve: {n: mean top-1 of the grid's AnB networks (pooled) at n}.
     Returns:
-      [{"measure", "ns", "rho", "p", "verdict"}]: Spearman's rho over the n both have, its
-      exact two-sided permutation p-value, and "ranks as the grid does" (rho > 0,
-      p < 0.05), "ranks against the grid" (rho < 0, p < 0.05) or "inconclusive".
+      [{"measure", "ns", "rho", "p", "verdict", "partial", "partial_p",
+        "partial_verdict"}]: Spearman's rho over the n both have with its exact two-sided
+      permutation p ("ranks as the grid does" for rho > 0, p < 0.05; "ranks against the
+      grid"; "inconclusive"), and the partial correlation beyond depth with its exact p
+      ("adds to depth", "inconclusive"); the depth baseline first.
     """
     from kt_transfer.analysis import similarity  # NumPy only
 
     rows = []
-    for label, curve in sorted(measures.items()):
+    depth = {"layer depth (-n): the baseline": {n: -n for n in transfer_curve}}
+    for label, curve in [*depth.items(), *sorted(measures.items())]:
         ns = sorted(set(curve) & set(transfer_curve))
         if not 3 <= len(ns) <= similarity.MAX_EXACT_POINTS:
             continue
@@ -473,8 +481,19 @@ def rank_agreement(measures, transfer_curve):
             if p >= RANK_ALPHA
             else ("ranks as the grid does" if rho > 0 else "ranks against the grid")
         )
-        rows.append({"measure": label, "ns": ns, "rho": rho, "p": p, "verdict": verdict})
-    return rows
+        row = {"measure": label, "ns": ns, "rho": rho, "p": p, "verdict": verdict}
+        if label in depth:
+            row.update(partial=math.nan, partial_p=math.nan, partial_verdict="-")
+        else:
+            partial = similarity.partial_correlation(first, second, ns)
+            partial_p = similarity.partial_correlation_p_value(first, second, ns)
+            row.update(
+                partial=partial,
+                partial_p=partial_p,
+                partial_verdict="adds to depth" if partial_p < RANK_ALPHA else "inconclusive",
+            )
+        rows.append(row)
+    return rows if len(rows) > 1 else []
 
 
 def _rank_lines(ranks):
@@ -484,20 +503,28 @@ def _rank_lines(ranks):
         "",
         "## Training-free measures against the grid (--mode=similarity)",
         "",
-        "| measure (per layer n) | n | Spearman rho with the grid's AnB top-1 | "
-        "exact p | verdict |",
-        "|---|---|---|---|---|",
+        "| measure (per layer n) | n | Spearman rho with the grid's AnB top-1 | exact p "
+        "| verdict | beyond depth: partial r | exact p | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['measure']} | {_ns(r['ns'])} | {r['rho']:+.2f} | {r['p']:.3f} | {r['verdict']} |"
+        f"| {r['measure']} | {_ns(r['ns'])} | {r['rho']:+.2f} | {r['p']:.3f} | {r['verdict']} "
+        f"| {_signed(r['partial'])} | {_p(r['partial_p'])} | {r['partial_verdict']} |"
         for r in ranks
     ]
     lines += [
         "",
         f"With {len(ranks[0]['ns'])} layers a rank correlation is a coarse test: "
-        f"only p < {RANK_ALPHA} (from all orderings of the layers) counts as agreement.",
+        f"only p < {RANK_ALPHA} (from all orderings of the layers) counts as agreement. Every "
+        "curve here falls with depth, so layer depth alone is the baseline to beat; the "
+        "partial r takes a straight line in n out of both curves and asks whether the "
+        "measure follows the grid's bends (p over all orderings of its residuals).",
     ]
     return lines
+
+
+def _signed(value):
+    return "-" if value is None or math.isnan(value) else f"{value:+.2f}"
 
 
 def to_markdown(found, title, notes=(), ranks=()):

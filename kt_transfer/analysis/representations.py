@@ -29,6 +29,9 @@ from kt_transfer.networks import transfer
 from kt_transfer.runs import experiment
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+# Probes and LogME are also computed on this many principal components of every layer
+# (conv1's 12 channels at width 0.125), so layers compare at one feature dimension.
+EQUAL_DIMENSION = 12
 
 
 def _load(exp_dir, run):
@@ -164,49 +167,29 @@ def run_similarity(config, dataset, log=print):
         )
     sc = config.similarity
     rows, matrices = [], {}
+    seeded = _seed_control_bases(config, dataset, exp_dir)
     for half in sc.halves:
         batches = list(_images(config, dataset, half, "val", sc.max_images))
-        matrices[half] = cka_between(base_a, base_b, batches)
-        for i, name in enumerate(LAYERS):
-            rows.append(
-                {
-                    "measure": f"CKA(baseA, baseB) on {half}",
-                    "layer": name,
-                    "n": i + 1,
-                    "value": float(matrices[half][i, i]),
-                }
-            )
+        grams_a, grams_b = layer_grams(base_a, batches), layer_grams(base_b, batches)
+        matrices[half] = cka_between(grams_a, grams_b, batches)
+        rows += _layer_rows(f"CKA(baseA, baseB) on {half}", np.diag(matrices[half]))
+        null = similarity.cka_null(grams_a, grams_b, sc.get("null_permutations", 20))
+        rows += _layer_rows(f"CKA null 95th percentile on {half}", np.quantile(null, 0.95, 0))
         log(
             f"similarity: CKA(baseA, baseB) on half {half}: "
             + " ".join(f"{v:.3f}" for v in np.diag(matrices[half]))
+            + f" (mismatched images: at most {np.quantile(null, 0.95, 0).max():.3f})"
         )
+        # The seed control: the same half's base trained again from another seed (the
+        # split's seeded replicate). CKA(baseA, baseB) means little without it.
+        own = f"base{half}"
+        if seeded.get(own) is not None:
+            grams_own = grams_a if half == "A" else grams_b
+            same = cka_between(grams_own, seeded[own], batches, diagonal=True)
+            rows += _layer_rows(f"CKA({own}, {own} other seed) on {half}", same)
+            log(f"similarity: seed control {own} on {half}: " + " ".join(f"{v:.3f}" for v in same))
     rows += _transfer_cka(config, dataset, exp_dir, sc, log)
-    # Probes and LogME: baseA's features, half B's labels (the AnB question).
-    train = list(_images(config, dataset, "B", "train", sc.probe_train_images))
-    val = list(_images(config, dataset, "B", "val", sc.max_images))
-    train_x, train_y = pooled_features(base_a, train)
-    val_x, val_y = pooled_features(base_a, val)
-    classes = len(dataset.split.half("B"))
-    for i, name in enumerate(LAYERS):
-        top1 = linear_probe(
-            train_x[name], train_y, val_x[name], val_y, classes, epochs=sc.probe_epochs
-        )
-        score, _ = similarity.logme(train_x[name], train_y)
-        rows += [
-            {
-                "measure": "probe top-1 (baseA features, half B)",
-                "layer": name,
-                "n": i + 1,
-                "value": top1,
-            },
-            {
-                "measure": "LogME (baseA features, half B)",
-                "layer": name,
-                "n": i + 1,
-                "value": score,
-            },
-        ]
-        log(f"similarity: {name}: probe top-1 {top1:.3f}, LogME {score:.3f}")
+    rows += _probes(config, dataset, base_a, sc, log)
     seconds = time.monotonic() - started
     out = os.path.join(exp_dir, "similarity")
     os.makedirs(out, exist_ok=True)
@@ -217,6 +200,63 @@ def run_similarity(config, dataset, log=print):
     _write(
         out, rows, matrices, (grid_curve, _grid_curve(config, dataset, "B")), notes, seconds, log
     )
+    return rows
+
+
+def _layer_rows(measure, values):
+    return [
+        {"measure": measure, "layer": name, "n": i + 1, "value": float(values[i])}
+        for i, name in enumerate(LAYERS)
+    ]
+
+
+def _seed_control_bases(config, dataset, exp_dir):
+    """{"baseA": network, "baseB": network} of the split's first seeded replicate
+    (<split>.s1: the same halves, train.seed + 1), where it was trained: the grid's
+    `--config.grid.splits='("random0", "random0.s1")'`, or --mode=baseA on the split."""
+    if dataset.split.seed_offset:
+        return {}
+    seeded_dir = os.path.join(
+        os.path.dirname(os.path.dirname(exp_dir)),
+        f"{dataset.split.name}.s1",
+        os.path.basename(exp_dir),
+    )
+    return {base: _load(seeded_dir, base) for base in ("baseA", "baseB")}
+
+
+def _probes(config, dataset, base_a, sc, log):
+    """Linear probes and LogME per layer of baseA on half B (the AnB question), on the
+    pooled features and on their EQUAL_DIMENSION leading principal components: both
+    measures grow with feature dimension (12-48 for pooled conv maps at width 0.125,
+    512 for fc6/fc7), which the equal-dimension version takes out."""
+    train = list(_images(config, dataset, "B", "train", sc.probe_train_images))
+    val = list(_images(config, dataset, "B", "val", sc.max_images))
+    train_x, train_y = pooled_features(base_a, train)
+    val_x, val_y = pooled_features(base_a, val)
+    classes = len(dataset.split.half("B"))
+    dim = min(EQUAL_DIMENSION, *(x.shape[1] for x in train_x.values()))
+    rows = []
+    for i, name in enumerate(LAYERS):
+        reduced_train, reduced_val = similarity.principal_components(
+            train_x[name], [val_x[name]], dim
+        )
+        values = {
+            "probe top-1 (baseA features, half B)": linear_probe(
+                train_x[name], train_y, val_x[name], val_y, classes, epochs=sc.probe_epochs
+            ),
+            "LogME (baseA features, half B)": similarity.logme(train_x[name], train_y)[0],
+            f"probe top-1 ({dim} PCs of baseA features, half B)": linear_probe(
+                reduced_train, train_y, reduced_val, val_y, classes, epochs=sc.probe_epochs
+            ),
+            f"LogME ({dim} PCs of baseA features, half B)": similarity.logme(
+                reduced_train, train_y
+            )[0],
+        }
+        rows += [
+            {"measure": measure, "layer": name, "n": i + 1, "value": float(value)}
+            for measure, value in values.items()
+        ]
+        log(f"similarity: {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
     return rows
 
 

@@ -15,7 +15,6 @@ import importlib.resources
 import io
 import json
 import os
-import re
 
 from kt_transfer import atomic
 from kt_transfer.analysis import figures, findings, replicates
@@ -269,9 +268,10 @@ SIMILARITY_DIR, SIMILARITY_TABLE = "similarity", "similarity.csv"
 
 
 def is_layer_curve(measure):
-    """Whether a --mode=similarity measure is a curve over the layers of the bases (CKA of
-    baseA with baseB, probe, LogME), not one transfer network's CKA (CKA(A3B+, baseA))."""
-    return not re.match(r"CKA\([AB]\d", measure)
+    """Whether a --mode=similarity measure is a transferability curve over the layers of
+    the bases (CKA of baseA with baseB, probe, LogME), not one transfer network's CKA
+    (CKA(A3B+, baseA)), the seed control or the CKA null, which are its yardsticks."""
+    return measure.startswith(("CKA(baseA, baseB)", "probe", "LogME"))
 
 
 def similarity_curves(workdir, dataset, experiment, split_names):

@@ -173,3 +173,81 @@ def spearman_p_value(a, b):
         total += 1
         hits += abs(spearman(a, order)) >= observed
     return hits / total
+
+
+def cka_null(grams_x, grams_y, permutations=20, seed=0):
+    """Layer-by-layer CKA of two networks when their images are mismatched: per draw,
+    each minibatch's second Gram matrix is permuted (rows and columns alike), so
+    network two sees other images than network one. Returns [permutations, layers]:
+    the CKA a pair of unrelated representations of this size and layer width shows by
+    chance (the unbiased estimator centres it near 0; its spread is the null's).
+
+    Args:
+      grams_x, grams_y: [minibatch][layer] Gram matrices of the two networks.
+    """
+    rng = np.random.default_rng(seed)
+    xx = sum(np.array([unbiased_hsic(g, g) for g in batch]) for batch in grams_x)
+    yy = sum(np.array([unbiased_hsic(g, g) for g in batch]) for batch in grams_y)
+    scale = np.sqrt(np.maximum(xx, 1e-300) * np.maximum(yy, 1e-300))
+    draws = []
+    for _ in range(permutations):
+        xy = 0.0
+        for batch_x, batch_y in zip(grams_x, grams_y):
+            order = rng.permutation(len(batch_y[0]))
+            xy = xy + np.array(
+                [unbiased_hsic(gx, gy[np.ix_(order, order)]) for gx, gy in zip(batch_x, batch_y)]
+            )
+        draws.append(xy / scale)
+    return np.array(draws)
+
+
+def principal_components(train, others=(), dim=12):
+    """Features reduced to their `dim` leading principal components (fitted on `train`,
+    applied to `others`): LogME and a linear probe grow with feature dimension, so layers
+    are compared at one dimension (a layer with fewer dimensions keeps them all)."""
+    train = np.asarray(train, np.float64)
+    mean = train.mean(axis=0, keepdims=True)
+    if train.shape[1] <= dim:
+        return [train - mean] + [np.asarray(o, np.float64) - mean for o in others]
+    _, _, vt = np.linalg.svd(train - mean, full_matrices=False)
+    basis = vt[:dim].T
+    return [(train - mean) @ basis] + [(np.asarray(o, np.float64) - mean) @ basis for o in others]
+
+
+def _residual(y, x):
+    """y minus its least-squares line in x."""
+    design = np.column_stack([np.ones(len(x)), np.asarray(x, np.float64)])
+    y = np.asarray(y, np.float64)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return y - design @ coef
+
+
+def _correlation(x, y):
+    if np.allclose(x, 0) or np.allclose(y, 0):
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def partial_correlation(a, b, control):
+    """Pearson correlation of a and b with a straight line in `control` (the layer
+    index) taken out of both: does `a` follow `b`'s bends beyond a steady fall with depth?
+    Ranks would not do: a grid curve that falls at every n has ranks that depth alone
+    explains, leaving nothing for any measure to add."""
+    return _correlation(_residual(a, control), _residual(b, control))
+
+
+def partial_correlation_p_value(a, b, control):
+    """Exact two-sided p of partial_correlation over every ordering of a's residuals
+    (Freedman-Lane: under the null, a's departures from its line are exchangeable)."""
+    import itertools
+
+    if not 3 <= len(a) <= MAX_EXACT_POINTS:
+        raise ValueError(f"exact p-value for 3..{MAX_EXACT_POINTS} points, got {len(a)}")
+    residual_a, residual_b = _residual(a, control), _residual(b, control)
+    observed = abs(_correlation(residual_a, residual_b)) - 1e-12
+    hits = total = 0
+    for order in itertools.permutations(range(len(a))):
+        total += 1
+        permuted = _residual(residual_a[list(order)], control)
+        hits += abs(_correlation(permuted, residual_b)) >= observed
+    return hits / total
