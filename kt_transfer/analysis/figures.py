@@ -1,10 +1,16 @@
 """The paper's Figure 2 from replicated networks: every network, and the mean with its
 95% interval, against n; the base as a band.
 
-Two panels: validation top-1 (left) and top-1 relative to each network's own base
-(right). The paper's published curves are overlaid like with like: absolute top-1 only on
-ImageNet itself, relative top-1 on any dataset (a 50-class CPU-scale task has another
-absolute accuracy than ImageNet's 500-class halves, but the relative drop is comparable).
+Top: validation top-1 (left) and top-1 relative to each network's own base (right). The
+paper's published curves are overlaid like with like: absolute top-1 only on ImageNet
+itself, relative top-1 on any dataset (a 50-class CPU-scale task has another absolute
+accuracy than ImageNet's 500-class halves, but the relative drop is comparable).
+Bottom: the paired differences the findings test, per replicate: each network minus its
+own base (left), and the fine-tuned transfer minus the fine-tuned selffer and the restart
+control of the same replicate (right). Intervals that overlap on top can exclude zero
+here: the top panels' intervals are marginal, the bottom ones paired.
+
+Every interval is over class partitions (replicates.nest), as in findings.md.
 """
 
 import os
@@ -37,9 +43,11 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(13, 5))
-    bases = [r["top1"] for r in records if r["treatment"] == "base"]
-    base_est = replicates.Estimate.of(bases)
+    fig, ((ax_abs, ax_rel), (ax_base, ax_pair)) = plt.subplots(2, 2, figsize=(13, 9.5))
+    base_est = replicates.Estimate.of(
+        replicates.nest({(r["split"], r["direction"]): r["top1"] for r in _bases(records)}),
+        replicates=len(_bases(records)),
+    )
     for ax, relative in ((ax_abs, False), (ax_rel, True)):
         if relative:
             ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="base")
@@ -49,7 +57,7 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
                 color="black",
                 linestyle="--",
                 linewidth=1,
-                label=f"base (mean of {base_est.count})",
+                label=f"base (mean of {base_est.replicates}, {base_est.count} partitions)",
             )
             if base_est.count > 1:
                 ax.axhspan(
@@ -67,10 +75,11 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
         ax.set_ylabel("top-1 / its base's top-1" if relative else "validation top-1")
         ax.set_xticks(range(0, 8))
         ax.grid(alpha=0.3)
-    ax_abs.set_title(title, fontsize=10)
+    _draw_paired_panels(ax_base, ax_pair, records)
+    ax_abs.set_title(title + "\n(marginal intervals)", fontsize=10)
     ax_rel.set_title("relative to each network's own base", fontsize=10)
     legend = {}
-    for ax in (ax_abs, ax_rel):
+    for ax in (ax_abs, ax_rel, ax_base):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     fig.legend(
@@ -80,7 +89,7 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
         loc="lower center",
         ncol=4,
         frameon=False,
-        bbox_to_anchor=(0.5, 0.03),
+        bbox_to_anchor=(0.5, 0.02),
     )
     note = (
         (
@@ -95,7 +104,7 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
     )
     if note:
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="tab:red")
-    fig.tight_layout(rect=(0, 0.15, 1, 1))
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
     with os.fdopen(fd, "wb") as f:
         fig.savefig(f, dpi=110, format="png")
@@ -103,19 +112,36 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
     os.replace(tmp, path)
 
 
+def _bases(records):
+    return [r for r in records if r["treatment"] == "base"]
+
+
 def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
+    def value(r):
+        if relative:
+            return r["top1"] / r["base_top1"] if r["base_top1"] else None
+        return r["top1"]
+
+    _draw_points_and_means(ax, records, treatment, value, OFFSETS[treatment], colour, marker, label)
+
+
+def _draw_points_and_means(
+    ax, records, treatment, value, offset, colour, marker, label, unit=replicates.partition
+):
+    """Every network's value(record) faint, and per n the mean with its 95% interval over
+    partitions (the replicates of a partition averaged first; `unit`: over other units,
+    e.g. the seeds of the one natman partition)."""
     by_n = {}
     for r in records:
-        if r["treatment"] == treatment and (not relative or r["base_top1"]):
-            value = r["top1"] / r["base_top1"] if relative else r["top1"]
-            by_n.setdefault(r["n"], []).append(value)
+        v = value(r) if r["treatment"] == treatment else None
+        if v is not None:
+            by_n.setdefault(r["n"], {})[(r["split"], r["direction"])] = v
     if not by_n:
         return
-    offset = OFFSETS[treatment]
     for n, values in by_n.items():  # every network, faint
         ax.scatter(
             [n + offset] * len(values),
-            values,
+            list(values.values()),
             color=colour,
             alpha=0.45,
             s=14,
@@ -123,21 +149,69 @@ def _draw_treatment(ax, records, treatment, relative, label, colour, marker):
             linewidths=0,
         )
     ns = sorted(by_n)
-    estimates = [replicates.Estimate.of(by_n[n]) for n in ns]
-    means = [e.mean for e in estimates]
+    estimates = [replicates.Estimate.of(replicates.nest(by_n[n], unit)) for n in ns]
     errors = [
         [e.mean - e.low if e.count > 1 else 0 for e in estimates],
         [e.high - e.mean if e.count > 1 else 0 for e in estimates],
     ]
     ax.errorbar(
         [n + offset for n in ns],
-        means,
+        [e.mean for e in estimates],
         yerr=errors,
         color=colour,
         marker=marker,
         capsize=3,
         label=label + " (mean, 95% interval)",
     )
+
+
+def _draw_paired_panels(ax_base, ax_pair, records):
+    """The findings' paired differences per n: each network minus its own base (left);
+    AnB+ - BnB+, AnB - BnB and AnB+ - restart within each replicate (right)."""
+    for treatment, (label, colour, marker) in STYLE.items():
+        _draw_points_and_means(
+            ax_base,
+            records,
+            treatment,
+            lambda r: r["top1"] - r["base_top1"] if r["base_top1"] is not None else None,
+            OFFSETS[treatment],
+            colour,
+            marker,
+            label,
+        )
+    values = {(r["treatment"], r["n"], r["split"], r["direction"]): r["top1"] for r in records}
+    restart = {(s, d): v for (t, _, s, d), v in values.items() if t == replicates.RESTART}
+    pairs = (
+        ("AnB+ - BnB+", "tab:orange", "s", lambda key: values.get(("BnB+", *key))),
+        ("AnB - BnB", "tab:red", "o", lambda key: values.get(("BnB", *key))),
+        ("AnB+ - restart (B8B+)", "tab:brown", "D", lambda key: restart.get(key[1:])),
+    )
+    for i, (label, colour, marker, other) in enumerate(pairs):
+        first = "AnB+" if label.startswith("AnB+") else "AnB"
+        differences = [
+            {
+                **r,
+                "treatment": label,
+                "top1": r["top1"] - other((r["n"], r["split"], r["direction"])),
+            }
+            for r in records
+            if r["treatment"] == first and other((r["n"], r["split"], r["direction"])) is not None
+        ]
+        _draw_points_and_means(
+            ax_pair, differences, label, lambda r: r["top1"], (i - 1) * 0.12, colour, marker, label
+        )
+    for ax, heading in (
+        (ax_base, "paired: each network minus its own base"),
+        (ax_pair, "paired within a replicate (as findings.md tests)"),
+    ):
+        ax.axhline(0.0, color="black", linewidth=1)
+        ax.set_title(heading, fontsize=10)
+        ax.set_xlabel("n (layers copied)")
+        ax.set_ylabel("difference in validation top-1")
+        ax.set_xticks(range(0, 8))
+        ax.grid(alpha=0.3)
+    if ax_pair.get_legend_handles_labels()[0]:
+        ax_pair.legend(fontsize=7)
 
 
 def _overlay_paper(ax, paper, relative, absolute_paper):
@@ -181,6 +255,16 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     for direction, (label, colour, base_label) in directions.items():
         nets = [r for r in natman_records if r["direction"] == direction]
         _draw_seeds(ax_nat, nets, "AnB", "o", colour, label)  # BnA is "AnB" mirrored
+        # (c): each direction on its own; they differ (the paper: 0.73 vs 0.87 of base).
+        _draw_seeds(
+            ax_rel,
+            nets,
+            "AnB",
+            "o",
+            colour,
+            f"dissimilar halves, {label}",
+            value=replicates.relative_top1,
+        )
         bases = [r["top1"] for r in nets if r["treatment"] == "base"]
         if bases:
             ax_nat.axhline(
@@ -202,12 +286,25 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
             linewidth=1,
             label="whole-dataset base",
         )
-    for records, label, colour, treatment in (
-        (random_records, "transfer, random halves (AnB)", "tab:red", "AnB"),
-        (natman_records, "transfer, dissimilar halves (natman AnB)", "tab:green", "AnB"),
-        (whole_records, "random weights, all classes (RnB)", "tab:gray", "RnB"),
-    ):
-        _draw_relative(ax_rel, records, treatment, label, colour)
+    _draw_points_and_means(
+        ax_rel,
+        random_records,
+        "AnB",
+        replicates.relative_top1,
+        0.0,
+        "tab:red",
+        "o",
+        "transfer, random halves (AnB)",
+    )
+    _draw_seeds(
+        ax_rel,
+        whole_records,
+        "RnB",
+        "v",
+        "tab:gray",
+        "random weights, all classes (RnB)",
+        value=replicates.relative_top1,
+    )
     if paper:
         _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute="imagenet2012" in title)
     ax_rel.axhline(1.0, color="black", linestyle="--", linewidth=1)
@@ -235,40 +332,22 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     os.replace(tmp, path)
 
 
-def _values_by_n(records, treatment, value=lambda record: record["top1"]):
-    """{n: [value of each network of the treatment]}; a value of None is left out."""
-    by_n = {}
-    for r in records:
-        v = value(r) if r["treatment"] == treatment else None
-        if v is not None:
-            by_n.setdefault(r["n"], []).append(v)
-    return by_n
-
-
-def _draw_seeds(ax, records, treatment, marker, colour, label):
+def _draw_seeds(ax, records, treatment, marker, colour, label, value=lambda r: r["top1"]):
     """Each network a faint point and, over a split's seeded replicates (natman,
-    natman.s1, ...), the mean per n as the line; mean of one network when unseeded."""
-    by_n = _values_by_n(records, treatment)
-    if not by_n:
-        return
-    ns = sorted(by_n)
-    if any(len(values) > 1 for values in by_n.values()):
-        ax.scatter(
-            [n for n in ns for _ in by_n[n]],
-            [v for n in ns for v in by_n[n]],
-            s=12,
-            color=colour,
-            alpha=0.3,
-        )
-        label += f" (mean of {max(len(v) for v in by_n.values())} seeds)"
-    ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker=marker, color=colour, label=label)
-
-
-def _draw_relative(ax, records, treatment, label, colour):
-    by_n = _values_by_n(records, treatment, value=replicates.relative_top1)
-    if by_n:
-        ns = sorted(by_n)
-        ax.plot(ns, [statistics.fmean(by_n[n]) for n in ns], marker="o", color=colour, label=label)
+    natman.s1, ...), the mean per n with its 95% interval over the seeds: training noise
+    of the one partition, not partition-to-partition spread."""
+    seeded = any(r["split"] != replicates.partition((r["split"], "")) for r in records)
+    _draw_points_and_means(
+        ax,
+        records,
+        treatment,
+        value,
+        0.0,
+        colour,
+        marker,
+        label + (" (over seeds)" if seeded else ""),
+        unit=lambda replicate: replicate[0],
+    )
 
 
 def _overlay_figure4(ax_nat, ax_rand, ax_rel, paper, absolute):

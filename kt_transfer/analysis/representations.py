@@ -347,44 +347,57 @@ def _write(out, rows, matrices, grid_curves, notes, seconds, log):
 
 
 def _plot(path, rows, matrices, grid_curves):
+    """similarity.png: one axis per quantity (CKA; top-1 of probes and of the grid; LogME)
+    and the layer x layer CKA matrix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    ax = axes[0]
-    for measure, style in (
-        ("CKA(baseA, baseB) on A", "o-"),
-        ("CKA(baseA, baseB) on B", "s-"),
-        ("probe top-1 (baseA features, half B)", "^-"),
-    ):
-        curve = sorted((r["n"], r["value"]) for r in rows if r["measure"] == measure)
-        if curve:
-            ax.plot(*zip(*curve), style, label=measure)
-    for curve, label, colour in zip(grid_curves, ("AnB", "BnB"), ("tab:red", "tab:blue")):
-        if curve:
-            ax.plot(
-                *zip(*sorted(curve.items())),
-                "x--",
-                color=colour,
-                label=f"{label} top-1 (grid, trained)",
-            )
-    ax.set_xticks(range(1, 8), LAYERS)
-    ax.set_title("general to specific, without retraining", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    curve = sorted(
-        (r["n"], r["value"]) for r in rows if r["measure"] == "LogME (baseA features, half B)"
+    def curve(measure):
+        return sorted((r["n"], r["value"]) for r in rows if r["measure"] == measure)
+
+    def draw(ax, measures, title, ylabel):
+        for measure, style in measures:
+            points = curve(measure)
+            if points:
+                ax.plot(*zip(*points), style, label=measure)
+        ax.set_xticks(range(1, 8), LAYERS, rotation=45)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+
+    measures = sorted({r["measure"] for r in rows})
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5))
+    draw(
+        axes[0],
+        [(m, "o-") for m in measures if m.startswith("CKA(baseA, baseB)")]
+        + [(m, "s--") for m in measures if "other seed" in m]
+        + [(m, ":") for m in measures if m.startswith("CKA null")],
+        "CKA between the bases, the seed control, the null",
+        "linear CKA",
     )
-    if curve:
-        ax.plot(*zip(*curve), "d-", color="tab:purple", label="LogME (baseA features, half B)")
-    ax.set_xticks(range(1, 8), LAYERS)
-    ax.set_title("LogME per layer", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[2]
+    draw(
+        axes[1],
+        [(m, "^-") for m in measures if m.startswith("probe")],
+        "top-1: probes on baseA's layers, the grid",
+        "validation top-1 on half B",
+    )
+    for points, label, colour in zip(grid_curves, ("AnB", "BnB"), ("tab:red", "tab:blue")):
+        if points:
+            axes[1].plot(
+                *zip(*sorted(points.items())), "x--", color=colour, label=f"{label} (grid, trained)"
+            )
+    draw(
+        axes[2],
+        [(m, "d-") for m in measures if m.startswith("LogME")],
+        "LogME per layer",
+        "LogME (log evidence per example)",
+    )
+    for ax in axes[:3]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    ax = axes[3]
     half = sorted(matrices)[-1]
     image = ax.imshow(matrices[half], vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(7), LAYERS, rotation=45)
@@ -394,7 +407,7 @@ def _plot(path, rows, matrices, grid_curves):
     ax.set_title(f"CKA(baseA, baseB), layer x layer, half {half}", fontsize=10)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
+    fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     os.replace(path + ".tmp.png", path)
 

@@ -17,7 +17,7 @@ import json
 import os
 
 from kt_transfer import atomic
-from kt_transfer.analysis import figures, findings, replicates
+from kt_transfer.analysis import figures, findings, forest, replicates
 from kt_transfer.data import splits
 
 COLUMNS = (
@@ -261,6 +261,11 @@ def report_experiment(
         findings.rank_agreement(similarity or {}, transfer_curve),
     )
     _write_text(os.path.join(out_dir, prefix + "findings.md"), text, written)
+    forest_path = os.path.join(out_dir, prefix + "forest.png")
+    forest.plot(
+        found, forest_path, "Contrasts of findings.md: " + figure_title(dataset, split_names)
+    )
+    written.append(forest_path)
     return written, text
 
 

@@ -67,3 +67,20 @@ def holm(p_values):
         running = max(running, min(1.0, (len(present) - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def t_quantile(two_sided_p, df):
+    """The t with P(|T| >= t) = two_sided_p for df degrees of freedom (bisection on
+    t_two_sided_p, which falls with t): e.g. 0.05 / m for a Bonferroni interval."""
+    if not 0 < two_sided_p < 1:
+        raise ValueError(f"a two-sided p in (0, 1), got {two_sided_p}")
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) > two_sided_p:
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        if t_two_sided_p(middle, df) > two_sided_p:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
