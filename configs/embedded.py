@@ -105,6 +105,11 @@ def get_config():
     # >0: train without this seeded part of the training images and report top-1 on it
     # (set by --mode=tune from tune.holdout_fraction; its runs are named *_ho<fraction>).
     config.train.holdout_fraction = 0.0
+    # >0: a smaller target task. Every network trains on this many images of each class
+    # of its half (a seeded sample, the same for the whole split), but a transfer copies
+    # a source base trained on all of its half: the paper's reduced-data networks, where
+    # the source saw much more than the target (grid axis: grid.target_images_per_class).
+    config.train.target_images_per_class = 0
     config.train.backup_every_steps = 100  # a killed run resumes from its last backup
     config.train.log_every_steps = 100  # per-layer TensorBoard curves
     config.train.momentum = 0.9
@@ -136,6 +141,9 @@ def get_config():
     # again with the schedule restarted, which separates "re-initialise the top layers"
     # (BnB+ - B8B+) from "train longer from a warm restart" (B8B+ - base).
     config.grid.restart_control = True
+    # Target sizes to run the grid at, one after another (each its own experiment and
+    # report), e.g. (0, 10, 5): 0 is the full half. Empty: train.target_images_per_class.
+    config.grid.target_images_per_class = ()
     # Where the cells train (runs/executors.py; docs/distributed.md): "local", a pool of
     # persistent worker processes on this machine, one per cpus_per_cell cores (on the
     # 2-core machine one worker on both cores was not slower than two one-core workers:

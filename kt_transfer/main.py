@@ -128,7 +128,8 @@ def _run_grid(config):
             executors.check_ray_address(executors.ray_address(config.grid))
         with grid.grid_lock(config.workdir):
             dataset = sources.resolve_dataset(config)
-            grid.run_grid(config, dataset)
+            for sized in grid.target_size_configs(config):
+                grid.run_grid(sized, dataset)
     except (RuntimeError, ValueError, FileNotFoundError) as e:  # incl. GridIncompleteError
         _fail(e)
 

@@ -94,6 +94,7 @@ def validate(config):
     _check_distribute(check)
     _check_grid(check, config.grid)
     _check_tune(check, config)
+    _check_target_size(check, config)
     if check.problems:
         raise ConfigError("\n  ".join(["bad config:"] + check.problems))
 
@@ -228,6 +229,20 @@ def _check_model(check, config):
     check.one_of("model.init", INITS)
 
 
+def _check_target_size(check, config):
+    """A smaller target task samples each class's files: folder datasets only."""
+    sizes = (
+        config.train.get("target_images_per_class", 0),
+        *config.grid.get("target_images_per_class", ()),
+    )
+    if config.dataset.name == "tfds" and any(isinstance(k, int) and k > 0 for k in sizes):
+        check.fail(
+            "train.target_images_per_class",
+            "needs a folder dataset (embedded or folder), not tfds: export the TFDS data as a "
+            "folder (docs/data.md) and use --config.dataset.name=folder",
+        )
+
+
 def _check_train(check, tc):
     for key in (
         "batch_size",
@@ -248,6 +263,7 @@ def _check_train(check, tc):
     check.number("train.copied_lr_mult", low=0)
     check.number("train.copied_fc_lr_mult")  # < 0: copied fc layers use copied_lr_mult
     check.number("train.holdout_fraction", low=0, high=0.5)
+    check.number("train.target_images_per_class", low=0, integer=True)
     check.number("train.seed", low=0, integer=True)
     check.one_of("train.precision", PRECISIONS)
     check.boolean("train.jit_compile")
@@ -370,6 +386,13 @@ def _check_grid(check, gc):
         )
     check.boolean("grid.paper_overlay")
     check.boolean("grid.restart_control")
+    sizes = gc.get("target_images_per_class", ())
+    if not isinstance(sizes, tuple | list) or not all(isinstance(k, int) and k >= 0 for k in sizes):
+        check.fail(
+            "grid.target_images_per_class",
+            "give the target task's training images per class to run, e.g. '(0, 10, 5)' "
+            "(0: all of them; empty: train.target_images_per_class alone)",
+        )
     if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
         check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
     if not gc.treatments:

@@ -81,6 +81,7 @@ def test_the_report_tables_give_mean_sd_count_and_interval(tmp_path):
         "embedded_random_abcd1234_replicates.csv",
         "embedded_random_abcd1234_results.png",
         "embedded_random_abcd1234_findings.md",
+        "embedded_random_abcd1234_forest.png",
     } <= names
     summary = open(out / "embedded_random_abcd1234_replicates.csv").read().splitlines()
     assert summary[0] == ",".join(replicates.SUMMARY_COLUMNS)
@@ -231,6 +232,10 @@ def test_p_values_and_holm_against_hand_computed_cases():
     assert stats.holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx(
         [0.03, 0.06, 0.06, None, 0.02]
     )
+    for df in (1, 3, 30):  # the quantile inverts the p-value
+        assert stats.t_quantile(0.05, df) == pytest.approx(replicates.t975(df), abs=2e-3)
+    # Bonferroni over 9 contrasts with 3 df: t at 0.05 / 9, wider than 3.182.
+    assert stats.t_two_sided_p(stats.t_quantile(0.05 / 9, 3), 3) == pytest.approx(0.05 / 9)
     est = replicates.Estimate.of([0.01, 0.02, 0.03, 0.02])
     t = est.mean / (est.sd / 2)
     assert est.p_value() == pytest.approx(stats.t_two_sided_p(t, 3))

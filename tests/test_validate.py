@@ -35,6 +35,17 @@ import pytest
         ({"mode": "tune", "n": 2, "tune.treatment": "AnB"}, "AnB+ or BnB+"),
         ({"mode": "AnB", "n": 0}, "--n between 1 and 7"),
         ({"mode": "baseA", "train.total_steps": 5}, "--config.train.steps_per_epoch"),
+        ({"mode": "baseA", "train.target_images_per_class": -1}, "target_images_per_class"),
+        (
+            {
+                "mode": "grid",
+                "dataset.name": "tfds",
+                "dataset.tfds_name": "cifar100",
+                "grid.target_images_per_class": (0, 5),
+            },
+            "needs a folder dataset",
+        ),
+        ({"mode": "grid", "grid.target_images_per_class": (5, "x")}, "e.g. '(0, 10, 5)'"),
     ],
 )
 def test_bad_config_values_are_named_with_the_fix(overrides, message, tmp_path):

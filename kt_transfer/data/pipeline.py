@@ -406,6 +406,11 @@ def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout
       part as a distributed evaluation pipeline.
     """
     dc = config.dataset
+    # A smaller target task (train.target_images_per_class): the same seeded sample of
+    # each class for every network of the split; validation reads every image.
+    source = dataset.source.with_train_per_class(
+        config.train.get("target_images_per_class", 0), run_seed(config, dataset)
+    )
     kwargs = dict(
         resize_size=dc.resize_size,
         crop_size=config.model.input_size,
@@ -422,7 +427,7 @@ def make_run_inputs(config, dataset, class_indices, strategy, bad_files, holdout
 
         def make(ctx=None):
             return make_dataset(
-                dataset.source,
+                source,
                 subset,
                 class_indices,
                 training=training,

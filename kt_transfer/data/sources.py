@@ -26,9 +26,27 @@ class FolderSource:
     root: str
     classes: list  # class names in class-index order
     val_split: str = "val"
+    # >0: read at most this many training images of each class, a seeded sample
+    # (train.target_images_per_class: a smaller target task); validation is untouched.
+    train_per_class: int = 0
+    sample_seed: int = 0
 
     def describe(self):
+        if self.train_per_class:
+            sample = f"{self.train_per_class} training images a class, seed {self.sample_seed}"
+            return f"{self.root} ({sample})"
         return self.root
+
+    def with_train_per_class(self, count, seed):
+        """This source reading only `count` training images per class (0: all of them),
+        the same sample for every network of a split (`seed`: its run seed)."""
+        return dataclasses.replace(self, train_per_class=int(count), sample_seed=int(seed))
+
+    def _list(self, subset, class_indices):
+        paths, labels = list_files(self.root, self._subset(subset), self.classes, class_indices)
+        if subset != "train" or not self.train_per_class:
+            return paths, labels
+        return sample_per_class(paths, labels, self.train_per_class, self.sample_seed)
 
     def groups(self):
         """Per-class man-made/natural groups, where the folder's classes.tsv has them."""
@@ -49,7 +67,7 @@ class FolderSource:
         import numpy as np
         import tensorflow as tf
 
-        paths, labels = list_files(self.root, self._subset(subset), self.classes, class_indices)
+        paths, labels = self._list(subset, class_indices)
         ds = tf.data.Dataset.from_tensor_slices(
             {"image": paths, "label": np.array(labels, np.int64), "name": paths}
         )
@@ -61,7 +79,7 @@ class FolderSource:
 
     def count(self, subset, class_indices):
         """How many images a pass of the half's `subset` reads."""
-        return len(list_files(self.root, self._subset(subset), self.classes, class_indices)[0])
+        return len(self._list(subset, class_indices)[0])
 
     def probe_examples(self, class_indices, size, load):
         """Up to `size` (image, label) validation examples drawn round robin across the
@@ -129,6 +147,16 @@ class TfdsSource:
 
     def groups(self):
         return None
+
+    def with_train_per_class(self, count, seed):
+        """A TFDS split has no file listing to sample from without reading it whole."""
+        if count:
+            raise ValueError(
+                "train.target_images_per_class needs a folder dataset (embedded or folder): "
+                "export the TFDS data as a folder (docs/data.md) and use "
+                "--config.dataset.name=folder, or set --config.train.target_images_per_class=0"
+            )
+        return self
 
     def examples(self, subset, class_indices, *, training, seed, input_context=None):
         """As FolderSource.examples: the examples hold the encoded image itself. The label
@@ -241,6 +269,22 @@ def list_files(root, subset, classes, class_indices):
         paths += [os.path.join(folder, n) for n in names]
         labels += [label] * len(names)
     return paths, labels
+
+
+def sample_per_class(paths, labels, count, seed):
+    """At most `count` (path, label) of each label: a seeded random sample of the class's
+    sorted files, kept in listing order (the same sample whatever else is listed)."""
+    import numpy as np
+
+    chosen = set()
+    by_label = collections.defaultdict(list)
+    for i, label in enumerate(labels):
+        by_label[label].append(i)
+    for label, indices in by_label.items():
+        rng = np.random.default_rng([int(seed), int(label), len(indices)])
+        chosen.update(indices[j] for j in rng.permutation(len(indices))[:count])
+    keep = sorted(chosen)
+    return [paths[i] for i in keep], [labels[i] for i in keep]
 
 
 class NoReadableImagesError(ValueError):

@@ -38,12 +38,22 @@ NOT_DEFINING_A_BASE = (
 )
 
 
+# Settings added after experiments were run, at the value that changes nothing: left out
+# of the id there, so the experiments run before them keep their ids.
+NEUTRAL = {"train": {"target_images_per_class": 0}}
+
+
 def experiment_dir(config, dataset):
     """<workdir>/<dataset>/<split>/<id>: id = hash of what defines a base network."""
+    train_config = {
+        k: v
+        for k, v in config.train.to_dict().items()
+        if k not in NOT_DEFINING_A_BASE and NEUTRAL["train"].get(k, object()) != v
+    }
     defining = {
         "dataset": config.dataset.to_dict(),
         "model": config.model.to_dict(),
-        "train": {k: v for k, v in config.train.to_dict().items() if k not in NOT_DEFINING_A_BASE},
+        "train": train_config,
     }
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
@@ -89,15 +99,29 @@ def copied_fc_lr_mult(config, treatment):
     return float(mult) if mult >= 0 and treatment.fine_tune and copies_fc else None
 
 
-def base_config(config):
+def base_config(config, treatment=None):
     """The config a treatment's base is trained under: without a tuning trial's shorter
-    step budget (train.budget_epochs) or held-out images (train.holdout_fraction)."""
-    if config.train.get("budget_epochs", 0) <= 0 and config.train.get("holdout_fraction", 0.0) <= 0:
+    step budget (train.budget_epochs) or held-out images (train.holdout_fraction); and,
+    for a transfer from the other half under a smaller target task
+    (train.target_images_per_class), with all of the source half's images: the source
+    saw its whole half, the target (and the selffer's base) only the sample."""
+    full_source = (
+        config.train.get("target_images_per_class", 0) > 0
+        and treatment is not None
+        and treatment.source != treatment.target
+    )
+    if (
+        config.train.get("budget_epochs", 0) <= 0
+        and config.train.get("holdout_fraction", 0.0) <= 0
+        and not full_source
+    ):
         return config
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.train.budget_epochs = 0
         config.train.holdout_fraction = 0.0
+        if full_source:
+            config.train.target_images_per_class = 0
     return config
 
 
@@ -142,7 +166,7 @@ def ensure_base(config, dataset, treatment, log=print, strategy=None, wait_s=Non
       RuntimeError: the base failed (nothing to copy from).
     """
     base = transfer.parse_treatment(treatment.base_mode)
-    config_of_base = base_config(config)  # a tuning trial still copies a full base
+    config_of_base = base_config(config, treatment)  # e.g. a tuning trial copies a full base
     base_out = run_dir(config_of_base, dataset, base)
     base_metrics = read_metrics(base_out)
     if base_metrics is None:

@@ -53,6 +53,21 @@ class Cell:
         return f"{self.split}/{self.treatment.base_mode}" if self.treatment.base_mode else None
 
 
+def target_size_configs(config):
+    """The grid's configs, one per target size of `grid.target_images_per_class` (each
+    with train.target_images_per_class set; 0, the full half, first, so the reduced
+    grids find the source bases trained), or the config alone when that is empty."""
+    sizes = tuple(config.grid.get("target_images_per_class", ()))
+    if not sizes:
+        return [config]
+    configs = []
+    for size in sorted(set(sizes)):
+        sized = config.copy_and_resolve_references()
+        sized.train.target_images_per_class = size
+        configs.append(sized)
+    return configs
+
+
 def grid_splits(config):
     """The grid's splits: `grid.splits`, or the config's one split when that is empty."""
     return tuple(config.grid.splits) or (config.split,)
