@@ -168,7 +168,7 @@ def ensure_base(config, dataset, treatment, log=print, strategy=None, wait_s=Non
     base = transfer.parse_treatment(treatment.base_mode)
     config_of_base = base_config(config, treatment)  # e.g. a tuning trial copies a full base
     base_out = run_dir(config_of_base, dataset, base)
-    base_metrics = read_metrics(base_out)
+    base_metrics = _without_lost_weights(read_metrics(base_out), base_out, log)
     if base_metrics is None:
         log(
             f"{treatment.run_name} copies layers from {base.run_name}, which is not "
@@ -187,6 +187,22 @@ def ensure_base(config, dataset, treatment, log=print, strategy=None, wait_s=Non
             f"nothing to copy from. Its record: {base_out}"
         )
     return base_out
+
+
+def _without_lost_weights(metrics, out, log):
+    """A finished base whose network file is gone (its record restored from a grid's
+    saved records, tools/grid_records.py, or the file deleted) cannot be copied from: its
+    record is set aside and the base trained again. Under one config a base trains to the
+    same weights (the logged fingerprint), so its transfers are those of the record."""
+    model = os.path.join(out, MODEL_FILE)
+    if metrics is None or metrics.get("status") != "finished" or os.path.exists(model):
+        return metrics
+    log(
+        f"{os.path.basename(out)} finished earlier but {model} is gone: training it again "
+        "(the same config trains the same weights)"
+    )
+    os.replace(os.path.join(out, METRICS_FILE), os.path.join(out, "metrics-without-weights.json"))
+    return None
 
 
 def load_network(path):

@@ -1,0 +1,76 @@
+"""A grid's records without its weights: save them to carry a long grid to another
+machine or session, restore them to resume it there, or report from them alone.
+
+    python tools/grid_records.py save --workdir=workdir --to=docs/figure_grid/records
+    python tools/grid_records.py restore --workdir=workdir --to=docs/figure_grid/records
+    python -m kt_transfer.main --mode=grid --workdir=workdir ...   # resumes
+
+A record is a run's metrics.json and config.json (about 12 kB), under the same
+<dataset>/<split>/<experiment>/<run> path as in the workdir; the networks themselves
+(about 5 MB each) stay behind. After a restore the grid skips every finished cell; a
+transfer that still has to train and finds its base without weights trains the base
+again first, to the same weights (a base's training is deterministic under one config:
+the fingerprint in its log repeats), so the restored transfers stay paired with it.
+Reports (--mode=grid's findings, tools/plot_results.py) need the records only.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", "workdir", "the grid's --workdir")
+flags.DEFINE_string("to", "", "the records directory (e.g. docs/figure_grid/records)")
+FLAGS = flags.FLAGS
+
+RECORD_FILES = ("metrics.json", "config.json")
+
+
+def runs_with_records(root):
+    """Relative paths <dataset>/<split>/<experiment>/<run> that have a metrics.json."""
+    return sorted(
+        os.path.relpath(os.path.dirname(path), root)
+        for path in glob.glob(os.path.join(root, "*", "*", "*", "*", "metrics.json"))
+    )
+
+
+def copy_records(source_root, dest_root, overwrite):
+    """Copies the records of every run; returns (copied, skipped) counts."""
+    copied = skipped = 0
+    for run in runs_with_records(source_root):
+        target = os.path.join(dest_root, run)
+        if not overwrite and os.path.exists(os.path.join(target, "metrics.json")):
+            skipped += 1
+            continue
+        os.makedirs(target, exist_ok=True)
+        for name in RECORD_FILES:
+            path = os.path.join(source_root, run, name)
+            if os.path.exists(path):
+                shutil.copyfile(path, os.path.join(target, name) + ".tmp")
+                os.replace(os.path.join(target, name) + ".tmp", os.path.join(target, name))
+        copied += 1
+    return copied, skipped
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("save", "restore") or not FLAGS.to:
+        sys.exit("error: usage: grid_records.py save|restore --workdir=DIR --to=RECORDS_DIR")
+    if argv[1] == "save":
+        if not os.path.isdir(FLAGS.workdir):
+            sys.exit(f"error: --workdir={FLAGS.workdir} does not exist: nothing to save")
+        copied, _ = copy_records(FLAGS.workdir, FLAGS.to, overwrite=True)
+        print(f"saved the records of {copied} runs from {FLAGS.workdir} to {FLAGS.to}")
+    else:
+        if not os.path.isdir(FLAGS.to):
+            sys.exit(f"error: --to={FLAGS.to} does not exist: no records to restore")
+        copied, skipped = copy_records(FLAGS.to, FLAGS.workdir, overwrite=False)
+        print(
+            f"restored the records of {copied} runs to {FLAGS.workdir} "
+            f"({skipped} already there, kept)"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
