@@ -117,6 +117,7 @@ def test_t_interval_matches_the_textbook():
         ([0.03, -0.04, 0.05, -0.03], "not_below", "inconclusive"),  # wide: no evidence
         ([-0.05, -0.06, -0.055, -0.052], "not_below", "does not show"),  # below the margin
         ([0.05, 0.06, 0.055, 0.052], "either", "higher"),  # a control: no paper side
+        ([0.050, 0.051], "positive", "inconclusive"),  # 2 partitions: no verdict, however close
     ],
 )
 def test_verdicts(values, sign, verdict):

@@ -122,7 +122,7 @@ def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tm
     the control averaged over n within a seed, so the findings get intervals."""
     workdir = str(tmp_path)
     jitter = iter([0.000, 0.004, -0.003, 0.002, -0.001, 0.003, -0.004, 0.001] * 10)
-    for split in ("random0", "random1"):  # transfer between random halves: 0.9 of the base
+    for split in ("random0", "random1", "random2"):  # transfer between random halves: 0.9
         _write_run(workdir, split, "baseA", "baseA", 0, 0.40)
         _write_run(workdir, split, "baseB", "baseB", 0, 0.40)
         for n in (6, 7):
@@ -147,13 +147,13 @@ def test_seeded_replicates_of_natman_and_all_are_pooled_into_findings_e_and_f(tm
         line for line in findings_md.splitlines() if "(natman)" in line and "unpaired" in line
     )
     # natman's 3 seeds are training-noise replicates of its one partition; the random
-    # side is 2 partitions (their directions averaged first).
-    assert "3 seeds of the one natman partition, training noise only; 2 random partitions" in line_e
-    assert "(2 partitions, 10 replicates)" in line_e and line_e.rstrip().endswith("| shows |")
+    # side is 3 partitions (their directions averaged first).
+    assert "3 seeds of the one natman partition, training noise only; 3 random partitions" in line_e
+    assert "(3 partitions, 12 replicates)" in line_e and line_e.rstrip().endswith("| shows |")
     assert abs(_estimate(line_e) - (0.6 - 0.9)) < 0.01
     line_f = next(line for line in findings_md.splitlines() if "all-class control" in line)
-    assert "(2 partitions, 7 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
-    assert "unpaired: 3 seeds, training noise only; 2 random partitions" in line_f
+    assert "(3 partitions, 9 replicates)" in line_f and line_f.rstrip().endswith("| shows |")
+    assert "unpaired: 3 seeds, training noise only; 3 random partitions" in line_f
     assert abs(_estimate(line_f) - (0.1 - 0.9)) < 0.01
 
 

@@ -11,8 +11,8 @@ Verdicts:
 - Every tested contrast of the report is one family: its p-values are Holm-adjusted
   together (stats.holm), and the verdict is on the adjusted p. A contrast *shows* when
   the adjusted p is below ALPHA on the paper's side, *does not show* when it is below
-  ALPHA on the other side, and is *inconclusive* otherwise (or with fewer than 2
-  partitions); *not run* when the grid has none of the networks it needs.
+  ALPHA on the other side, and is *inconclusive* otherwise (or with fewer than
+  MIN_PARTITIONS partitions); *not run* when the grid has none of the networks it needs.
 - "Not below" is a non-inferiority test with a stated margin (NON_INFERIORITY_MARGIN):
   *shows* when the treatment is significantly above base - margin, *does not show* when
   significantly below it, else inconclusive. A wide interval is inconclusive, never a
@@ -39,6 +39,9 @@ ALPHA = 0.05  # familywise, after Holm's correction
 # base): about the spread of one base trained again (0.9 points) and the binomial
 # standard error of one evaluation on 2,000 images (1.1 points).
 NON_INFERIORITY_MARGIN = 0.01
+# A verdict needs at least 3 partitions: a t interval from 2 values (1 df) rests wholly
+# on normality, and two partitions that happen to agree give a tiny interval.
+MIN_PARTITIONS = 3
 SIGNS = ("positive", "negative", "not_below", "either")  # "either": a control, no side
 
 
@@ -64,10 +67,18 @@ class Contrast:
             return None
         return est.p_value(self.null)
 
+    @property
+    def testable(self):
+        """Enough partitions for a verdict (MIN_PARTITIONS); the others are shown with
+        their raw p but are left out of the Holm family."""
+        return self.estimate is not None and self.estimate.count >= MIN_PARTITIONS
+
     def verdict(self):
         est = self.estimate
         if est is None:
             return "not run"  # the grid has none of the networks it needs
+        if not self.testable:
+            return "inconclusive"
         p = self.adjusted_p if self.adjusted_p is not None else self.p_value()
         if p is None or math.isnan(p) or p >= ALPHA:
             return "inconclusive"
@@ -307,7 +318,7 @@ def _restart_control(contrast, arm, base, restart, ns):
 
 def _adjust(found):
     """Holm's correction over every testable contrast of the report, in place."""
-    tested = [c for f in found if not f.todo for c in f.contrasts]
+    tested = [c for f in found if not f.todo for c in f.contrasts if c.testable]
     adjusted = stats.holm([c.p_value() for c in tested])
     for c, p in zip(tested, adjusted, strict=True):
         c.adjusted_p = p
@@ -558,7 +569,8 @@ def to_markdown(found, title, notes=(), ranks=()):
         "are averaged first (they share its classes and bases). A contrast *shows* when its "
         f"Holm-adjusted p (over every contrast above) is below {ALPHA} on the paper's side, "
         "*does not show* when it is on the other side, and is *inconclusive* otherwise: a "
-        "difference smaller than its interval is not a finding. *Not below* is a "
+        "difference smaller than its interval is not a finding, and fewer than "
+        f"{MIN_PARTITIONS} partitions give no verdict (no Holm p). *Not below* is a "
         f"non-inferiority test with a margin of {NON_INFERIORITY_MARGIN * 100:g} point of "
         "top-1. (c) is asked only where (b)'s dip shows. Controls the paper lacks (sign "
         "*either*) say *higher* or *lower* when their adjusted p is below "

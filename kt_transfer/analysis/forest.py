@@ -49,7 +49,7 @@ def plot(found, path, title):
     import matplotlib.pyplot as plt
 
     entries = rows(found)
-    tested = sum(1 for _, c in entries if c.p_value() is not None)
+    tested = sum(1 for _, c in entries if c.testable)
     fig, ax = plt.subplots(figsize=(12, 1.0 + 0.42 * max(len(entries), 1)))
     for i, (key, contrast) in enumerate(entries):
         y = len(entries) - i
