@@ -271,7 +271,7 @@ def test_fine_tuning_cannot_remove_a_dip_that_is_not_there():
     }
     found = {f.key: f for f in findings.evaluate(_records(no_dip, 0.003), paper, range(1, 8))}
     assert found["b"].verdict() != "shows"
-    assert found["c"].verdict() == "no dip to remove"
+    assert found["c"].verdict() == "no dip shown to remove"
 
 
 def test_relative_contrasts_compare_with_the_paper_on_its_own_scale():

@@ -253,7 +253,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
                 ),
             ],
             requires=dip,
-            unmet="no dip to remove",
+            unmet="no dip shown to remove",
         ),
         Finding(
             "d",
