@@ -61,7 +61,7 @@ class Contrast:
         return -NON_INFERIORITY_MARGIN if self.sign == "not_below" else 0.0
 
     def p_value(self):
-        """Two-sided p of the estimate against `null`; None when untestable."""
+        """Two-sided p of the estimate against `null`; None with fewer than 2 partitions."""
         est = self.estimate
         if est is None or est.count < 2:
             return None

@@ -250,14 +250,10 @@ def load_base(path, label=None):
     )
 
 
-def check_compatible(base, model, layer_names, base_num_classes=None):
-    """Raises BaseMismatchError naming the first layer whose weights differ in shape, or
-    fc8 if the base was trained on another class count.
-
-    Args:
-      base: the BaseNetwork.
-      base_num_classes: classes of the half the base was trained on, if known.
-    """
+def check_compatible(base, model, layer_names):
+    """Raises BaseMismatchError naming the first copied layer whose weights differ in
+    shape. Only copied layers are checked: a base trained on another class count (another
+    split or dataset: transfer between tasks) fits any n whose copy stops below fc8."""
     for name in layer_names:
         if name not in base.weights:
             raise BaseMismatchError(
@@ -272,15 +268,6 @@ def check_compatible(base, model, layer_names, base_num_classes=None):
                 f"{have}, this network needs {want}. Train the base with the same "
                 "--config.model (width, input_size) and dataset/split (classes)."
             )
-    # fc8's shape encodes the class count of the base's half; compare it even when fc8
-    # is not copied (a base trained on another split or dataset fails here).
-    base_classes = base.weights["fc8"][0].shape[-1] if "fc8" in base.weights else None
-    if base_num_classes is not None and base_classes != base_num_classes:
-        raise BaseMismatchError(
-            f"base network does not match at layer 'fc8': {base_classes} classes in the "
-            f"base, but its half of this split has {base_num_classes}; use the base's "
-            "dataset and split"
-        )
 
 
 def build_model(
@@ -289,7 +276,6 @@ def build_model(
     num_classes,
     base=None,
     copied_lr_mult=1.0,
-    base_num_classes=None,
     mean_rgb=(0.0, 0.0, 0.0),
     scale=1.0,
     copied_fc_lr_mult=None,
@@ -304,7 +290,6 @@ def build_model(
       base: the trained base network, for treatments that copy from one: a BaseNetwork
         (see load_base) or a Keras model.
       copied_lr_mult: learning-rate multiplier of copied layers in "+" treatments.
-      base_num_classes: classes of the base's half (checked against the base's fc8).
       mean_rgb, scale, mean_image: input normalization built into the network (see
         caffenet.py) when it copies nothing; a network that copies layers inherits its
         base's instead, as the paper's transfer nets used their base's mean file.
@@ -337,7 +322,7 @@ def build_model(
         mean_image=mean_image,
     )
     if copied:
-        check_compatible(base, model, copied, base_num_classes)
+        check_compatible(base, model, copied)
         for name in copied:
             model.get_layer(name).set_weights(base.weights[name])
     for plan in plans:

@@ -505,14 +505,12 @@ def _set_up_network(config, dataset, run, strategy, log):
     # float32, or mixed_float16 / mixed_bfloat16 (float16 gets loss scaling from compile).
     keras.config.set_dtype_policy(config.train.precision)
     with strategy.scope():  # variables (model and optimizer) are created per replica
-        base_half = dataset.split.half(treatment.source) if treatment.base_mode else ()
         model, plans = transfer.build_model(
             treatment,
             config.model,
             fc8_outputs(config, dataset, half),
             base,
             config.train.copied_lr_mult,
-            fc8_outputs(config, dataset, base_half),
             mean_rgb=mean_rgb,
             scale=config.dataset.scale,
             mean_image=mean_image,
