@@ -203,6 +203,9 @@ def test_findings_on_grids_whose_answer_is_known():
     text = findings.to_markdown(list(found.values()), "t")
     assert "| (a) frozen transfer" in text and "inconclusive" in text
     assert "Holm p" in text and "4 partitions, 8 replicates" in text
+    # Each finding says what this regime can and cannot test, under its own letter.
+    regime = text.split("## What this regime can and cannot test")[1]
+    assert all(f"- ({key}) " in regime for key in found if key in findings.REGIME)
 
 
 def test_two_directions_of_one_split_count_once():
