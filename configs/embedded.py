@@ -85,6 +85,24 @@ def get_config():
     # CPU-scale run lasts; "he" (He-normal, fc8 as in the paper) on inputs scaled by 1/64
     # starts learning within ~150 steps. The paper config uses "paper".
     config.model.init = "he"
+    # The network family (kt_transfer/networks/families.py): caffenet (the paper's), resnet,
+    # vit, or module:function for your own (README, "Your network, your data"). n counts
+    # its blocks. input_size, width (caffenet, resnet), dropout and init (caffenet) apply.
+    config.model.network = "caffenet"
+    # In "+" treatments, what a copied block's BatchNorm layers do: "train" (statistics,
+    # scale and shift updated with the rest) or "frozen" (inference mode, the base's).
+    # Frozen blocks always keep theirs. No effect on CaffeNet (it has no BatchNorm).
+    config.model.batchnorm_fine_tune = "train"
+    config.model.resnet = ml_collections.ConfigDict()
+    config.model.resnet.stages = (2, 2, 2, 2)  # residual blocks per stage (ResNet-18)
+    config.model.resnet.block = "basic"  # basic | bottleneck (ResNet-50: (3, 4, 6, 3))
+    config.model.resnet.stem = "small"  # small: one 3x3 conv | imagenet: 7x7/2 and a max pool
+    config.model.vit = ml_collections.ConfigDict()
+    config.model.vit.patch_size = 8
+    config.model.vit.hidden_dim = 64
+    config.model.vit.num_heads = 4
+    config.model.vit.num_blocks = 4
+    config.model.vit.mlp_dim = 128
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64

@@ -78,13 +78,15 @@ def main(argv):
         _fail(e)
     from kt_transfer.analysis import summary
     from kt_transfer.data import sources
-    from kt_transfer.networks import transfer
+    from kt_transfer.networks import families, transfer
     from kt_transfer.runs import experiment, tune
     from kt_transfer.training import distribute
 
     treatment = None
     if config.mode not in ("grid", "tune", "similarity"):
-        treatment = transfer.parse_treatment(config.mode, config.n)  # validated above
+        treatment = transfer.parse_treatment(  # validated above
+            config.mode, config.n, families.block_names(config.model)
+        )
     if config.mode == "grid":
         _run_grid(config)
         return

@@ -4,7 +4,8 @@ main.py calls it first, before the embedded dataset is generated, before a strat
 made, before anything is written under the workdir or the data directory. A bad value is
 a `ConfigError` naming the `--config.` key (or flag), what it got and what it accepts.
 Only the config is read here (and whether paths exist): no model is built, no TensorFlow
-op runs.
+op runs; a user's network function (--config.model.network=module:function) alone is
+called, on a symbolic input, to learn its cut points.
 """
 
 import importlib.util
@@ -15,7 +16,7 @@ import re
 
 from kt_transfer import atomic
 from kt_transfer.data import mean, splits
-from kt_transfer.networks import architecture, transfer
+from kt_transfer.networks import architecture, families, transfer
 from kt_transfer.networks.caffenet import INITS
 from kt_transfer.training import distribute
 
@@ -87,6 +88,7 @@ def validate(config):
       ConfigError: listing every problem found, one per line, each naming its key.
     """
     check = _Checker(config)
+    check.blocks = _check_network(check, config)
     _check_run(check, config)
     _check_dataset(check, config.dataset)
     _check_model(check, config)
@@ -138,7 +140,7 @@ def _check_run(check, config):
             )
         return
     try:
-        treatment = transfer.parse_treatment(mode, config.n)
+        treatment = transfer.parse_treatment(mode, config.n, check.blocks)
     except ValueError as e:
         check.problems.append(str(e))
         return
@@ -202,12 +204,57 @@ def _check_dataset(check, dc):
 FC8_OUTPUTS = ("half", "all")
 
 
+def _check_network(check, config):
+    """The network's cut points (families.py), or None where --config.model.network or
+    its sub-config cannot build one (each problem named)."""
+    mc = config.model
+    network = families.network_name(mc)
+    if network not in families.BUILT_IN and not families.is_user_function(network):
+        check.fail(
+            "model.network",
+            f"use one of {', '.join(families.BUILT_IN)}, or module:function for your own "
+            "network (README, 'Your network, your data')",
+        )
+        return None
+    check.one_of("model.batchnorm_fine_tune", transfer.BATCHNORM_FINE_TUNE)
+    problems = len(check.problems)
+    if network == "resnet":
+        stages = mc.resnet.stages
+        if (
+            not isinstance(stages, tuple | list)
+            or not stages
+            or not all(isinstance(c, int) and c >= 1 for c in stages)
+        ):
+            check.fail("model.resnet.stages", "give residual blocks per stage, e.g. '(2, 2, 2, 2)'")
+        check.one_of("model.resnet.block", ("basic", "bottleneck"))
+        check.one_of("model.resnet.stem", ("small", "imagenet"))
+    elif network == "vit":
+        for key in ("patch_size", "hidden_dim", "num_heads", "num_blocks", "mlp_dim"):
+            check.number(f"model.vit.{key}", low=1, integer=True)
+        vc = mc.vit
+        if len(check.problems) == problems and vc.hidden_dim % vc.num_heads:
+            check.fail("model.vit.hidden_dim", f"must be a multiple of num_heads={vc.num_heads}")
+        if len(check.problems) == problems and vc.patch_size > mc.input_size:
+            check.fail("model.vit.patch_size", f"must be at most model.input_size={mc.input_size}")
+    if len(check.problems) > problems:
+        return None
+    try:
+        return families.block_names(mc)
+    except Exception as e:  # a user's function that does not build
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if message.startswith("--config.model.network"):
+            check.problems.append(message)
+        else:
+            check.fail("model.network", f"the function does not build a network: {message}")
+        return None
+
+
 def _check_model(check, config):
     mc = config.model
     check.one_of("model.fc8_outputs", FC8_OUTPUTS)
     minimum = architecture.min_input_size()
     if check.number("model.input_size", low=1, integer=True):
-        if mc.input_size < minimum:
+        if mc.input_size < minimum and families.network_name(mc) == "caffenet":
             check.fail(
                 "model.input_size",
                 f"the 8-layer network needs at least {minimum} "
@@ -393,8 +440,13 @@ def _check_grid(check, gc):
             "give the target task's training images per class to run, e.g. '(0, 10, 5)' "
             "(0: all of them; empty: train.target_images_per_class alone)",
         )
-    if not gc.ns or not all(isinstance(n, int) and 1 <= n <= 7 for n in gc.ns):
-        check.fail("grid.ns", "give the n values to run, each 1..7, e.g. '(1, 2, 3)'")
+    last = len(check.blocks or architecture.LAYER_NAMES) - 1
+    if not gc.ns or not all(isinstance(n, int) and 1 <= n <= last for n in gc.ns):
+        check.fail(
+            "grid.ns",
+            f"give the n values to run, each 1..{last} (blocks of --config.model.network "
+            "copied), e.g. '(1, 2, 3)'",
+        )
     if not gc.treatments:
         check.fail("grid.treatments", 'name the treatments to run, e.g. \'("AnB", "BnB")\'')
     for mode in gc.treatments:
@@ -442,13 +494,17 @@ def tune_treatment(config):
     Raises:
       ValueError naming --config.tune.treatment, --n or --config.tune.copied_fc_lr_mults.
     """
-    treatment = transfer.parse_treatment(config.tune.treatment, config.n)
+    treatment = transfer.parse_treatment(
+        config.tune.treatment, config.n, families.block_names(config.model)
+    )
     if not treatment.fine_tune or treatment.base_mode is None:
         raise ValueError(
             f"--config.tune.treatment={config.tune.treatment!r}: the sweep "
             "tunes copied layers that learn; use AnB+ or BnB+ (or BnA+, AnA+)"
         )
-    if config.tune.copied_fc_lr_mults and treatment.n < 6:
+    if config.tune.copied_fc_lr_mults and (
+        treatment.n < 6 or families.network_name(config.model) != "caffenet"
+    ):
         raise ValueError(
             f"--config.tune.copied_fc_lr_mults needs copied fc layers (n >= 6); "
             f"with --n={treatment.n} only conv layers are copied"

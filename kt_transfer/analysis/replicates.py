@@ -163,14 +163,15 @@ def networks(rows, split_names=None):
             treatment, direction = "base", ("AtoB" if row["mode"] == "baseB" else "BtoA")
         else:
             treatment, direction = paper_name(row["mode"])
-            if row["n"] == RESTART_N:  # B8B+ / A8A+
+            if row["n"] == row.get("blocks", RESTART_N):  # B8B+ / A8A+: every block copied
                 treatment = RESTART
         records.append(
             {
                 "split": row["split"],
                 "direction": direction,
                 "treatment": treatment,
-                "n": row["n"],
+                # The restart control is filed under CaffeNet's n = 8 for every family.
+                "n": RESTART_N if treatment == RESTART else row["n"],
                 "top1": row["top1"],
                 "base_top1": row.get("base_top1"),
                 "mean_highest_top1": row.get("mean_highest_top1"),

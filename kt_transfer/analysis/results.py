@@ -61,6 +61,9 @@ def gather(workdir):
                 "run": run,
                 "mode": metrics.get("mode", run),
                 "n": metrics.get("n", 0),
+                # Cut points of the run's network (families.py); CaffeNet's 8 before
+                # other families existed. n equal to it is the restart control.
+                "blocks": metrics.get("blocks", 8),
                 "status": metrics.get("status", "finished"),
                 "top1": metrics.get("top1"),
                 "top5": metrics.get("top5"),

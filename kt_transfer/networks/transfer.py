@@ -22,10 +22,10 @@ import zipfile
 import keras
 import numpy as np
 
-from kt_transfer.networks import caffenet
+from kt_transfer.networks import architecture, caffenet, families
 
 MODE_PATTERN = re.compile(r"base(?P<base>[AB])|(?P<source>[ABR])n(?P<target>[AB])(?P<plus>\+?)")
-RESTART_N = 8  # n of the restart control: every layer copied (caffenet.LAYER_NAMES)
+RESTART_N = 8  # n of CaffeNet's restart control: every layer copied (a family's: its count)
 MODES_HELP = (
     "baseA, baseB, AnB, AnB+, BnB, BnB+, BnA, BnA+, AnA, AnA+, RnB, RnA "
     "(R = random frozen features)"
@@ -60,14 +60,15 @@ class Treatment:
         """The base network this treatment copies from, or None."""
         return f"base{self.source}" if self.source in ("A", "B") else None
 
-    def layer_plans(self, copied_lr_mult=1.0, copied_fc_lr_mult=None):
-        """One LayerPlan per weight layer, in order.
+    def layer_plans(self, copied_lr_mult=1.0, copied_fc_lr_mult=None, blocks=None):
+        """One LayerPlan per block (CaffeNet: weight layer), in order.
 
         copied_fc_lr_mult, if given, is the multiplier of copied fully-connected layers
-        (fc6, fc7) in "+" treatments; the copied conv layers use copied_lr_mult.
+        (CaffeNet's fc6, fc7) in "+" treatments; the copied conv layers use copied_lr_mult.
+        blocks: the network's cut points (families.block_names); default CaffeNet's.
         """
         plans = []
-        for i, name in enumerate(caffenet.LAYER_NAMES):
+        for i, name in enumerate(blocks or architecture.LAYER_NAMES):
             if i >= self.n:
                 plans.append(LayerPlan(name, "fresh", True, 1.0))
             elif self.source == "R":
@@ -82,8 +83,11 @@ class Treatment:
         return plans
 
 
-def parse_treatment(mode, n=None):
+def parse_treatment(mode, n=None, blocks=None):
     """Validates a mode string and n and returns the Treatment.
+
+    blocks: the network's cut points (families.block_names), default CaffeNet's 8 layers:
+    n counts copied blocks, 1..len(blocks) - 1 (len(blocks): the restart control).
 
     Raises:
       ValueError: naming the accepted modes or range of n (the --mode / --n flags).
@@ -98,17 +102,18 @@ def parse_treatment(mode, n=None):
             f"--mode={mode!r}: a fine-tuned random control is just a base "
             f"network; use --mode=R{mode[1:-1]} or --mode=base{mode[2]}"
         )
-    last = len(caffenet.LAYER_NAMES) - 1
+    count = len(blocks or architecture.LAYER_NAMES)
+    last = count - 1
     restart = (  # B8B+: every layer of the target's own base, trained again (RESTART_N)
         n is not None
-        and int(n) == RESTART_N
+        and int(n) == count
         and match.group("source") == match.group("target")
         and match.group("plus")
     )
     if n is None or not (1 <= int(n) <= last or restart):
         raise ValueError(
             f"--mode={mode} needs --n between 1 and {last} (layers copied), got --n={n}"
-            f" ({RESTART_N} only for the restart control, a fine-tuned selffer: BnB+ or AnA+)"
+            f" ({count} only for the restart control, a fine-tuned selffer: BnB+ or AnA+)"
         )
     return Treatment(
         mode=mode,
@@ -143,13 +148,13 @@ class BaseNetwork:
 
 
 def base_network(model, origin="a Keras model"):
-    """The BaseNetwork of an in-memory Keras network."""
-    weights = {}
-    for name in caffenet.LAYER_NAMES:
-        try:
-            weights[name] = [np.array(w) for w in model.get_layer(name).get_weights()]
-        except ValueError:  # no such layer: check_compatible names it if it is needed
-            pass
+    """The BaseNetwork of an in-memory Keras network: every top-level layer that holds
+    weights (a block: all of its weights, BatchNorm's moving statistics included)."""
+    weights = {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in model.layers
+        if layer.weights and layer.name != caffenet.NORMALIZATION_LAYER
+    }
     mean_image = None
     try:
         norm = model.get_layer(caffenet.NORMALIZATION_LAYER)
@@ -251,22 +256,29 @@ def load_base(path, label=None):
 
 
 def check_compatible(base, model, layer_names):
-    """Raises BaseMismatchError naming the first copied layer whose weights differ in
-    shape. Only copied layers are checked: a base trained on another class count (another
-    split or dataset: transfer between tasks) fits any n whose copy stops below fc8."""
+    """Raises BaseMismatchError naming the first copied block the base lacks or whose
+    weights differ in shape, and both networks' families. Only copied blocks are checked:
+    a base trained on another class count (another split or dataset: transfer between
+    tasks) fits any n whose copy stops below the classifier."""
+    ours = families.identify(layer.name for layer in model.layers)
+    theirs = families.identify(base.weights)
     for name in layer_names:
         if name not in base.weights:
             raise BaseMismatchError(
-                f"base network has no layer {name!r}; it is not a "
-                "kt_transfer network (see --config.model)"
+                f"base network {base.origin!r} ({theirs}: blocks "
+                f"{', '.join(list(base.weights)[:5])}{', ...' if len(base.weights) > 5 else ''})"
+                f" has no block {name!r} of this {ours} network; copy from a base of the "
+                "same --config.model.network"
             )
         want = [tuple(w.shape) for w in model.get_layer(name).weights]
         have = [tuple(w.shape) for w in base.weights[name]]
         if want != have:
             raise BaseMismatchError(
-                f"base network does not match at layer {name!r}: base weights have shapes "
-                f"{have}, this network needs {want}. Train the base with the same "
-                "--config.model (width, input_size) and dataset/split (classes)."
+                f"base network ({theirs}) does not match this {ours} network at "
+                f"{'layer' if ours == 'caffenet' else 'block'} {name!r}: base weights have "
+                f"shapes {have}, this network needs {want}. "
+                "Train the base with the same --config.model (network, width, input_size) "
+                "and dataset/split (classes)."
             )
 
 
@@ -295,10 +307,21 @@ def build_model(
         base's instead, as the paper's transfer nets used their base's mean file.
       copied_fc_lr_mult: multiplier of copied fc layers, if different (see layer_plans).
 
+    Freezing means frozen: a frozen block is not trainable, so Keras computes no gradient
+    for its weights and runs its BatchNorm layers in inference mode (their moving
+    statistics stay as copied: bit-identical after training). Dropout inside a frozen
+    block still drops in training (it has no weights; as in Caffe, where a frozen layer's
+    dropout layer runs as usual); LayerNorm has no statistics, only its frozen scale and
+    shift. In "+" treatments `model_config.batchnorm_fine_tune` says what the copied
+    blocks' BatchNorm layers do: "train" (the default: statistics, scale and shift
+    updated, as the rest of the block), or "frozen" (they stay in inference mode with
+    the base's statistics, scale and shift, while the block's other weights fine-tune).
+
     Returns:
       (model, plans): the Keras model (uncompiled) and its LayerPlans.
     """
-    plans = treatment.layer_plans(copied_lr_mult, copied_fc_lr_mult)
+    blocks = families.block_names(model_config)
+    plans = treatment.layer_plans(copied_lr_mult, copied_fc_lr_mult, blocks)
     copied = [p.name for p in plans if p.origin == "copied"]
     if copied:
         if base is None:
@@ -313,7 +336,7 @@ def build_model(
                 "SavedModel exported before kt_transfer recorded it); use its model.keras"
             )
         mean_rgb, scale, mean_image = base.mean_rgb, base.scale, base.mean_image
-    model = caffenet.build_from_config(
+    model = families.build(
         model_config,
         num_classes,
         name=treatment.run_name.replace("+", "_plus"),
@@ -327,4 +350,20 @@ def build_model(
             model.get_layer(name).set_weights(base.weights[name])
     for plan in plans:
         model.get_layer(plan.name).trainable = plan.trainable
+    if treatment.fine_tune and model_config.get("batchnorm_fine_tune", "train") == "frozen":
+        for name in copied:
+            for layer in _sublayers(model.get_layer(name)):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
     return model, plans
+
+
+BATCHNORM_FINE_TUNE = ("train", "frozen")
+
+
+def _sublayers(layer):
+    """A block's layers, nested ones included (the block itself for a plain layer)."""
+    inner = getattr(layer, "layers", None)
+    if not inner:
+        return [layer]
+    return [sub for child in inner for sub in _sublayers(child)]

@@ -22,7 +22,7 @@ import keras
 
 from kt_transfer import atomic
 from kt_transfer.data import mean, pipeline
-from kt_transfer.networks import caffenet, transfer
+from kt_transfer.networks import caffenet, families, transfer
 from kt_transfer.training import distribute, export, keras_compat, layer_logging, timing, train
 
 METRICS_FILE, MODEL_FILE, CONFIG_FILE = "metrics.json", "model.keras", "config.json"
@@ -52,7 +52,7 @@ def experiment_dir(config, dataset):
     }
     defining = {
         "dataset": config.dataset.to_dict(),
-        "model": config.model.to_dict(),
+        "model": families.defining_fields(config.model),
         "train": train_config,
     }
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
@@ -95,7 +95,9 @@ def fc8_outputs(config, dataset, half):
 def copied_fc_lr_mult(config, treatment):
     """The separate multiplier of copied fc layers, or None (they use copied_lr_mult)."""
     mult = config.train.get("copied_fc_lr_mult", -1.0)
-    copies_fc = treatment.n > caffenet.LAYER_NAMES.index("fc6")
+    copies_fc = families.network_name(config.model) == "caffenet" and (
+        treatment.n > caffenet.LAYER_NAMES.index("fc6")
+    )
     return float(mult) if mult >= 0 and treatment.fine_tune and copies_fc else None
 
 
@@ -398,6 +400,7 @@ def _train_and_store(config, dataset, runs, log, strategy, stopwatch, bad_files)
             _hparams(config, dataset, r.treatment),
             counter,
             stopwatch,
+            blocks=[p.name for p in plans],
         )
         members.append(
             train.Member(
@@ -425,6 +428,7 @@ def _train_and_store(config, dataset, runs, log, strategy, stopwatch, bad_files)
         metrics.update(
             mode=r.treatment.mode,
             n=r.treatment.n,
+            blocks=len(families.block_names(config.model)),
             run=r.treatment.run_name,
             split=dataset.split.name,
             dataset=dataset.name,

@@ -31,7 +31,7 @@ import time
 from kt_transfer import atomic
 from kt_transfer.analysis import replicates, results
 from kt_transfer.data import splits
-from kt_transfer.networks import transfer
+from kt_transfer.networks import families, transfer
 from kt_transfer.runs import executors, experiment
 
 LOCK_FILE = ".grid.lock"
@@ -73,7 +73,7 @@ def grid_splits(config):
     return tuple(config.grid.splits) or (config.split,)
 
 
-def cells(grid_config, split_names=("random0",)):
+def cells(grid_config, split_names=("random0",), blocks=None):
     """The grid's cells in the order they are worked: every base first, then by n.
 
     `grid.treatments` are written for the A -> B direction (BnB, AnB+, RnB, ...); the
@@ -94,7 +94,7 @@ def cells(grid_config, split_names=("random0",)):
         for split in split_names:
             for direction, mode in _treatments(grid_config, split):
                 flip = splits.swap_halves if direction == "BtoA" else (lambda mode: mode)
-                cell = Cell(split, transfer.parse_treatment(flip(mode), n))
+                cell = Cell(split, transfer.parse_treatment(flip(mode), n, blocks))
                 if cell not in grid_cells:
                     grid_cells.append(cell)
     if grid_config.get("restart_control", False):
@@ -103,7 +103,8 @@ def cells(grid_config, split_names=("random0",)):
                 continue  # no transfer on "all", so nothing to separate
             for direction in grid_config.directions:
                 mode = "AnA+" if direction == "BtoA" else "BnB+"
-                grid_cells.append(Cell(split, transfer.parse_treatment(mode, transfer.RESTART_N)))
+                restart_n = len(blocks) if blocks else transfer.RESTART_N
+                grid_cells.append(Cell(split, transfer.parse_treatment(mode, restart_n, blocks)))
     return grid_cells
 
 
@@ -212,7 +213,7 @@ def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
     """
     split_names = grid_splits(config)
     datasets = {name: dataset.with_split(name) for name in split_names}
-    grid_cells = cells(config.grid, split_names)
+    grid_cells = cells(config.grid, split_names, families.block_names(config.model))
     status = _status(config, datasets, grid_cells)
     stored = [m.get("seconds", 0.0) for m in status.values() if m is not None]
     started = time.monotonic()

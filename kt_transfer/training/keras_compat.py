@@ -242,3 +242,12 @@ def build_for_training(model, batch):
     model._symbolic_build(data_batch=batch)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
+
+
+def block_outputs(model, names):
+    """The outputs of `model`'s layers `names` in `model`'s own graph, for a model that
+    returns them (per-layer curves, similarity). `layer.output` will not do for a block
+    that is a nested functional model (ResNet, ViT): that is the inner graph's tensor,
+    not connected to `model.input`. The node where `model` calls the layer is: Keras
+    keeps it in the private `_inbound_nodes` (a block is called once)."""
+    return [model.get_layer(name)._inbound_nodes[-1].output_tensors[0] for name in names]

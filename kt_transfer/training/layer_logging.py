@@ -1,11 +1,13 @@
 """Per-layer TensorBoard curves, the conv1 filter image and the run's HParams.
 
-Every `train.log_every_steps` steps, for each of conv1..fc8: weight norm, gradient norm
+Every `train.log_every_steps` steps, for each of conv1..fc8 (for another network family,
+each block: its kernels taken together, families.py): weight norm, gradient norm
 (on a fixed probe batch), update-to-weight ratio, effective learning rate (the solver's
 own schedule for the layer, warmup included; 0 when frozen), and on the probe batch the
 mean activation and the fraction of zeros after ReLU; weight histograms. Every epoch:
-conv1's filters as an image grid. The probe batch is fixed, and drawn across all classes
-of the half (pipeline.probe_batch), so the curves compare across steps and runs.
+conv1's filters (the first block's first kernel) as an image grid. The probe batch is
+fixed, and drawn across all classes of the half (pipeline.probe_batch), so the curves
+compare across steps and runs.
 """
 
 import functools
@@ -17,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from kt_transfer.networks import caffenet
+from kt_transfer.networks import architecture
+from kt_transfer.training import keras_compat, timing
 from kt_transfer.training import optimizer as optimizer_lib
-from kt_transfer.training import timing
 
 
 def filter_grid(kernel):
@@ -56,6 +58,13 @@ def _sample_indices(size, name):
     return np.sort(rng.choice(size, HISTOGRAM_SAMPLE, replace=False))
 
 
+def _norm(gradients):
+    """The L2 norm of several gradients taken together."""
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(keras.ops.convert_to_numpy(g)))) for g in gradients))
+    )
+
+
 class LayerLogger(keras.callbacks.Callback):
     """Writes per-layer summaries to <log_dir>/layers and the run's HParams."""
 
@@ -68,6 +77,7 @@ class LayerLogger(keras.callbacks.Callback):
         hparams,
         counter,
         stopwatch=timing.NO_STOPWATCH,
+        blocks=architecture.LAYER_NAMES,
     ):
         """
         Args:
@@ -77,6 +87,7 @@ class LayerLogger(keras.callbacks.Callback):
           hparams: {name: value} for TensorBoard's HParams dashboard.
           counter: the run's train.StepCounter (the step every curve is logged at).
           stopwatch: a timing.Stopwatch whose phase "logging" gets this logger's time.
+          blocks: the network's cut points, in order (default CaffeNet's layers).
         """
         super().__init__()
         self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "layers"))
@@ -85,11 +96,19 @@ class LayerLogger(keras.callbacks.Callback):
         self.every = every_steps
         self.hparams = hparams
         self.counter, self.stopwatch = counter, stopwatch
+        self.blocks = tuple(blocks)
         self.previous = {}
 
+    def _kernel(self, name):
+        """A block's kernels as one flat array (CaffeNet: the layer's kernel)."""
+        kernels = optimizer_lib.block_kernels(self.model.get_layer(name))
+        if len(kernels) == 1:
+            return keras.ops.convert_to_numpy(kernels[0])
+        return np.concatenate([keras.ops.convert_to_numpy(k).reshape(-1) for k in kernels])
+
     def on_train_begin(self, logs=None):
-        names = caffenet.LAYER_NAMES
-        self.probe = keras.Model(self.model.input, [self.model.get_layer(n).output for n in names])
+        names = self.blocks
+        self.probe = keras.Model(self.model.input, keras_compat.block_outputs(self.model, names))
         with self.writer.as_default():
             hparams_api.hparams(self.hparams)
         self.writer.flush()
@@ -103,15 +122,23 @@ class LayerLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         step = self.counter.step
         with self.stopwatch.phase("logging"), self.writer.as_default():
-            kernel = self.model.get_layer("conv1").kernel.numpy()
-            tf.summary.image("conv1/filters", filter_grid(kernel), step=step)
+            first = self.blocks[0]
+            kernel = keras.ops.convert_to_numpy(
+                optimizer_lib.block_kernel(self.model.get_layer(first))
+            )
+            if kernel.ndim == 4 and kernel.shape[2] == 3:  # filters on the RGB input
+                tf.summary.image(f"{first}/filters", filter_grid(kernel), step=step)
         self.writer.flush()
 
     def _gradients(self):
-        """Gradients of the probe loss per trained layer's kernel."""
+        """The norm of the probe loss's gradient per trained block (over its kernels)."""
         if keras.backend.backend() == "jax":
             return self._gradients_jax()
-        variables = [self.model.get_layer(n).kernel for n in self.trained_layers]
+        per_block = [
+            [k for k in optimizer_lib.block_kernels(self.model.get_layer(n)) if k.trainable]
+            for n in self.trained_layers
+        ]
+        variables = [v for block in per_block for v in block]
 
         def gradients():
             with tf.GradientTape() as tape:
@@ -127,7 +154,11 @@ class LayerLogger(keras.callbacks.Callback):
             grads = [strategy.experimental_local_results(g)[0] for g in per_replica]
         else:
             grads = gradients()
-        return dict(zip(self.trained_layers, grads))
+        norms, start = {}, 0
+        for name, block in zip(self.trained_layers, per_block):
+            norms[name] = _norm(grads[start : start + len(block)])
+            start += len(block)
+        return norms
 
     def _gradients_jax(self):
         """The same on JAX: jax.grad of the model's stateless call, the compiled loss."""
@@ -144,7 +175,16 @@ class LayerLogger(keras.callbacks.Callback):
 
         grads = jax.grad(probe_loss)([v.value for v in model.trainable_variables])
         by_path = {v.path: g for v, g in zip(model.trainable_variables, grads)}
-        return {name: by_path[model.get_layer(name).kernel.path] for name in self.trained_layers}
+        return {
+            name: _norm(
+                [
+                    by_path[k.path]
+                    for k in optimizer_lib.block_kernels(model.get_layer(name))
+                    if k.path in by_path
+                ]
+            )
+            for name in self.trained_layers
+        }
 
     def log_layers(self, step):
         # Eager: traced as a tf.function, the trace cost more than its 10-20 events of a
@@ -153,8 +193,8 @@ class LayerLogger(keras.callbacks.Callback):
         grads = self._gradients()
         activations = self.probe(self.probe_x, training=False)
         with self.writer.as_default():
-            for name, act in zip(caffenet.LAYER_NAMES, activations):
-                kernel = self.model.get_layer(name).kernel.numpy()
+            for name, act in zip(self.blocks, activations):
+                kernel = self._kernel(name)
                 norm = float(np.linalg.norm(kernel))
                 prev = self.previous.get(name)
                 update = (
@@ -166,17 +206,11 @@ class LayerLogger(keras.callbacks.Callback):
                 grad = grads.get(name)
                 act = np.asarray(act, np.float32)
                 tf.summary.scalar(f"{name}/weight_norm", norm, step=step)
-                tf.summary.scalar(
-                    f"{name}/grad_norm",
-                    0.0
-                    if grad is None
-                    else float(np.linalg.norm(keras.ops.convert_to_numpy(grad))),
-                    step=step,
-                )
+                tf.summary.scalar(f"{name}/grad_norm", grad or 0.0, step=step)
                 tf.summary.scalar(f"{name}/update_ratio", update, step=step)
                 tf.summary.scalar(
                     f"{name}/effective_lr",
-                    optimizer_lib.layer_learning_rate(self.model.optimizer, name)
+                    optimizer_lib.layer_learning_rate(self.model, name)
                     if name in self.trained_layers
                     else 0.0,
                     step=step,

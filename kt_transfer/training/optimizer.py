@@ -65,13 +65,18 @@ def step_schedule(base_lr, step_size, gamma, warmup_steps=0):
     return StepSchedule(base_lr, step_size, gamma, warmup_steps)
 
 
-def make_optimizer(train_config, layer_lr_mults):
+def make_optimizer(train_config, layer_lr_mults, model=None):
     """One MultiOptimizer applying each trainable layer's multiplier to its variables.
 
     Args:
       train_config: the `config.train` block (base_lr, lr_step_size, lr_gamma, momentum,
         weight_decay, bias_lr_mult).
       layer_lr_mults: {layer name: lr multiplier} for the trainable weight layers.
+      model: the network, for blocks that hold several layers (ResNet, ViT): each of a
+        block's variables takes the block's multiplier. Kernels (any weight of 2 or more
+        dimensions) get weight decay; biases the bias multiplier and no decay (Caffe's
+        rule); other 1-D weights (BatchNorm and LayerNorm scales and shifts) no decay.
+        Without it, each name is one layer with a kernel and a bias (CaffeNet).
 
     Returns:
       A keras.optimizers.MultiOptimizer.
@@ -99,19 +104,43 @@ def make_optimizer(train_config, layer_lr_mults):
         default_optimizer=group(1.0, train_config.weight_decay)
     )
     for name, mult in layer_lr_mults.items():
-        optimizer_map[f"{name}/kernel"] = group(mult, train_config.weight_decay)
-        optimizer_map[f"{name}/bias"] = group(mult * train_config.bias_lr_mult, 0.0)
+        if model is None:
+            optimizer_map[f"{name}/kernel"] = group(mult, train_config.weight_decay)
+            optimizer_map[f"{name}/bias"] = group(mult * train_config.bias_lr_mult, 0.0)
+            continue
+        for variable in model.get_layer(name).trainable_weights:
+            if len(variable.shape) >= 2:
+                optimizer_map[variable.path] = group(mult, train_config.weight_decay)
+            elif variable.path.endswith("bias"):
+                optimizer_map[variable.path] = group(mult * train_config.bias_lr_mult, 0.0)
+            else:
+                optimizer_map[variable.path] = group(mult, 0.0)
     return keras.optimizers.MultiOptimizer(optimizer_map)
 
 
-def layer_learning_rate(model_optimizer, layer_name):
-    """The learning rate the solver applies to a layer's kernel now: its group's
-    schedule (warmup and steps included) at the group's own iteration count.
+def block_kernel(layer):
+    """A block's first kernel (its first weight of 2 or more dimensions): the weight
+    whose learning rate and filters stand for the block's (CaffeNet: the layer's kernel)."""
+    for weight in layer.weights:
+        if len(weight.shape) >= 2:
+            return weight
+    raise ValueError(f"layer {layer.name!r} has no kernel")
+
+
+def block_kernels(layer):
+    """Every kernel of a block (weights of 2 or more dimensions), trainable or not."""
+    return [w for w in layer.weights if len(w.shape) >= 2]
+
+
+def layer_learning_rate(model, layer_name):
+    """The learning rate the solver applies to a layer's (block's first) kernel now: its
+    group's schedule (warmup and steps included) at the group's own iteration count.
 
     Args:
-      model_optimizer: a compiled model's optimizer, a MultiOptimizer from
-        make_optimizer, possibly inside Keras' LossScaleOptimizer (mixed_float16).
+      model: a model compiled with an optimizer from make_optimizer, possibly inside
+        Keras' LossScaleOptimizer (mixed_float16).
     """
-    multi = getattr(model_optimizer, "inner_optimizer", model_optimizer)
-    group = keras_compat.optimizer_of_variable(multi, f"{layer_name}/kernel")
+    multi = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    path = block_kernel(model.get_layer(layer_name)).path
+    group = keras_compat.optimizer_of_variable(multi, path)
     return float(keras.ops.convert_to_numpy(group.learning_rate))

@@ -21,7 +21,7 @@ def compile_model(model, train_config, plans):
     model.compile(
         jit_compile=train_config.get("jit_compile", False),
         optimizer=optimizer_lib.make_optimizer(
-            train_config, {p.name: p.lr_mult for p in plans if p.trainable}
+            train_config, {p.name: p.lr_mult for p in plans if p.trainable}, model
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[
