@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kt_transfer import config_files, validate
+from kt_transfer.analysis import representations
 from kt_transfer.data import sources
 from kt_transfer.networks import families, transfer
 from kt_transfer.runs import experiment
@@ -200,3 +201,16 @@ def test_a_family_runs_the_whole_treatment(tiny_config, network):
     assert layer_logs  # the per-block curves were written
     base = transfer.load_base(os.path.join(os.path.dirname(run), "baseA", "model.keras"))
     assert list(base.weights)[:2] == list(blocks[:2])
+    # --mode=similarity measures every cut point but the classifier.
+    experiment.run_treatment(
+        config, dataset, transfer.parse_treatment("baseB"), log=lambda *_: None
+    )
+    config.similarity.update(
+        max_images=24, probe_train_images=60, probe_epochs=2, transfer_images=24
+    )
+    rows = representations.run_similarity(config, dataset, log=lambda *_: None)
+    cka = [r for r in rows if r["measure"] == "CKA(baseA, baseB) on A"]
+    assert [r["layer"] for r in cka] == list(blocks[:-1])
+    assert all(-0.05 <= r["value"] <= 1 + 1e-9 for r in cka)
+    copied = [r for r in rows if r["measure"] == "CKA(A1B+, baseA)"]
+    assert [r["layer"] for r in copied] == list(blocks[:-1])

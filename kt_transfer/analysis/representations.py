@@ -17,6 +17,7 @@ matrix as an image), and a rank correlation with the grid's AnB curve where it e
 """
 
 import os
+import re
 import time
 
 import keras
@@ -25,9 +26,12 @@ import numpy as np
 from kt_transfer import atomic
 from kt_transfer.analysis import findings, results, similarity
 from kt_transfer.data import pipeline
-from kt_transfer.networks import transfer
+from kt_transfer.networks import families, transfer
 from kt_transfer.runs import experiment
+from kt_transfer.training import keras_compat
 
+# The layers measured: every cut point but the classifier (CaffeNet's; another network
+# family's come from families.block_names, passed as `layers`).
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
 # Probes and LogME are also computed on this many principal components of every layer
 # (conv1's 12 channels at width 0.125), so layers compare at one feature dimension.
@@ -38,14 +42,15 @@ def _load(exp_dir, run):
     return experiment.load_network(os.path.join(exp_dir, run))
 
 
-def _activations(model):
-    return keras.Model(model.input, [model.get_layer(name).output for name in LAYERS])
+def _activations(model, layers=LAYERS):
+    return keras.Model(model.input, keras_compat.block_outputs(model, layers))
 
 
 def _pooled(activation):
-    """Spatially averaged features (conv maps) or the vector itself (fc), float64."""
+    """Spatially averaged features (conv maps; a ViT's tokens: averaged over tokens) or
+    the vector itself (fc), float64."""
     a = keras.ops.convert_to_numpy(activation).astype(np.float64)
-    return a.mean(axis=(1, 2)) if a.ndim == 4 else a
+    return a.mean(axis=tuple(range(1, a.ndim - 1))) if a.ndim > 2 else a
 
 
 def _images(config, dataset, half, subset, limit, batch_size=100, seed=0):
@@ -100,10 +105,10 @@ def mixed_batches(by_class, limit, batch_size, seed=0):
     return batches
 
 
-def layer_grams(model, batches):
-    """Per minibatch, the Gram matrix of each of the 7 layers' features: what CKA needs of
-    a network, computed once per network and image set."""
-    activations = _activations(model)
+def layer_grams(model, batches, layers=LAYERS):
+    """Per minibatch, the Gram matrix of each measured layer's features: what CKA needs
+    of a network, computed once per network and image set."""
+    activations = _activations(model, layers)
     return [
         [
             similarity.gram(keras.ops.convert_to_numpy(a))
@@ -113,22 +118,22 @@ def layer_grams(model, batches):
     ]
 
 
-def cka_between(first, second, batches, diagonal=False):
-    """[7, 7] minibatch CKA matrix between the layers of two networks (or its diagonal).
-    Either network may be given as its layer_grams of these batches."""
+def cka_between(first, second, batches, diagonal=False, layers=LAYERS):
+    """[layers, layers] minibatch CKA matrix between the layers of two networks (or its
+    diagonal). Either network may be given as its layer_grams of these batches."""
     acc = similarity.MinibatchCKA(diagonal=diagonal)
-    grams = [m if isinstance(m, list) else layer_grams(m, batches) for m in (first, second)]
+    grams = [m if isinstance(m, list) else layer_grams(m, batches, layers) for m in (first, second)]
     for grams_x, grams_y in zip(*grams):
         acc.update_grams(grams_x, grams_y)
     return acc.value()
 
 
-def pooled_features(model, batches):
+def pooled_features(model, batches, layers=LAYERS):
     """({layer: [n, channels]}, labels) of spatially averaged features."""
-    activations = _activations(model)
-    feats, labels = {name: [] for name in LAYERS}, []
+    activations = _activations(model, layers)
+    feats, labels = {name: [] for name in layers}, []
     for images, y in batches:
-        for name, a in zip(LAYERS, activations(images, training=False)):
+        for name, a in zip(layers, activations(images, training=False)):
             feats[name].append(_pooled(a))
         labels.append(y)
     return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
@@ -166,15 +171,19 @@ def run_similarity(config, dataset, log=print):
             "yet: python -m kt_transfer.main --mode=baseA (and --mode=baseB), or --mode=grid"
         )
     sc = config.similarity
+    layers = families.block_names(config.model)[:-1]
     rows, matrices = [], {}
     seeded = _seed_control_bases(config, dataset, exp_dir)
     for half in sc.halves:
         batches = list(_images(config, dataset, half, "val", sc.max_images))
-        grams_a, grams_b = layer_grams(base_a, batches), layer_grams(base_b, batches)
+        grams_a = layer_grams(base_a, batches, layers)
+        grams_b = layer_grams(base_b, batches, layers)
         matrices[half] = cka_between(grams_a, grams_b, batches)
-        rows += _layer_rows(f"CKA(baseA, baseB) on {half}", np.diag(matrices[half]))
+        rows += _layer_rows(f"CKA(baseA, baseB) on {half}", np.diag(matrices[half]), layers)
         null = similarity.cka_null(grams_a, grams_b, sc.get("null_permutations", 20))
-        rows += _layer_rows(f"CKA null 95th percentile on {half}", np.quantile(null, 0.95, 0))
+        rows += _layer_rows(
+            f"CKA null 95th percentile on {half}", np.quantile(null, 0.95, 0), layers
+        )
         log(
             f"similarity: CKA(baseA, baseB) on half {half}: "
             + " ".join(f"{v:.3f}" for v in np.diag(matrices[half]))
@@ -185,11 +194,11 @@ def run_similarity(config, dataset, log=print):
         own = f"base{half}"
         if seeded.get(own) is not None:
             grams_own = grams_a if half == "A" else grams_b
-            same = cka_between(grams_own, seeded[own], batches, diagonal=True)
-            rows += _layer_rows(f"CKA({own}, {own} other seed) on {half}", same)
+            same = cka_between(grams_own, seeded[own], batches, diagonal=True, layers=layers)
+            rows += _layer_rows(f"CKA({own}, {own} other seed) on {half}", same, layers)
             log(f"similarity: seed control {own} on {half}: " + " ".join(f"{v:.3f}" for v in same))
-    rows += _transfer_cka(config, dataset, exp_dir, sc, log)
-    rows += _probes(config, dataset, base_a, sc, log)
+    rows += _transfer_cka(config, dataset, exp_dir, sc, log, layers)
+    rows += _probes(config, dataset, base_a, sc, log, layers)
     seconds = time.monotonic() - started
     out = os.path.join(exp_dir, "similarity")
     os.makedirs(out, exist_ok=True)
@@ -203,10 +212,10 @@ def run_similarity(config, dataset, log=print):
     return rows
 
 
-def _layer_rows(measure, values):
+def _layer_rows(measure, values, layers):
     return [
         {"measure": measure, "layer": name, "n": i + 1, "value": float(values[i])}
-        for i, name in enumerate(LAYERS)
+        for i, name in enumerate(layers)
     ]
 
 
@@ -224,19 +233,19 @@ def _seed_control_bases(config, dataset, exp_dir):
     return {base: _load(seeded_dir, base) for base in ("baseA", "baseB")}
 
 
-def _probes(config, dataset, base_a, sc, log):
+def _probes(config, dataset, base_a, sc, log, layers):
     """Linear probes and LogME per layer of baseA on half B (the AnB question), on the
     pooled features and on their EQUAL_DIMENSION leading principal components: both
     measures grow with feature dimension (12-48 for pooled conv maps at width 0.125,
     512 for fc6/fc7), which the equal-dimension version takes out."""
     train = list(_images(config, dataset, "B", "train", sc.probe_train_images))
     val = list(_images(config, dataset, "B", "val", sc.max_images))
-    train_x, train_y = pooled_features(base_a, train)
-    val_x, val_y = pooled_features(base_a, val)
+    train_x, train_y = pooled_features(base_a, train, layers)
+    val_x, val_y = pooled_features(base_a, val, layers)
     classes = len(dataset.split.half("B"))
     dim = min(EQUAL_DIMENSION, *(x.shape[1] for x in train_x.values()))
     rows = []
-    for i, name in enumerate(LAYERS):
+    for i, name in enumerate(layers):
         reduced_train, reduced_val = similarity.principal_components(
             train_x[name], [val_x[name]], dim
         )
@@ -260,7 +269,7 @@ def _probes(config, dataset, base_a, sc, log):
     return rows
 
 
-def _transfer_cka(config, dataset, exp_dir, sc, log):
+def _transfer_cka(config, dataset, exp_dir, sc, log, layers):
     """CKA, layer by layer, between each finished transfer network and its base (each
     base's Grams computed once per half)."""
     rows, base_grams, batches = [], {}, {}
@@ -273,8 +282,11 @@ def _transfer_cka(config, dataset, exp_dir, sc, log):
         if run.startswith("base"):
             continue
         try:  # A4B+ -> AnB+ with n = 4
-            treatment = transfer.parse_treatment(run[0] + "n" + run[2:], int(run[1]))
-        except (ValueError, IndexError):
+            match = re.fullmatch(r"([ABR])(\d+)([AB]\+?)", run)
+            treatment = transfer.parse_treatment(
+                f"{match[1]}n{match[3]}", int(match[2]), families.block_names(config.model)
+            )
+        except (ValueError, TypeError):  # TypeError: not a transfer run's name
             continue
         if not treatment.base_mode:  # RnB: no base to compare with
             continue
@@ -283,9 +295,12 @@ def _transfer_cka(config, dataset, exp_dir, sc, log):
             batches[half] = list(_images(config, dataset, half, "val", sc.transfer_images))
         key = (treatment.base_mode, half)
         if key not in base_grams:
-            base_grams[key] = layer_grams(_load(exp_dir, treatment.base_mode), batches[half])
-        per_layer = cka_between(_load(exp_dir, run), base_grams[key], batches[half], diagonal=True)
-        for i, name in enumerate(LAYERS):
+            base = _load(exp_dir, treatment.base_mode)
+            base_grams[key] = layer_grams(base, batches[half], layers)
+        per_layer = cka_between(
+            _load(exp_dir, run), base_grams[key], batches[half], diagonal=True, layers=layers
+        )
+        for i, name in enumerate(layers):
             rows.append(
                 {
                     "measure": f"CKA({run}, {treatment.base_mode})",
@@ -295,7 +310,7 @@ def _transfer_cka(config, dataset, exp_dir, sc, log):
                 }
             )
     if rows:
-        log(f"similarity: CKA of {len(rows) // len(LAYERS)} transfer networks with their bases")
+        log(f"similarity: CKA of {len(rows) // len(layers)} transfer networks with their bases")
     return rows
 
 
@@ -304,7 +319,7 @@ def _grid_curve(config, dataset, source="A"):
     grid ran."""
     exp_dir = experiment.experiment_dir(config, dataset)
     curve = {}
-    for n in range(1, 8):
+    for n in range(1, len(families.block_names(config.model))):
         metrics = experiment.read_metrics(os.path.join(exp_dir, f"{source}{n}B"))
         if metrics and metrics.get("status") == "finished":
             curve[n] = metrics["top1"]
@@ -357,12 +372,14 @@ def _plot(path, rows, matrices, grid_curves):
     def curve(measure):
         return sorted((r["n"], r["value"]) for r in rows if r["measure"] == measure)
 
+    layers = [name for _, name in sorted({(r["n"], r["layer"]) for r in rows})]
+
     def draw(ax, measures, title, ylabel):
         for measure, style in measures:
             points = curve(measure)
             if points:
                 ax.plot(*zip(*points), style, label=measure)
-        ax.set_xticks(range(1, 8), LAYERS, rotation=45)
+        ax.set_xticks(range(1, len(layers) + 1), layers, rotation=45)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -400,8 +417,8 @@ def _plot(path, rows, matrices, grid_curves):
     ax = axes[3]
     half = sorted(matrices)[-1]
     image = ax.imshow(matrices[half], vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(7), LAYERS, rotation=45)
-    ax.set_yticks(range(7), LAYERS)
+    ax.set_xticks(range(len(layers)), layers, rotation=45)
+    ax.set_yticks(range(len(layers)), layers)
     ax.set_xlabel("baseB layer")
     ax.set_ylabel("baseA layer")
     ax.set_title(f"CKA(baseA, baseB), layer x layer, half {half}", fontsize=10)
