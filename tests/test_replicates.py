@@ -139,7 +139,7 @@ def test_convergence_is_judged_on_the_interval_of_the_mean_gain(gains, verdict):
     assert said.startswith(verdict) and estimate.count == len(gains)
 
 
-def _records(effects, noise, partitions=4, seed=0, base_top1=0.6):
+def _records(effects, noise, partitions=4, seed=0, base_top1=0.6, last_n=7):
     """Networks of `partitions` splits x 2 directions: top-1 = base + effect(n) + noise,
     for treatments given as {treatment: function of n} ("restart" is drawn at n = 8)."""
     rng = random.Random(seed)
@@ -158,7 +158,7 @@ def _records(effects, noise, partitions=4, seed=0, base_top1=0.6):
             }
         )
         for treatment, effect in effects.items():
-            for n in (8,) if treatment == "restart" else range(1, 8):
+            for n in (8,) if treatment == "restart" else range(1, last_n + 1):
                 records.append(
                     {
                         "split": split,
@@ -206,6 +206,26 @@ def test_findings_on_grids_whose_answer_is_known():
     # Each finding says what this regime can and cannot test, under its own letter.
     regime = text.split("## What this regime can and cannot test")[1]
     assert all(f"- ({key}) " in regime for key in found if key in findings.REGIME)
+
+
+def test_findings_of_another_family_use_its_thirds_of_n():
+    # A 6-block network (ResNet, ViT: n = 1..5): middle n = 2, 3, 4, high n = 5.
+    assert findings.thirds(7) == ((1, 2), findings.MIDDLE, findings.HIGH)
+    assert findings.thirds(5) == ((1,), (2, 3, 4), (5,))
+    paper = results.paper_results()
+    dip_at_its_middle = {
+        "AnB": lambda n: -0.02 * n,
+        "BnB": lambda n: -0.04 if 2 <= n <= 4 else 0.0,
+    }
+    records = _records(dip_at_its_middle, 0.003, last_n=5)
+    found = {f.key: f for f in findings.evaluate(records, paper, range(1, 6), last_n=5)}
+    assert found["b"].verdict() == "shows"
+    assert found["b"].contrasts[0].label == "BnB - base, n = 2..4"
+    # The paper's value is CaffeNet's at the same depth: n = 5 of 5 is its n = 7.
+    assert found["a"].contrasts[0].paper == pytest.approx(0.5425 - 0.6282)
+    # Read on CaffeNet's n, that dip at n = 2-4 is no dip at n = 3-5.
+    caffenet = {f.key: f for f in findings.evaluate(records, paper, range(1, 6))}
+    assert caffenet["b"].verdict() != "shows"
 
 
 def test_two_directions_of_one_split_count_once():

@@ -34,6 +34,27 @@ import statistics
 from kt_transfer.analysis import replicates, stats
 
 MIDDLE, HIGH = (3, 4, 5), (6, 7)  # the paper's dip (BnB) and its recovery / specificity
+PAPER_LAST_N = 7  # CaffeNet: n = 1..7
+
+
+def thirds(last_n):
+    """(early, middle, late) n of a network whose n runs 1..last_n (its blocks but the
+    classifier): the outer two floor(last_n / 3) long, at least 1. CaffeNet's are the
+    paper's (1, 2), (3, 4, 5) = MIDDLE, (6, 7) = HIGH; a 6-block ResNet or ViT (n = 1..5)
+    has (1,), (2, 3, 4), (5,)."""
+    k = max(1, last_n // 3)
+    every = tuple(range(1, last_n + 1))
+    return every[:k], every[k : last_n - k], every[last_n - k :]
+
+
+def at_depth(curve, last_n):
+    """The paper's {n: value} curve read at another network's n = 1..last_n: at the
+    paper's n of the same relative depth, round(7 n / last_n). The paper measured
+    CaffeNet only; for another family its value is a reference, not a prediction."""
+    if last_n == PAPER_LAST_N:
+        return curve
+    return {n: curve[max(1, round(PAPER_LAST_N * n / last_n))] for n in range(1, last_n + 1)}
+
 
 # What the CPU-scale regime (configs/embedded.py: converged small bases, halves of equal
 # size, 2,000 steps) can and cannot test of each finding: printed under findings.md.
@@ -177,7 +198,7 @@ def _welch(first, second, replicates_count=0):
     )
 
 
-def evaluate(records, published, ns, natman_records=(), whole_records=()):
+def evaluate(records, published, ns, natman_records=(), whole_records=(), last_n=PAPER_LAST_N):
     """The findings (a)-(g) on the networks of a grid, Holm-adjusted together.
 
     Args:
@@ -188,15 +209,19 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
       natman_records: replicates.networks() of the natman split, if run (finding e).
       whole_records: replicates.networks() of the random-weights control on all
         classes (the paper's nolearn), if run (finding f); else RnB on the halves is used.
+      last_n: the network's highest n (blocks - 1): middle and high n are its thirds
+        (thirds), and the paper's values are read at the same depth (at_depth).
     Returns:
       [Finding].
     """
     curves, paper_base = _paper_means(published)
+    curves = {treatment: at_depth(curve, last_n) for treatment, curve in curves.items()}
     ns = sorted(ns)
     # A grid without these n has no networks for the contrasts that need them ("no
     # networks", inconclusive); the paper's value is still given.
-    middle = [n for n in MIDDLE if n in ns] or list(MIDDLE)
-    high = [n for n in HIGH if n in ns] or list(HIGH)
+    _, middle_n, high_n = thirds(last_n)
+    middle = [n for n in middle_n if n in ns] or list(middle_n)
+    high = [n for n in high_n if n in ns] or list(high_n)
     base = replicates.base_by_replicate(records)
 
     def arm(treatment, n_values):
@@ -242,7 +267,7 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
         Finding(
             "b",
             "the frozen selffer (BnB) dips below its base at middle n and recovers "
-            "at n = 6-7: fragile co-adaptation",
+            "at high n: fragile co-adaptation",
             [
                 dip,
                 contrast(
@@ -299,8 +324,10 @@ def evaluate(records, published, ns, natman_records=(), whole_records=()):
             ],
         ),
     ]
-    found.append(_dissimilar(records, natman_records, published, curves, paper_base, high))
-    found.append(_random_features(records, whole_records, published, curves, paper_base, ns))
+    found.append(_dissimilar(records, natman_records, published, curves, paper_base, high, last_n))
+    found.append(
+        _random_features(records, whole_records, published, curves, paper_base, ns, last_n)
+    )
     restart = arm(replicates.RESTART, [replicates.RESTART_N])
     if restart:
         found.append(_restart_control(contrast, arm, base, restart, ns))
@@ -351,19 +378,15 @@ def _relative(records, treatment, ns):
     return replicates.by_replicate(records, treatment, ns, value=replicates.relative_top1)
 
 
-def _dissimilar(records, natman_records, paper, curves, paper_base, high):
+def _dissimilar(records, natman_records, paper, curves, paper_base, high, last_n):
     claim = "dissimilar halves (man-made / natural) transfer worse than random halves at high n"
     nat = paper["natman"]
     bases = paper["base_natman"]
     paper_natman = statistics.fmean(
         [
-            _mean_over(
-                {int(n): v["mean"] for n, v in nat["natural -> man-made, frozen"].items()}, high
-            )
+            _mean_over(_curve(nat["natural -> man-made, frozen"], last_n), high)
             / bases["man-made (551 classes)"],
-            _mean_over(
-                {int(n): v["mean"] for n, v in nat["man-made -> natural, frozen"].items()}, high
-            )
+            _mean_over(_curve(nat["man-made -> natural, frozen"], last_n), high)
             / bases["natural (449 classes)"],
         ]
     )
@@ -403,10 +426,15 @@ def _dissimilar(records, natman_records, paper, curves, paper_base, high):
     )
 
 
-def _random_features(records, whole_records, paper, curves, paper_base, ns):
+def _curve(published, last_n):
+    """A published {"n": {"mean": ...}} curve as {n: mean}, read at depth (at_depth)."""
+    return at_depth({int(n): v["mean"] for n, v in published.items()}, last_n)
+
+
+def _random_features(records, whole_records, paper, curves, paper_base, ns, last_n):
     claim = "random frozen features fall far below transferred ones"
-    deep = [n for n in ns if n >= 3] or ns
-    control = {int(n): v["mean"] for n, v in paper["random_frozen_control_whole_imagenet"].items()}
+    deep = [n for n in ns if n > thirds(last_n)[0][-1]] or ns  # CaffeNet: n >= 3
+    control = _curve(paper["random_frozen_control_whole_imagenet"], last_n)
     paper_value = (
         _mean_over(control, deep) / paper["whole_imagenet_1000_classes"]
         - _mean_over(curves["AnB"], deep) / paper_base

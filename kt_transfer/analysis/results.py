@@ -236,7 +236,11 @@ def report_experiment(
         )
         if r["treatment"] == "RnB"
     ]
-    found = findings.evaluate(records, paper, ns, natman_records=natman, whole_records=whole)
+    # n runs to the network's blocks - 1 (CaffeNet: 7; another family: families.py).
+    last_n = max((r.get("blocks", 8) for r in rows), default=8) - 1
+    found = findings.evaluate(
+        records, paper, ns, natman_records=natman, whole_records=whole, last_n=last_n
+    )
     replicate_keys = sorted({(r["split"], r["direction"]) for r in records})
     notes = [
         f"Networks: {len(records)} finished in {len(replicate_keys)} replicate(s) "
