@@ -129,6 +129,11 @@ def test_n_counts_the_family_s_blocks():
     config.mode, config.n = "AnB", 5
     with pytest.raises(validate.ConfigError, match="between 1 and 3"):
         validate.validate(config)
+    config.n, config.grid.ns = 3, (1, 2, 3, 4, 5, 6, 7)  # CaffeNet's grid: one run ignores it
+    validate.validate(config)
+    config.mode = "grid"
+    with pytest.raises(validate.ConfigError, match=r"grid\.ns=.*each 1\.\.3"):
+        validate.validate(config)
 
 
 def _readme_network(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ import ast
 import os
 import re
 import shlex
+import sys
 
 import pytest
 from conftest import REPO
@@ -167,8 +168,19 @@ def test_every_documented_command_passes_config_validation(where, arguments, tmp
         "TF_CONFIG",
         '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}',
     )
+    _write_readme_modules(tmp_path, monkeypatch)  # e.g. my_network.py, for model.network
     config = config_of(arguments, tmp_path)
     validate.validate(config)
+
+
+def _write_readme_modules(directory, monkeypatch):
+    """README's Python files (a block opening with `# <name>.py`), importable as modules."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    for code, name in re.findall(r"```python\n(# (\w+)\.py.*?)```", text, re.S):
+        (directory / f"{name}.py").write_text(code)
+        sys.modules.pop(name, None)
+    monkeypatch.syspath_prepend(str(directory))
 
 
 def _called_names(node):

@@ -73,7 +73,7 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
             _overlay_paper(ax, paper, relative, absolute_paper)
         ax.set_xlabel("n (layers copied)")
         ax.set_ylabel("top-1 / its base's top-1" if relative else "validation top-1")
-        ax.set_xticks(range(0, 8))
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
     _draw_paired_panels(ax_base, ax_pair, records)
     ax_abs.set_title(title + "\n(marginal intervals)", fontsize=10)
@@ -165,6 +165,13 @@ def _draw_points_and_means(
     )
 
 
+def _integer_ticks(ax):
+    """n on the x axis: whole numbers only, however many blocks the network has."""
+    from matplotlib import ticker
+
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
 def _draw_paired_panels(ax_base, ax_pair, records):
     """The findings' paired differences per n: each network minus its own base (left);
     AnB+ - BnB+, AnB - BnB and AnB+ - restart within each replicate (right)."""
@@ -208,7 +215,7 @@ def _draw_paired_panels(ax_base, ax_pair, records):
         ax.set_title(heading, fontsize=10)
         ax.set_xlabel("n (layers copied)")
         ax.set_ylabel("difference in validation top-1")
-        ax.set_xticks(range(0, 8))
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
     if ax_pair.get_legend_handles_labels()[0]:
         ax_pair.legend(fontsize=7)
@@ -315,7 +322,7 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     ):
         ax.set_title(heading, fontsize=10)
         ax.set_xlabel("n (layers copied or random)")
-        ax.set_xticks(range(0, 8))
+        _integer_ticks(ax)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

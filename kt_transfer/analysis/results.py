@@ -220,7 +220,12 @@ def report_experiment(
         records,
         figure,
         figure_title(dataset, split_names),
-        paper=paper if paper_overlay and split_family(split_names[0]) == "random" else None,
+        # The paper's curves are CaffeNet's: drawn over CaffeNet's n only.
+        paper=paper
+        if paper_overlay
+        and split_family(split_names[0]) == "random"
+        and max((r.get("blocks", 8) for r in rows), default=8) == 8
+        else None,
         absolute_paper=dataset == "imagenet2012",
         missing=missing,
     )
