@@ -68,6 +68,18 @@ def get_config():
     config.dataset.embedded.image_size = 80  # = resize_size: crops decode alone
     config.dataset.embedded.seed = 0
 
+    # Between two datasets: the bases' source task. Empty name: transfer between the
+    # halves of `dataset` (the paper's). Set: baseA trains on this dataset's classes,
+    # baseB and every transfer on `dataset`'s, under --config.split=cross (configs/
+    # cross_dataset.py); the pipeline settings above (resize, mean, scale) serve both.
+    config.source_dataset = ml_collections.ConfigDict()
+    config.source_dataset.name = ""  # "" | embedded | folder | tfds
+    config.source_dataset.data_dir = ""
+    config.source_dataset.tfds_name = ""
+    config.source_dataset.tfds_manual_dir = ""
+    config.source_dataset.tfds_val_split = ""
+    config.source_dataset.embedded = ml_collections.ConfigDict(config.dataset.embedded.to_dict())
+
     config.distribute = ml_collections.ConfigDict()
     config.distribute.strategy = "auto"  # auto | mirrored | multi_worker | one_device
     config.distribute.logical_cpus = 0  # >1: split the CPU into devices (mirroring without GPUs)

@@ -16,6 +16,7 @@ def get_config():
     config.dataset.embedded.train_per_class = 10
     config.dataset.embedded.val_per_class = 4
     config.dataset.embedded.image_size = 72
+    config.source_dataset.embedded.update(config.dataset.embedded.to_dict())  # if named
     config.model.input_size = 67
     config.model.width = 0.0625
     config.train.batch_size = 8

@@ -24,7 +24,7 @@ DATASETS = ("embedded", "folder", "tfds")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TUNERS = ("random", "bayesian", "hyperband")
 # A split, optionally a seeded replicate of it (natman.s1: train.seed + 1; splits.py).
-SPLIT_PATTERN = re.compile(r"(random\d+|natman|all)(\.s[1-9]\d*)?")
+SPLIT_PATTERN = re.compile(r"(random\d+|natman|all|cross)(\.s[1-9]\d*)?")
 WHOLE_SPLIT_MODES = ("baseB", "RnB")  # split=all: the whole-dataset base and its control
 MAX_EMBEDDED_CLASSES = 100
 
@@ -91,6 +91,7 @@ def validate(config):
     check.blocks = _check_network(check, config)
     _check_run(check, config)
     _check_dataset(check, config.dataset)
+    _check_source_dataset(check, config)
     _check_model(check, config)
     _check_train(check, config.train)
     _check_distribute(check)
@@ -112,7 +113,8 @@ def _check_run(check, config):
             "split",
             "use random<seed> (e.g. random0; the paper's halves are "
             "random0..random3), natman, or all (every class: the whole-dataset "
-            "base and the random-weights control), optionally with .s<k> for a "
+            "base and the random-weights control), or cross (between two datasets: "
+            "--config.source_dataset), optionally with .s<k> for a "
             "seeded replicate (natman.s1: the same halves, train.seed + k)",
         )
     mode = config.mode
@@ -167,18 +169,7 @@ def _check_run(check, config):
 
 
 def _check_dataset(check, dc):
-    check.one_of("dataset.name", DATASETS)
-    if dc.name == "folder" and not (dc.data_dir and os.path.isdir(dc.data_dir)):
-        check.fail(
-            "dataset.data_dir",
-            "must be an existing ImageNet-style folder (train/, "
-            "val/) when --config.dataset.name=folder",
-        )
-    if dc.name == "tfds" and not dc.tfds_name:
-        check.fail(
-            "dataset.tfds_name",
-            "name a TFDS dataset (imagenet2012, cifar100, ...) when --config.dataset.name=tfds",
-        )
+    _check_image_source(check, "dataset", dc)
     check.number("dataset.resize_size", low=1, integer=True)
     check.one_of("dataset.mean", mean.MEANS)
     mean_rgb = dc.mean_rgb
@@ -193,12 +184,60 @@ def _check_dataset(check, dc):
     check.number("dataset.mean_images", low=1, integer=True)
     check.boolean("dataset.deterministic")
     check.number("dataset.scale", low=0, low_open=True)
+
+
+def _check_image_source(check, key, dc):
+    """Where one dataset's images come from (`key`: dataset or source_dataset)."""
+    check.one_of(f"{key}.name", DATASETS)
+    if dc.name == "folder" and not (dc.data_dir and os.path.isdir(dc.data_dir)):
+        check.fail(
+            f"{key}.data_dir",
+            "must be an existing ImageNet-style folder (train/, val/) when "
+            f"--config.{key}.name=folder",
+        )
+    if dc.name == "tfds" and not dc.tfds_name:
+        check.fail(
+            f"{key}.tfds_name",
+            f"name a TFDS dataset (imagenet2012, cifar100, ...) when --config.{key}.name=tfds",
+        )
     if dc.name == "embedded":
-        check.number("dataset.embedded.num_classes", low=2, high=MAX_EMBEDDED_CLASSES, integer=True)
-        check.number("dataset.embedded.train_per_class", low=1, integer=True)
-        check.number("dataset.embedded.val_per_class", low=1, integer=True)
-        check.number("dataset.embedded.image_size", low=16, integer=True)
-        check.number("dataset.embedded.seed", low=0, integer=True)
+        check.number(f"{key}.embedded.num_classes", low=2, high=MAX_EMBEDDED_CLASSES, integer=True)
+        check.number(f"{key}.embedded.train_per_class", low=1, integer=True)
+        check.number(f"{key}.embedded.val_per_class", low=1, integer=True)
+        check.number(f"{key}.embedded.image_size", low=16, integer=True)
+        check.number(f"{key}.embedded.seed", low=0, integer=True)
+
+
+def _check_source_dataset(check, config):
+    """Between two datasets the split is `cross` (A: the source, B: the target), and
+    `cross` means nothing without a source dataset."""
+    sd = config.get("source_dataset")
+    between = sd is not None and bool(sd.name)
+    if between:
+        _check_image_source(check, "source_dataset", sd)
+    names = [config.split]
+    if config.mode == "grid":
+        names += [n for n in config.grid.splits if isinstance(n, str)]
+    for name in names:
+        if not isinstance(name, str) or not SPLIT_PATTERN.fullmatch(name):
+            continue  # named by _check_run / _check_grid
+        key = "split" if name == config.split else "grid.splits"
+        is_cross = splits.base_name(name) == splits.CROSS
+        if between and not is_cross:
+            check.fail(
+                key,
+                f"between two datasets (--config.source_dataset.name) the split is "
+                f"{splits.CROSS!r}: half A the source's classes, half B the target's "
+                f"(seeded replicates: {splits.CROSS}.s1, ...)",
+                got=name,
+            )
+        elif is_cross and not between:
+            check.fail(
+                key,
+                f"{splits.CROSS!r} is the split between two datasets: name the source with "
+                "--config.source_dataset.name (embedded, folder or tfds), or use random0",
+                got=name,
+            )
 
 
 FC8_OUTPUTS = ("half", "all")
@@ -411,7 +450,7 @@ def _check_grid(check, gc):
         if not isinstance(split, str) or not SPLIT_PATTERN.fullmatch(split):
             check.fail(
                 "grid.splits",
-                "give split names, random<seed>, natman or all, "
+                "give split names, random<seed>, natman, all or cross, "
                 "each optionally with .s<k> (a seeded replicate), e.g. "
                 '\'("random0", "random1")\' or \'("natman", "natman.s1")\' '
                 "(empty: the config's split)",

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 
 from kt_transfer.analysis import replicates
+from kt_transfer.data import splits
 
 STYLE = {  # treatment -> (label, colour, marker)
     "BnB": ("BnB (selffer, frozen)", "tab:blue", "o"),
@@ -57,7 +58,8 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
                 color="black",
                 linestyle="--",
                 linewidth=1,
-                label=f"base (mean of {base_est.replicates}, {base_est.count} partitions)",
+                label=f"base (mean of {base_est.replicates}, {base_est.count} "
+                f"{'seeds' if _between_datasets(records) else 'partitions'})",
             )
             if base_est.count > 1:
                 ax.axhspan(
@@ -110,6 +112,11 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
         fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _between_datasets(records):
+    """A grid between two datasets: its units are seeds of one pair (replicates.partition)."""
+    return bool(records) and all(splits.base_name(r["split"]) == splits.CROSS for r in records)
 
 
 def _bases(records):

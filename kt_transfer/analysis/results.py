@@ -230,8 +230,9 @@ def report_experiment(
         missing=missing,
     )
     written.append(figure)
-    if split_family(split_names[0]) != "random":  # the findings pool the random splits
-        return written, ""
+    family = split_family(split_names[0])
+    if family not in ("random", splits.CROSS):  # findings pool the random splits (or seeds
+        return written, ""  # of one dataset pair); natman and all enter as related rows
     ns = ns or sorted({r["n"] for r in records if r["treatment"] != "base"}) or [1]
     natman = replicates.networks([r for r in related_rows if split_family(r["split"]) == "natman"])
     whole = [
@@ -247,7 +248,17 @@ def report_experiment(
         records, paper, ns, natman_records=natman, whole_records=whole, last_n=last_n
     )
     replicate_keys = sorted({(r["split"], r["direction"]) for r in records})
-    notes = [
+    notes = (
+        [
+            "Between two datasets: half A is the source dataset, half B the target, baseB "
+            "the target's own base (the reference). One pair of datasets is one partition: "
+            "its replicates are seeds (cross, cross.s1, ...), so every interval below measures "
+            "training noise only, what these two datasets' networks do, not tasks in general.",
+        ]
+        if family == splits.CROSS
+        else []
+    )
+    notes += [
         f"Networks: {len(records)} finished in {len(replicate_keys)} replicate(s) "
         f"(split, direction): {', '.join(f'{s} {d}' for s, d in replicate_keys)}.",
         "Metric: final validation top-1 (the table replicates.md has every point; "

@@ -1,7 +1,9 @@
 """Where the images come from, and the class split applied to them.
 
-A source is a `FolderSource` (an ImageNet-style folder, the embedded dataset included) or
-a `TfdsSource` (a prepared TFDS builder). Each owns its listing, reading and checks, so
+A source is a `FolderSource` (an ImageNet-style folder, the embedded dataset included),
+a `TfdsSource` (a prepared TFDS builder), or a `JoinedSource`: two of them, a source
+dataset and a target dataset, whose split `cross` has the source's classes as half A and
+the target's as half B (config.source_dataset). Each owns its listing, reading and checks, so
 nothing else asks which kind it is. `resolve_dataset` turns a config into a
 `Dataset` (source + split), generating the embedded dataset if needed, and checks before
 any training that every class of the split has images. The tf.data pipelines that read a
@@ -215,6 +217,65 @@ class TfdsSource:
         """TFDS checks its own files when it prepares them; nothing to look at here."""
 
 
+@dataclasses.dataclass
+class JoinedSource:
+    """Two datasets read as one: the source's classes, then the target's (class names
+    prefixed "source/" and "target/"). A half of the cross split lies in one of them,
+    and every read is handed to that one with its own class indices, so each keeps its
+    own listing, decoding and checks.
+    """
+
+    source: object  # FolderSource | TfdsSource
+    target: object
+
+    @property
+    def classes(self):
+        return [f"source/{c}" for c in self.source.classes] + [
+            f"target/{c}" for c in self.target.classes
+        ]
+
+    def describe(self):
+        return f"source {self.source.describe()}; target {self.target.describe()}"
+
+    def groups(self):
+        return None  # the man-made/natural split is a split of one dataset
+
+    def with_train_per_class(self, count, seed):
+        """A smaller target task: the target's training images are sampled, the source
+        keeps all of its own (the source's base is trained with count 0 anyway)."""
+        return dataclasses.replace(self, target=self.target.with_train_per_class(count, seed))
+
+    def _part(self, class_indices):
+        """(the dataset, the indices in it) holding every class of `class_indices`."""
+        boundary = len(self.source.classes)
+        if all(i < boundary for i in class_indices):
+            return self.source, list(class_indices)
+        if all(i >= boundary for i in class_indices):
+            return self.target, [i - boundary for i in class_indices]
+        raise ValueError(
+            "a half of two joined datasets must lie in one of them: use "
+            f"--config.split={splits.CROSS} (half A: the source, half B: the target)"
+        )
+
+    def examples(self, subset, class_indices, *, training, seed, input_context=None):
+        part, indices = self._part(class_indices)
+        return part.examples(
+            subset, indices, training=training, seed=seed, input_context=input_context
+        )
+
+    def count(self, subset, class_indices):
+        part, indices = self._part(class_indices)
+        return part.count(subset, indices)
+
+    def probe_examples(self, class_indices, size, load):
+        part, indices = self._part(class_indices)
+        return part.probe_examples(indices, size, load)
+
+    def check_readable(self, class_indices):
+        part, indices = self._part(class_indices)
+        part.check_readable(indices)
+
+
 def folder_source(root):
     return FolderSource(root, list_classes(root))
 
@@ -298,8 +359,8 @@ REASONS_SHOWN = 3
 class Dataset:
     """A resolved image source and the class split applied to it."""
 
-    name: str  # embedded, folder, or the TFDS name: the first level under the workdir
-    source: FolderSource | TfdsSource
+    name: str  # embedded, folder, the TFDS name, or <source>-to-<target>: under the workdir
+    source: FolderSource | TfdsSource | JoinedSource
     split: splits.Split
     groups: list = None  # per-class man-made/natural, where the dataset has them
 
@@ -311,7 +372,12 @@ class Dataset:
         """The same images under another split (a replicated grid's splits), checked."""
         if name == self.split.name:
             return self
-        split = splits.make_split(name, len(self.classes), self.groups)
+        if isinstance(self.source, JoinedSource):
+            split = splits.cross_split(
+                name, len(self.source.source.classes), len(self.source.target.classes)
+            )
+        else:
+            split = splits.make_split(name, len(self.classes), self.groups)
         for half in ("A", "B"):
             self.source.check_readable(split.half(half))
         return dataclasses.replace(self, split=split)
@@ -325,31 +391,41 @@ def resolve_dataset(config, log=print):
         train or val images, imagenet2012's tar files missing from TFDS's manual dir.
       ValueError: unknown dataset or split.
     """
-    dc = config.dataset
-    if dc.name == "embedded":
-        spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
-        root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
-        source, name = folder_source(root), "embedded"
-    elif dc.name == "folder":
-        if not dc.data_dir or not os.path.isdir(dc.data_dir):
-            raise FileNotFoundError(
-                f"dataset folder {dc.data_dir!r} does not exist: set "
-                "--config.dataset.data_dir to an ImageNet-style folder (train/, val/)"
-            )
-        source, name = folder_source(dc.data_dir), "folder"
-    elif dc.name == "tfds":
-        source = tfds_source_from_config(dc, log)
-        name = dc.tfds_name.replace("/", "_")
+    source, name = _image_source(config.dataset, "dataset", log)
+    source_dc = config.get("source_dataset")
+    if source_dc is not None and source_dc.name:
+        # Between two datasets: the base on the source, the transfers to the target.
+        origin, origin_name = _image_source(source_dc, "source_dataset", log)
+        source, name = JoinedSource(origin, source), f"{origin_name}-to-{name}"
+        split = splits.cross_split(config.split, len(origin.classes), len(source.target.classes))
+        groups = None
     else:
-        raise ValueError(
-            f"unknown --config.dataset.name={dc.name!r}; use embedded, folder "
-            "or tfds (with --config.dataset.tfds_name)"
-        )
-    groups = source.groups()
-    split = splits.make_split(config.split, len(source.classes), groups)
+        groups = source.groups()
+        split = splits.make_split(config.split, len(source.classes), groups)
     for half in ("A", "B"):
         source.check_readable(split.half(half))
     return Dataset(name, source, split, groups)
+
+
+def _image_source(dc, key, log):
+    """(source, name) of one dataset config (`key`: its place in the config, for errors)."""
+    if dc.name == "embedded":
+        spec = embedded.EmbeddedSpec(**dc.embedded.to_dict())
+        root = embedded.ensure_dataset(spec, cache_dir=dc.data_dir or None, log=log)
+        return folder_source(root), "embedded"
+    if dc.name == "folder":
+        if not dc.data_dir or not os.path.isdir(dc.data_dir):
+            raise FileNotFoundError(
+                f"dataset folder {dc.data_dir!r} does not exist: set "
+                f"--config.{key}.data_dir to an ImageNet-style folder (train/, val/)"
+            )
+        return folder_source(dc.data_dir), "folder"
+    if dc.name == "tfds":
+        return tfds_source_from_config(dc, log), dc.tfds_name.replace("/", "_")
+    raise ValueError(
+        f"unknown --config.{key}.name={dc.name!r}; use embedded, folder "
+        f"or tfds (with --config.{key}.tfds_name)"
+    )
 
 
 def read_groups(root, num_classes):

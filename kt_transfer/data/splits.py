@@ -106,6 +106,30 @@ def whole_split(num_classes):
     return Split(WHOLE, every, every)
 
 
+# Between two datasets (config.source_dataset): half A = every class of the source dataset,
+# half B = every class of the target; the halves of one dataset are the special case.
+CROSS = "cross"
+
+
+def cross_split(name, num_source, num_target):
+    """The source/target split of a joined dataset: the source's classes come first.
+
+    Args:
+      name: `cross`, or `cross.s<k>` for a seeded replicate.
+      num_source, num_target: the classes of each dataset.
+    """
+    own_name, offset = parse_name(name)
+    if own_name != CROSS:
+        raise ValueError(
+            f"split {name!r}: between two datasets (--config.source_dataset.name) the split "
+            f"is {CROSS!r} (half A: the source's classes, half B: the target's), optionally "
+            f"with .s<k> for a seeded replicate; set --config.split={CROSS}"
+        )
+    source = tuple(range(num_source))
+    target = tuple(range(num_source, num_source + num_target))
+    return Split(name, source, target, seed_offset=offset)
+
+
 _SEEDED = re.compile(r"(.+)\.s(\d+)")
 
 
@@ -147,6 +171,12 @@ def make_split(name, num_classes, groups=None):
         return dataclasses.replace(split, name=name, seed_offset=offset)
     if name == WHOLE:
         return whole_split(num_classes)
+    if name == CROSS:
+        raise ValueError(
+            f"split {CROSS!r} is the source/target split of two datasets: name the source "
+            "with --config.source_dataset.name (embedded, folder or tfds), or use "
+            "--config.split=random0"
+        )
     match = re.fullmatch(r"random(\d+)", name)
     if match:
         return random_split(num_classes, int(match.group(1)))

@@ -55,6 +55,9 @@ def experiment_dir(config, dataset):
         "model": families.defining_fields(config.model),
         "train": train_config,
     }
+    source_dataset = config.get("source_dataset")
+    if source_dataset is not None and source_dataset.name:  # absent: the ids of before
+        defining["source_dataset"] = source_dataset.to_dict()
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
 
