@@ -67,6 +67,7 @@ def get_config():
     config.dataset.embedded.val_per_class = 40
     config.dataset.embedded.image_size = 80  # = resize_size: crops decode alone
     config.dataset.embedded.seed = 0
+    config.dataset.embedded.first_class = 0  # draw classes first_class.. of the generator's
 
     # Between two datasets: the bases' source task. Empty name: transfer between the
     # halves of `dataset` (the paper's). Set: baseA trains on this dataset's classes,

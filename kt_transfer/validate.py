@@ -206,6 +206,14 @@ def _check_image_source(check, key, dc):
         check.number(f"{key}.embedded.val_per_class", low=1, integer=True)
         check.number(f"{key}.embedded.image_size", low=16, integer=True)
         check.number(f"{key}.embedded.seed", low=0, integer=True)
+        check.number(f"{key}.embedded.first_class", low=0, integer=True)
+        last = dc.embedded.get("first_class", 0) + dc.embedded.num_classes
+        if isinstance(last, int) and last > MAX_EMBEDDED_CLASSES:
+            check.fail(
+                f"{key}.embedded.first_class",
+                f"the generator draws {MAX_EMBEDDED_CLASSES} classes: keep first_class + "
+                f"num_classes <= {MAX_EMBEDDED_CLASSES}",
+            )
 
 
 def _check_source_dataset(check, config):

@@ -70,6 +70,35 @@ def test_half_a_is_the_source_and_half_b_the_target(tiny_config, target_folder):
     assert os.path.join("embedded-to-folder", "cross") in experiment.experiment_dir(config, dataset)
 
 
+def test_embedded_classes_from_first_class_are_the_same_classes_and_images(data_cache):
+    spec = dict(train_per_class=2, val_per_class=1, image_size=24, seed=3)
+    whole = embedded.ensure_dataset(embedded.EmbeddedSpec(num_classes=4, **spec), data_cache)
+    tail = embedded.ensure_dataset(
+        embedded.EmbeddedSpec(num_classes=2, first_class=2, **spec), data_cache
+    )
+    assert (
+        tail != whole
+        and sorted(os.listdir(os.path.join(tail, "train")))
+        == sorted(os.listdir(os.path.join(whole, "train")))[2:]
+    )
+    for folder in os.listdir(os.path.join(tail, "train")):
+        for name in os.listdir(os.path.join(tail, "train", folder)):
+            with open(os.path.join(tail, "train", folder, name), "rb") as a:
+                with open(os.path.join(whole, "train", folder, name), "rb") as b:
+                    assert a.read() == b.read()
+
+
+def test_cross_dataset_config_validates_and_reads_two_disjoint_class_sets(tmp_path):
+    config = config_files.load("cross_dataset")
+    config.mode, config.n, config.workdir = "AnB+", 3, str(tmp_path)
+    validate.validate(config)
+    source, target = config.source_dataset.embedded, config.dataset.embedded
+    assert source.first_class + source.num_classes <= target.first_class
+    config.dataset.embedded.first_class = 60
+    with pytest.raises(validate.ConfigError, match=r"dataset\.embedded\.first_class"):
+        validate.validate(config)
+
+
 def test_the_source_changes_the_experiment_id_and_its_absence_keeps_the_old_ones(
     tiny_config, target_folder
 ):

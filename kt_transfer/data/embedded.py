@@ -276,13 +276,20 @@ class EmbeddedSpec:
     val_per_class: int = 50
     image_size: int = 112
     seed: int = 0
+    # The classes drawn are class_specs()[first_class:first_class + num_classes]: another
+    # dataset of other classes (a cross-dataset target, configs/cross_dataset.py).
+    first_class: int = 0
 
     @property
     def dirname(self):
         return (
             f"embedded-v{VERSION}-c{self.num_classes}-t{self.train_per_class}"
             f"-v{self.val_per_class}-px{self.image_size}-s{self.seed}"
+            + (f"-f{self.first_class}" if self.first_class else "")
         )
+
+    def classes(self):
+        return class_specs(self.first_class + self.num_classes)[self.first_class :]
 
 
 def default_cache_dir():
@@ -294,7 +301,8 @@ def default_cache_dir():
 
 def _write_class(root, spec, class_index):
     """Writes every train and val image of one class (one unit of parallel work)."""
-    cls = class_specs(spec.num_classes)[class_index]
+    cls = spec.classes()[class_index]
+    class_index += spec.first_class  # a class draws the same images in any subset
     for subset_id, (subset, count) in enumerate(
         (("train", spec.train_per_class), ("val", spec.val_per_class))
     ):
@@ -324,7 +332,7 @@ def ensure_dataset(spec=EmbeddedSpec(), cache_dir=None, log=print):
     if os.path.exists(os.path.join(root, COMPLETE_MARKER)):
         return root
     os.makedirs(cache_dir, exist_ok=True)
-    specs = class_specs(spec.num_classes)
+    specs = spec.classes()
     total = spec.num_classes * (spec.train_per_class + spec.val_per_class)
     log(f"Generating the embedded dataset ({total} images) in {root} (once) ...")
     needed = int(total * APPROX_BYTES_PER_PIXEL_JPEG * spec.image_size**2)

@@ -40,7 +40,7 @@ NOT_DEFINING_A_BASE = (
 
 # Settings added after experiments were run, at the value that changes nothing: left out
 # of the id there, so the experiments run before them keep their ids.
-NEUTRAL = {"train": {"target_images_per_class": 0}}
+NEUTRAL = {"train": {"target_images_per_class": 0}, "embedded": {"first_class": 0}}
 
 
 def experiment_dir(config, dataset):
@@ -50,8 +50,14 @@ def experiment_dir(config, dataset):
         for k, v in config.train.to_dict().items()
         if k not in NOT_DEFINING_A_BASE and NEUTRAL["train"].get(k, object()) != v
     }
+    dataset_config = config.dataset.to_dict()
+    dataset_config["embedded"] = {
+        k: v
+        for k, v in dataset_config["embedded"].items()
+        if NEUTRAL["embedded"].get(k, object()) != v
+    }
     defining = {
-        "dataset": config.dataset.to_dict(),
+        "dataset": dataset_config,
         "model": families.defining_fields(config.model),
         "train": train_config,
     }
