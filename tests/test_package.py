@@ -138,7 +138,7 @@ def config_of(arguments, tmp_path):
             config[key] = value
         elif flag.startswith("--config."):
             key = flag[len("--config.") :]
-            if key == "dataset.data_dir":
+            if key in ("dataset.data_dir", "source_dataset.data_dir"):
                 value = str(tmp_path / "data")
             _override(config, key, value)
         elif flag not in ("--config", "--verbosity", "--traceback", "--helpfull", "--help"):
