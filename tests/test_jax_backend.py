@@ -248,3 +248,44 @@ except SystemExit as e:
     rows = [line.split() for line in out.splitlines() if line.startswith(("baseB", "A7B"))]
     assert [r[0] for r in rows] == ["baseB", "A7B"]
     assert float(rows[1][4]) < float(rows[0][4])  # A7B: no backward pass below fc8
+
+
+FAMILY_TRANSFER = """
+from kt_transfer import config_files
+from kt_transfer.networks import families
+keras.config.set_dtype_policy(sys.argv[2])
+config = config_files.load("tiny")
+config.model.network = sys.argv[1]
+config.model.resnet.stages = (1, 1)
+config.model.vit.update(patch_size=16, hidden_dim=16, num_heads=2, num_blocks=2, mlp_dim=32)
+blocks = families.block_names(config.model)
+keras.utils.set_random_seed(0)
+base, _ = transfer.build_model(transfer.parse_treatment("baseA"), config.model, 6)
+model, plans = transfer.build_model(
+    transfer.parse_treatment("AnB", 2, blocks), config.model, 6, base=base
+)
+train.compile_model(model, config.train, plans)
+before = [np.asarray(w).copy() for w in model.get_layer(blocks[2]).trainable_weights]
+rng = np.random.default_rng(0)
+side = config.model.input_size
+x = rng.integers(0, 256, (24, side, side, 3)).astype("uint8")
+model.fit(x, rng.integers(0, 6, 24), batch_size=8, epochs=1, verbose=0, shuffle=False)
+logits = model(x[:2], training=False)
+assert str(logits.dtype) == "float32" and np.isfinite(np.asarray(logits)).all(), logits.dtype
+def weights(m, name):
+    return [np.asarray(w) for w in m.get_layer(name).weights]
+for name in blocks[:2]:  # frozen: every weight, BatchNorm statistics included
+    assert all(np.array_equal(a, b) for a, b in zip(weights(model, name), weights(base, name)))
+after = [np.asarray(w) for w in model.get_layer(blocks[2]).trainable_weights]
+assert all(not np.array_equal(a, b) for a, b in zip(before, after))  # trained
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("network,precision", [("resnet", "float32"), ("vit", "mixed_bfloat16")])
+def test_a_family_s_transfer_trains_on_jax_with_frozen_blocks_unchanged(
+    tmp_path, network, precision
+):
+    """ResNet and ViT (tiny) on JAX, one in mixed precision: A2B trains, its two copied
+    blocks stay bit-identical (BatchNorm statistics included), logits stay float32."""
+    _run_jax(tmp_path, FAMILY_TRANSFER, network, precision)
