@@ -182,3 +182,26 @@ def test_the_sweep_chooses_on_held_out_training_images_and_reports_validation_be
         ds = pipeline.make_dataset(dataset.source, "train", half, holdout=(part, 0.3, 0), **kwargs)
         counted[part] = sum(int(labels.shape[0]) for _, labels in ds)
     assert counted == {"rest": int((~held).sum()), "held": int(held.sum())}
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_resnet_scales_its_copied_blocks(tiny_config):
+    """--mode=tune on another family: the copied blocks of A2B+ (stem, res1) get each
+    scale, the sweep picks by its objective and every trial is a finished network."""
+    config = _sweep_config(tiny_config)
+    config.model.network, config.model.resnet.stages = "resnet", (1, 1)
+    config.tune.copied_lr_mults, config.tune.max_trials = (1.0, 0.0), 2
+    dataset = sources.resolve_dataset(config, log=lambda *_: None)
+    rows = tune.run_sweep(config, dataset, log=lambda *_: None)
+    assert sorted(r["scales"] for r in rows) == ["copied_lr_mult=0", "copied_lr_mult=1"]
+    for row in rows:
+        assert experiment.read_metrics(row["run"])["status"] == "finished"
+    frozen_like = next(r for r in rows if r["scales"] == "copied_lr_mult=0")
+    model = experiment.load_network(frozen_like["run"])
+    base = experiment.load_network(os.path.join(os.path.dirname(frozen_like["run"]), "baseA"))
+    import numpy as np
+
+    for block in ("stem", "res1"):  # lr x0: the copied blocks did not move
+        for a, b in zip(model.get_layer(block).weights, base.get_layer(block).weights):
+            if "moving" not in a.path:  # BatchNorm statistics update in "+" (policy train)
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
