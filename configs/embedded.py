@@ -191,6 +191,10 @@ def get_config():
     # most: one input stream, one step for all (training/packing.py; docs/performance.md).
     config.grid.pack_size = 5
     config.grid.paper_overlay = True  # draw the published numbers on random splits
+    # A copy of each finished cell's record (metrics.json, config.json; no weights) kept
+    # here as the grid runs, and restored from here first: a grid carried across sessions
+    # and machines (e.g. docs/figure_grid/records under version control). "": none.
+    config.grid.records_dir = ""
 
     # --mode=similarity: CKA, linear probes and LogME from the trained networks.
     config.similarity = ml_collections.ConfigDict()

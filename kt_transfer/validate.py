@@ -479,6 +479,11 @@ def _check_grid(check, gc):
             "give a Ray address, e.g. '10.0.0.1:6379' (empty: $RAY_ADDRESS, else a local Ray)",
         )
     check.boolean("grid.paper_overlay")
+    records_dir = gc.get("records_dir", "")
+    if not isinstance(records_dir, str):
+        check.fail("grid.records_dir", "give a folder for the grid's records, or '' for none")
+    elif records_dir:
+        _check_writable_dir(check, "grid.records_dir", records_dir)
     check.boolean("grid.restart_control")
     sizes = gc.get("target_images_per_class", ())
     if not isinstance(sizes, tuple | list) or not all(isinstance(k, int) and k >= 0 for k in sizes):

@@ -49,3 +49,26 @@ def test_restored_records_resume_and_a_base_is_retrained_to_the_same_weights(tin
 
     assert fingerprint(later) == fingerprint(first)  # the same base as the record's
     assert tool("restore", f"--workdir={moved}", "--to=/nonexistent").stderr.startswith("error:")
+
+
+@pytest.mark.slow
+def test_a_grid_keeps_each_finished_cell_s_record_and_resumes_from_them(tiny_config, tmp_path):
+    """--config.grid.records_dir: each cell's record is copied there as it finishes; a
+    grid on an empty workdir (another machine) restores them and trains nothing again."""
+    from kt_transfer.runs import grid
+
+    config = tiny_config
+    config.grid.ns, config.grid.treatments = (1,), ("AnB",)
+    config.grid.records_dir = str(tmp_path / "records")
+    dataset = sources.resolve_dataset(config, log=lambda *_: None)
+    first = []
+    grid.run_grid(config, dataset, log=first.append, poll_s=0.2)
+    kept = sorted(p.parent.name for p in (tmp_path / "records").rglob("metrics.json"))
+    assert kept == ["A1B", "baseA", "baseB"]
+    assert not list((tmp_path / "records").rglob("model.keras"))
+    config.workdir = str(tmp_path / "another_machine")
+    again = []
+    grid.run_grid(config, dataset, log=again.append, poll_s=0.2)
+    assert "grid: restored 3 record(s) of finished runs from" in "\n".join(again)
+    assert "grid: 3 cells, 3 finished earlier" in "\n".join(again)
+    assert not [line for line in again if line.startswith("grid: training")]

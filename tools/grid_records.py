@@ -16,48 +16,22 @@ the fingerprint in its log repeats), so the restored transfers stay paired with 
 Reports (--mode=grid's findings, tools/plot_results.py) need the records only; an older
 grid whose results.md table is all that was kept becomes records again with from-table
 (metrics.json with the table's columns only: no evaluations, no timings).
+--config.grid.records_dir does save and restore as the grid runs (runs/records.py).
 """
 
-import glob
 import json
 import os
-import shutil
 import sys
 
 from absl import app, flags
+
+os.environ.setdefault("_KT_TRANSFER_NO_KERAS", "1")  # records are JSON: no Keras to load
+from kt_transfer.runs.records import copy_records  # noqa: E402
 
 flags.DEFINE_string("workdir", "workdir", "the grid's --workdir")
 flags.DEFINE_string("to", "", "the records directory (e.g. docs/figure_grid/records)")
 flags.DEFINE_string("table", "", "from-table: a results.md written by a grid's report")
 FLAGS = flags.FLAGS
-
-RECORD_FILES = ("metrics.json", "config.json")
-
-
-def runs_with_records(root):
-    """Relative paths <dataset>/<split>/<experiment>/<run> that have a metrics.json."""
-    return sorted(
-        os.path.relpath(os.path.dirname(path), root)
-        for path in glob.glob(os.path.join(root, "*", "*", "*", "*", "metrics.json"))
-    )
-
-
-def copy_records(source_root, dest_root, overwrite):
-    """Copies the records of every run; returns (copied, skipped) counts."""
-    copied = skipped = 0
-    for run in runs_with_records(source_root):
-        target = os.path.join(dest_root, run)
-        if not overwrite and os.path.exists(os.path.join(target, "metrics.json")):
-            skipped += 1
-            continue
-        os.makedirs(target, exist_ok=True)
-        for name in RECORD_FILES:
-            path = os.path.join(source_root, run, name)
-            if os.path.exists(path):
-                shutil.copyfile(path, os.path.join(target, name) + ".tmp")
-                os.replace(os.path.join(target, name) + ".tmp", os.path.join(target, name))
-        copied += 1
-    return copied, skipped
 
 
 def records_from_table(table_path, dest_root):

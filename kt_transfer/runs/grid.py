@@ -32,7 +32,7 @@ from kt_transfer import atomic
 from kt_transfer.analysis import replicates, results
 from kt_transfer.data import splits
 from kt_transfer.networks import families, transfer
-from kt_transfer.runs import executors, experiment
+from kt_transfer.runs import executors, experiment, records
 
 LOCK_FILE = ".grid.lock"
 
@@ -214,6 +214,11 @@ def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
     split_names = grid_splits(config)
     datasets = {name: dataset.with_split(name) for name in split_names}
     grid_cells = cells(config.grid, split_names, families.block_names(config.model))
+    records_dir = config.grid.get("records_dir", "")
+    if records_dir and os.path.isdir(records_dir):  # another session's finished cells
+        restored, _ = records.copy_records(records_dir, config.workdir, overwrite=False)
+        if restored:
+            log(f"grid: restored {restored} record(s) of finished runs from {records_dir}")
     status = _status(config, datasets, grid_cells)
     stored = [m.get("seconds", 0.0) for m in status.values() if m is not None]
     started = time.monotonic()
@@ -224,7 +229,7 @@ def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
             f"grid: {len(grid_cells)} cells, {len(stored)} finished earlier; on {executor.describe}"
         )
         progress = Progress(len(grid_cells), executor.capacity, stored)
-        schedule = _Schedule(config, dataset, grid_cells, status, executor, progress, log)
+        schedule = _Schedule(config, datasets, grid_cells, status, executor, progress, log)
         schedule.run(poll_s)
     log(
         f"grid: {schedule.trained} cell(s) trained in "
@@ -251,8 +256,8 @@ class _Schedule:
     """The grid's state while it runs: each cell waits, runs, is finished (its
     metrics.json) or could not run (`errors`); ready cells go to the executor in packs."""
 
-    def __init__(self, config, dataset, grid_cells, status, executor, progress, log):
-        self.config, self.dataset, self.cells = config, dataset, grid_cells
+    def __init__(self, config, datasets, grid_cells, status, executor, progress, log):
+        self.config, self.datasets, self.cells = config, datasets, grid_cells
         self.status, self.executor, self.log = status, executor, log
         self.progress = progress
         self.worker_config = _worker_config(config, executor)
@@ -276,7 +281,10 @@ class _Schedule:
                 if not unit:
                     break
                 job = self.executor.submit(
-                    self.worker_config, self.dataset, unit[0].split, [c.treatment for c in unit]
+                    self.worker_config,
+                    self.datasets[unit[0].split],
+                    unit[0].split,
+                    [c.treatment for c in unit],
                 )
                 self.running[job] = (unit, time.monotonic())
                 self.log(f"grid: training {_unit_name(unit)}")
@@ -358,12 +366,23 @@ class _Schedule:
         seconds = (time.monotonic() - started) / len(unit)
         for cell, metrics in zip(unit, result["metrics"]):
             self.status[cell.name] = metrics
+            self._keep_record(cell)
             self.trained += 1
             self.progress.durations.append(seconds)
             self.log(
                 f"grid: {cell.name} {metrics['status']}"
                 + (f", top-1 {metrics['top1']:.4f}" if metrics["status"] == "finished" else "")
             )
+
+    def _keep_record(self, cell):
+        """The cell's record copied to grid.records_dir as soon as it has one, so a lost
+        machine loses no finished cell (runs/records.py)."""
+        records_dir = self.config.grid.get("records_dir", "")
+        if not records_dir:
+            return
+        workdir = self.config.workdir
+        run = experiment.run_dir(self.config, self.datasets[cell.split], cell.treatment)
+        records.copy_run(workdir, records_dir, os.path.relpath(run, workdir))
 
 
 def _unit_name(unit):
@@ -376,8 +395,9 @@ def _worker_config(config, executor):
     worker_config = config.copy_and_resolve_references()
     with worker_config.unlocked():
         worker_config.workdir = os.path.abspath(config.workdir)
-        if config.dataset.data_dir:
-            worker_config.dataset.data_dir = os.path.abspath(config.dataset.data_dir)
+        for dataset_config in (worker_config.dataset, worker_config.get("source_dataset")):
+            if dataset_config is not None and dataset_config.data_dir:
+                dataset_config.data_dir = os.path.abspath(dataset_config.data_dir)
         if executor.capacity > 1 or isinstance(executor, executors.RayExecutor):
             worker_config.verbose = 2 if config.verbose else 0
     return worker_config
