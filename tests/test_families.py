@@ -219,3 +219,25 @@ def test_a_family_runs_the_whole_treatment(tiny_config, network):
     assert all(-0.05 <= r["value"] <= 1 + 1e-9 for r in cka)
     copied = [r for r in rows if r["measure"] == "CKA(A1B+, baseA)"]
     assert [r["layer"] for r in copied] == list(blocks[:-1])
+
+
+@pytest.mark.parametrize(
+    "config_name,trainable,blocks",
+    [
+        # torchvision's resnet50: 25,557,032 (Keras adds BatchNorm's moving statistics).
+        ("imagenet_resnet50", 25_557_032, 18),
+        # torchvision's vit_b_16: 86,567,656, less its class token and that token's
+        # position embedding (2 x 768): the classifier averages the tokens instead.
+        ("imagenet_vit_b16", 86_567_656 - 2 * 768, 14),
+    ],
+)
+def test_paper_scale_families_have_the_published_sizes(config_name, trainable, blocks, tmp_path):
+    config = config_files.load(config_name)
+    config.mode, config.n, config.workdir = "AnB", blocks - 1, str(tmp_path)
+    config.dataset.data_dir = str(tmp_path)
+    validate.validate(config)
+    names = families.block_names(config.model)
+    assert len(names) == blocks
+    model, _ = transfer.build_model(transfer.parse_treatment("baseA"), config.model, 1000)
+    count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert count == trainable
