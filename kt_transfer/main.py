@@ -113,7 +113,7 @@ def main(argv):
         ValueError,  # an unfit or unreadable base, an unreadable half of a grid's split
     ) as e:
         _fail(e)
-    print(summary.summary(config, dataset, treatment, metrics, out))
+    print(summary.summary(config, dataset, treatment, metrics, out, argv=sys.argv[1:]))
     if metrics["status"] != "finished":
         sys.exit(1)
 

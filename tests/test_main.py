@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -33,11 +34,24 @@ def test_transfer_run_trains_its_base_then_reuses_stored_results(tmp_path, data_
     metrics = json.load(open(os.path.join(run_dirs["A2B"], "metrics.json")))
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["steps"] == 4
     assert json.load(open(os.path.join(run_dirs["A2B"], "config.json")))["n"] == 2
+    # The base to compare with, as the user's own command with only --mode changed.
+    kept = " ".join(shlex.quote(a) for a in args if not a.startswith(("--mode", "--n")))
+    suggested = f"python -m kt_transfer.main {kept} --mode=baseB"
+    assert f"baseB (for comparison) is not trained yet: {suggested}" in first.stdout
 
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "finished earlier" in again.stdout and "Epoch" not in again.stdout
     assert f"top-1 {metrics['top1']:.4f}" in again.stdout
+
+
+def test_the_suggested_command_is_the_user_s_with_another_mode():
+    from kt_transfer.analysis import summary
+
+    argv = ["--config=configs/vit.py", "--mode", "AnB", "--n=2", "--workdir=my dir"]
+    assert summary.same_command(argv, "baseB") == (
+        "python -m kt_transfer.main --config=configs/vit.py '--workdir=my dir' --mode=baseB"
+    )
 
 
 # How each kind of bad input reaches a user of the command line (a config value, an unknown

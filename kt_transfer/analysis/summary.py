@@ -1,14 +1,18 @@
 """Human-readable summaries of finished runs."""
 
 import os
+import shlex
 
 from kt_transfer.analysis import results
 from kt_transfer.networks import transfer
 from kt_transfer.runs import experiment
 
 
-def summary(config, dataset, treatment, metrics, out):
-    """The closing lines of a run: figures, the base to compare with, where things are."""
+def summary(config, dataset, treatment, metrics, out, argv=()):
+    """The closing lines of a run: figures, the base to compare with, where things are.
+
+    `argv`: the command's flags, so the command suggested for the missing base is the
+    user's own (config file, overrides, workdir) with only --mode changed."""
     half = dataset.split.half(treatment.target)
     lines = [
         f"== {treatment.run_name} ({treatment.mode}, n={treatment.n}) on {dataset.name}, "
@@ -39,8 +43,7 @@ def summary(config, dataset, treatment, metrics, out):
             )
         else:
             lines.append(
-                f"{reference} (for comparison) is not trained yet: "
-                f"python -m kt_transfer.main --mode={reference}"
+                f"{reference} (for comparison) is not trained yet: {same_command(argv, reference)}"
             )
     exp_dir = os.path.dirname(out)
     lines += [
@@ -49,3 +52,18 @@ def summary(config, dataset, treatment, metrics, out):
         f"TensorBoard: tensorboard --logdir {exp_dir}",
     ]
     return "\n".join(lines)
+
+
+def same_command(argv, mode):
+    """`python -m kt_transfer.main` with the flags of `argv`, but --mode=`mode` (no --n)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--mode", "--n"):  # the value is the next argument
+            skip = True
+            continue
+        if not arg.startswith(("--mode=", "--n=")):
+            kept.append(arg)
+    return " ".join(["python -m kt_transfer.main", *map(shlex.quote, kept), f"--mode={mode}"])
