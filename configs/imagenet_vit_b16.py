@@ -18,27 +18,16 @@ from kt_transfer import config_files
 
 
 def get_config():
-    config = config_files.load("imagenet_paper")
+    # ResNet-50's data, pixel scaling and 90-epoch schedule; its own network and lr.
+    config = config_files.load("imagenet_resnet50")
     config.model.network = "vit"
-    config.model.width = 1.0
-    config.model.input_size = 224
     config.model.vit.patch_size = 16
     config.model.vit.hidden_dim = 768
     config.model.vit.num_heads = 12
     config.model.vit.num_blocks = 12
     config.model.vit.mlp_dim = 3072
     config.model.dropout = 0.1
-    config.dataset.mean = "fixed"
-    config.dataset.mean_rgb = (123.68, 116.78, 103.94)
-    config.dataset.scale = 1 / 58.0
-    steps_per_epoch = 640_000 // 256
-    config.train.batch_size = 256
     config.train.base_lr = 0.03
-    config.train.weight_decay = 1e-4
-    config.train.bias_lr_mult = 1.0
-    config.train.lr_step_size = 30 * steps_per_epoch
-    config.train.total_steps = 90 * steps_per_epoch
-    config.train.steps_per_epoch = steps_per_epoch
     config.train.warmup_steps = 10_000
     config.grid.ns = tuple(range(1, 14))
     return config
