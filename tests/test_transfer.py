@@ -125,6 +125,19 @@ def test_training_is_deterministic_under_a_seed(model_config):
 # Faults (issue 22): a base file that cannot be used is one line naming it and the fix.
 
 
+def test_a_keras_hub_preset_directory_is_named_as_one_and_refused(tmp_path):
+    """What keras_hub's save_to_preset writes (config.json, metadata.json, weights)."""
+    import json
+
+    preset = tmp_path / "resnet_preset"
+    preset.mkdir()
+    (preset / "config.json").write_text(json.dumps({"class_name": "ResNetBackbone"}))
+    (preset / "metadata.json").write_text(json.dumps({"keras_hub_version": "0.32.0"}))
+    (preset / "model.weights.h5").write_bytes(b"")
+    with pytest.raises(transfer.UnreadableBaseError, match=r"keras-hub preset \(ResNetBackbone\)"):
+        transfer.base_model_format(str(preset))
+
+
 def test_an_unreadable_base_file_is_named_with_what_is_wrong(tmp_path, base):
     good = str(tmp_path / "base.keras")
     base.save(good)

@@ -15,6 +15,7 @@ whether they are frozen. Modes:
 """
 
 import dataclasses
+import json
 import os
 import re
 import zipfile
@@ -187,10 +188,31 @@ def base_model_format(path, label=None):
         return "keras"
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return "saved_model"
+    preset = _keras_hub_preset_class(path)
+    if preset:
+        raise UnreadableBaseError(
+            f"{label or f'--base_model={path!r}'} is a keras-hub preset ({preset}): "
+            "kt_transfer does not read keras-hub presets as bases yet (their blocks are not "
+            "kt_transfer's named blocks; docs/networks.md); give a kt_transfer run's "
+            "model.keras or saved_model/"
+        )
     raise ValueError(
         f"--base_model={path!r} is neither a .keras file nor a SavedModel "
         "directory (one holding saved_model.pb)"
     )
+
+
+def _keras_hub_preset_class(path):
+    """The class a keras-hub preset directory holds (its config.json beside a
+    metadata.json that names keras-hub's version), or None for anything else."""
+    try:
+        with open(os.path.join(path, "metadata.json")) as f:
+            if "keras_hub_version" not in json.load(f):
+                return None
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f).get("class_name", "a keras-hub model")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_base(path, label=None):
