@@ -66,9 +66,13 @@ def test_a_grid_keeps_each_finished_cell_s_record_and_resumes_from_them(tiny_con
     kept = sorted(p.parent.name for p in (tmp_path / "records").rglob("metrics.json"))
     assert kept == ["A1B", "baseA", "baseB"]
     assert not list((tmp_path / "records").rglob("model.keras"))
+    foreign = tmp_path / "records" / "folder" / "random0" / "0000" / "baseA"
+    foreign.mkdir(parents=True)  # another dataset's grid shares the records directory
+    (foreign / "metrics.json").write_text("{}")
     config.workdir = str(tmp_path / "another_machine")
     again = []
     grid.run_grid(config, dataset, log=again.append, poll_s=0.2)
     assert "grid: restored 3 record(s) of finished runs from" in "\n".join(again)
     assert "grid: 3 cells, 3 finished earlier" in "\n".join(again)
     assert not [line for line in again if line.startswith("grid: training")]
+    assert not (tmp_path / "another_machine" / "folder").exists()  # only this dataset's

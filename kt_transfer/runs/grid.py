@@ -216,7 +216,9 @@ def run_grid(config, dataset, log=print, executor=None, poll_s=5.0):
     grid_cells = cells(config.grid, split_names, families.block_names(config.model))
     records_dir = config.grid.get("records_dir", "")
     if records_dir and os.path.isdir(records_dir):  # another session's finished cells
-        restored, _ = records.copy_records(records_dir, config.workdir, overwrite=False)
+        restored, _ = records.copy_records(
+            records_dir, config.workdir, overwrite=False, dataset=dataset.name
+        )
         if restored:
             log(f"grid: restored {restored} record(s) of finished runs from {records_dir}")
     status = _status(config, datasets, grid_cells)

@@ -36,11 +36,14 @@ def copy_run(source_root, dest_root, run):
             os.replace(os.path.join(target, name) + ".tmp", os.path.join(target, name))
 
 
-def copy_records(source_root, dest_root, overwrite):
-    """Copies the records of every run; returns (copied, skipped) counts. Without
-    `overwrite`, a run that already has a record at the destination keeps it."""
+def copy_records(source_root, dest_root, overwrite, dataset=None):
+    """Copies the records of every run (of one `dataset`'s directory, if given); returns
+    (copied, skipped) counts. Without `overwrite`, a run that already has a record at
+    the destination keeps it."""
     copied = skipped = 0
     for run in runs_with_records(source_root):
+        if dataset is not None and run.split(os.sep)[0] != dataset:
+            continue
         if not overwrite and os.path.exists(os.path.join(dest_root, run, "metrics.json")):
             skipped += 1
             continue
