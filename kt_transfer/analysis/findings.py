@@ -61,14 +61,16 @@ def at_depth(curve, last_n):
 REGIME = {
     "a": "Tests it as the paper does: frozen copies of more layers, the same target data.",
     "b": "Tests it, but a dip needs co-adapted middle layers; the CPU-scale bases are "
-    "narrow (width 0.125) and converge within the budget, so a missing dip may be the "
+    "small (the default: CaffeNet at width 0.125) and converge within the budget, so a "
+    "missing dip may be the "
     "regime's rather than a refutation of the paper's.",
     "c": "Conditional on (b). Where BnB+ ends above its base, the restart control (g) "
     "tells restarting the schedule apart from re-initialising the top layers.",
-    "d": "Source and target halves have the same number of images here (1,500), so the "
-    "source taught the copied layers nothing the target half could not: (d) asks the "
-    "paper's question only on a smaller target task (grid.target_images_per_class), "
-    "whose reports give AnB+ - BnB+ per target size.",
+    "d": "Where source and target have as many images as each other (the default's "
+    "halves: 1,500 each), the source taught the copied layers nothing the target could "
+    "not: (d) asks the paper's question only on a smaller target task "
+    "(grid.target_images_per_class, or a smaller target dataset), whose reports give "
+    "AnB+ - BnB+ per target size.",
     "e": "natman is one partition (the paper's one split): its seeds measure training "
     "noise, not other man-made/natural splits; the embedded dataset's groups are "
     "generated, not ImageNet's.",
