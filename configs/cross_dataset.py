@@ -19,7 +19,8 @@ first: 0.3395 top-1 on the source's 50 classes; A3B+: 0.159 on the target's); ba
 (the target's own base, 10 images a class) 0.1445 in 82 s, B3B+ 0.149 in 85 s. A3B+ is
 1.5 points above B3B+ and 1.5 above baseB, about the 0.8-point binomial error of one
 evaluation on 2,000 images and under a base's 0.9-point rerun spread: one seed shows
-nothing; the grid's seeds are there to say whether it holds.
+nothing. The grid (60 networks, 33 min): docs/results.md, every finding inconclusive
+(AnB+ - BnB+ over n = 1..7: +0.1 points [-2.4, +2.5] over 2 seeds).
 """
 
 from kt_transfer import config_files
