@@ -372,12 +372,7 @@ class Dataset:
         """The same images under another split (a replicated grid's splits), checked."""
         if name == self.split.name:
             return self
-        if isinstance(self.source, JoinedSource):
-            split = splits.cross_split(
-                name, len(self.source.source.classes), len(self.source.target.classes)
-            )
-        else:
-            split = splits.make_split(name, len(self.classes), self.groups)
+        split = _split_of(self.source, name, self.groups)
         for half in ("A", "B"):
             self.source.check_readable(split.half(half))
         return dataclasses.replace(self, split=split)
@@ -397,14 +392,19 @@ def resolve_dataset(config, log=print):
         # Between two datasets: the base on the source, the transfers to the target.
         origin, origin_name = _image_source(source_dc, "source_dataset", log)
         source, name = JoinedSource(origin, source), f"{origin_name}-to-{name}"
-        split = splits.cross_split(config.split, len(origin.classes), len(source.target.classes))
-        groups = None
-    else:
-        groups = source.groups()
-        split = splits.make_split(config.split, len(source.classes), groups)
+    groups = source.groups()
+    split = _split_of(source, config.split, groups)
     for half in ("A", "B"):
         source.check_readable(split.half(half))
     return Dataset(name, source, split, groups)
+
+
+def _split_of(source, name, groups):
+    """The split `name` of a source: two joined datasets have the source/target split
+    (cross), one dataset the random, natman or whole splits."""
+    if isinstance(source, JoinedSource):
+        return splits.cross_split(name, len(source.source.classes), len(source.target.classes))
+    return splits.make_split(name, len(source.classes), groups)
 
 
 def _image_source(dc, key, log):

@@ -45,17 +45,11 @@ NEUTRAL = {"train": {"target_images_per_class": 0}, "embedded": {"first_class": 
 
 def experiment_dir(config, dataset):
     """<workdir>/<dataset>/<split>/<id>: id = hash of what defines a base network."""
-    train_config = {
-        k: v
-        for k, v in config.train.to_dict().items()
-        if k not in NOT_DEFINING_A_BASE and NEUTRAL["train"].get(k, object()) != v
-    }
+    train_config = _without_neutral(config.train.to_dict(), NEUTRAL["train"])
+    for key in NOT_DEFINING_A_BASE:
+        train_config.pop(key, None)
     dataset_config = config.dataset.to_dict()
-    dataset_config["embedded"] = {
-        k: v
-        for k, v in dataset_config["embedded"].items()
-        if NEUTRAL["embedded"].get(k, object()) != v
-    }
+    dataset_config["embedded"] = _without_neutral(dataset_config["embedded"], NEUTRAL["embedded"])
     defining = {
         "dataset": dataset_config,
         "model": families.defining_fields(config.model),
@@ -66,6 +60,11 @@ def experiment_dir(config, dataset):
         defining["source_dataset"] = source_dataset.to_dict()
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
     return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
+
+
+def _without_neutral(values, neutral):
+    """`values` less the settings at their NEUTRAL value."""
+    return {k: v for k, v in values.items() if neutral.get(k, object()) != v}
 
 
 def run_dir(config, dataset, treatment):
