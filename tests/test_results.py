@@ -103,6 +103,27 @@ def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path)
     assert bases[("random0", "A3B")] == "0.4000" and bases[("random1", "A3B")] == "0.6000"
 
 
+def test_a_one_direction_report_takes_the_targets_base_and_counts_seeds(tmp_path):
+    """Between two datasets only A -> B runs; baseA (the source's) is trained too, and
+    must not be pooled into the reference, which is the target's base alone."""
+    workdir = str(tmp_path)
+    for split, target_base in (("cross", 0.15), ("cross.s1", 0.17)):
+        _write_run(workdir, split, "baseA", "baseA", 0, 0.34)  # the source's base
+        _write_run(workdir, split, "baseB", "baseB", 0, target_base)
+        for n in (1, 2):
+            _write_run(workdir, split, f"A{n}B", "AnB", n, target_base - 0.01 * n)
+    results.write_report(workdir, str(tmp_path / "out"))
+    (table,) = [
+        f for f in os.listdir(tmp_path / "out") if f.endswith("cross_abcd1234_replicates.csv")
+    ]
+    rows = list(csv.DictReader(io.StringIO(open(tmp_path / "out" / table).read())))
+    base = next(r for r in rows if r["treatment"] == "base")
+    assert float(base["mean"]) == pytest.approx(0.16, abs=1e-4)
+    findings_md = open(tmp_path / "out" / table.replace("replicates.csv", "findings.md")).read()
+    assert "(2 seeds)" in findings_md and "partitions)" not in findings_md
+    assert "Intervals are over seeds" in findings_md
+
+
 def test_empty_workdir_says_what_to_check(tmp_path):
     import pytest
 

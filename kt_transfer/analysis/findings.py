@@ -79,6 +79,14 @@ REGIME = {
     "g": "Not in the paper: a control for (c) and (d) that the paper's regime (450,000 "
     "steps, a base at its schedule's end) made less needed.",
 }
+# Between two datasets (split "cross"), where these differ from one dataset's halves.
+CROSS_REGIME = {
+    "a": "Tests it across datasets: frozen copies of more of the source's layers, the "
+    "target's data.",
+    "d": "Asks the paper's question across datasets: whether features learnt on the "
+    "source help the target beyond what its own data teach (BnB+). With one dataset pair "
+    "it says what holds for these two datasets, not for tasks in general.",
+}
 ALPHA = 0.05  # familywise, after Holm's correction
 # "Not below its base" means not more than 1 point of top-1 below it (2.9% of a 0.35
 # base): about the spread of one base trained again (0.9 points) and the binomial
@@ -471,10 +479,10 @@ def _ns(ns):
     return ",".join(str(n) for n in ns) or "-"
 
 
-def _interval(estimate):
+def _interval(estimate, unit="partition"):
     if estimate is None:
         return "no networks"
-    units = f"{estimate.count} partition{'s' if estimate.count != 1 else ''}"
+    units = f"{estimate.count} {unit}{'s' if estimate.count != 1 else ''}"
     if estimate.replicates > estimate.count:
         units += f", {estimate.replicates} replicates"
     if estimate.count < 2:
@@ -590,7 +598,7 @@ def _signed(value):
     return "-" if value is None or math.isnan(value) else f"{value:+.2f}"
 
 
-def to_markdown(found, title, notes=(), ranks=()):
+def to_markdown(found, title, notes=(), ranks=(), unit="partition"):
     """findings.md: one line per finding (and per contrast), with the paper's value, raw
     and Holm-adjusted p, the relative scale, then the training-free measures' rank
     agreement with the grid (rank_agreement) if any."""
@@ -610,19 +618,24 @@ def to_markdown(found, title, notes=(), ranks=()):
             lines.append(
                 f"| {'(' + finding.key + ') ' + finding.claim if first else ''} "
                 f"| {contrast.label} | {paper} "
-                f"| {_interval(contrast.estimate) if not finding.todo else finding.todo} "
+                f"| {_interval(contrast.estimate, unit) if not finding.todo else finding.todo} "
                 f"| {_relative_cell(contrast) if not finding.todo else '-'} "
                 f"| {_p(contrast.p_value())} | {_p(contrast.adjusted_p)} | {verdict} |"
             )
         lines.append(f"| | **({finding.key}) overall** | | | | | | **{finding.verdict()}** |")
+    over = (
+        "Intervals are over class partitions: the directions and seeds of one partition "
+        "are averaged first (they share its classes and bases)."
+        if unit == "partition"
+        else f"Intervals are over {unit}s: they measure training noise only."
+    )
     lines += [
         "",
-        "Intervals are over class partitions: the directions and seeds of one partition "
-        "are averaged first (they share its classes and bases). A contrast *shows* when its "
+        over + " A contrast *shows* when its "
         f"Holm-adjusted p (over every contrast above) is below {ALPHA} on the paper's side, "
         "*does not show* when it is on the other side, and is *inconclusive* otherwise: a "
         "difference smaller than its interval is not a finding, and fewer than "
-        f"{MIN_PARTITIONS} partitions give no verdict (no Holm p). *Not below* is a "
+        f"{MIN_PARTITIONS} {unit}s give no verdict (no Holm p). *Not below* is a "
         f"non-inferiority test with a margin of {NON_INFERIORITY_MARGIN * 100:g} point of "
         "top-1. (c) is asked only where (b)'s dip shows. Controls the paper lacks (sign "
         "*either*) say *higher* or *lower* when their adjusted p is below "
@@ -630,6 +643,7 @@ def to_markdown(found, title, notes=(), ranks=()):
         "top-1; the paper's value (its base: 0.625) is compared with ours there.",
     ]
     lines += ["", "## What this regime can and cannot test", ""]
-    lines += [f"- ({f.key}) {REGIME[f.key]}" for f in found if f.key in REGIME]
+    regime = REGIME if unit == "partition" else {**REGIME, **CROSS_REGIME}
+    lines += [f"- ({f.key}) {regime[f.key]}" for f in found if f.key in regime]
     lines += _rank_lines(ranks)
     return "\n".join(lines) + "\n"

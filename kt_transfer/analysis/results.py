@@ -282,6 +282,7 @@ def report_experiment(
         "Findings: " + figure_title(dataset, split_names),
         notes,
         findings.rank_agreement(similarity or {}, transfer_curve),
+        unit="seed" if family == splits.CROSS else "partition",
     )
     _write_text(os.path.join(out_dir, prefix + "findings.md"), text, written)
     forest_path = os.path.join(out_dir, prefix + "forest.png")
@@ -371,6 +372,18 @@ def _report_every_experiment(workdir, rows, out_dir, paper):
     groups = group_by_family(rows)
     for (dataset, experiment, family), group in sorted(groups.items()):
         split_names = sorted({r["split"] for r in group})
+        # A one-direction grid (between two datasets: A -> B only) also trained the other
+        # half's base, the source's: its transfers' reference is the target's base alone.
+        directions = (
+            sorted(
+                {
+                    r["direction"]
+                    for r in replicates.networks(group, split_names)
+                    if r["treatment"] != "base"
+                }
+            )
+            or splits.DIRECTIONS
+        )
         related = [
             r
             for r in rows
@@ -383,6 +396,7 @@ def _report_every_experiment(workdir, rows, out_dir, paper):
             dataset,
             split_names,
             paper_overlay=paper,
+            directions=directions,
             related_rows=related,
             prefix=f"{dataset}_{family}_{experiment}_",
             similarity=similarity_curves(workdir, dataset, experiment, split_names),
