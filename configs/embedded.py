@@ -99,7 +99,8 @@ def get_config():
     # starts learning within ~150 steps. The paper config uses "paper".
     config.model.init = "he"
     # The network family (kt_transfer/networks/families.py): caffenet (the paper's), resnet,
-    # vit, or module:function for your own (README, "Your network, your data"). n counts
+    # vit, keras_hub (a keras-hub preset's backbone), or module:function for your own
+    # (README, "Your network, your data"). n counts
     # its blocks. input_size, width (caffenet, resnet), dropout and init (caffenet) apply.
     config.model.network = "caffenet"
     # In "+" treatments, what a copied block's BatchNorm layers do: "train" (statistics,
@@ -116,6 +117,13 @@ def get_config():
     config.model.vit.num_heads = 4
     config.model.vit.num_blocks = 4
     config.model.vit.mlp_dim = 128
+    # keras_hub: the backbone of a local keras-hub preset directory (save_to_preset's), cut
+    # into blocks at these layer names (each ends a block; empty: its stem and each level
+    # of its feature pyramid). --base_model=<the preset> copies its pretrained weights
+    # (networks/hub.py; needs pip install "kt_transfer[hub]").
+    config.model.keras_hub = ml_collections.ConfigDict()
+    config.model.keras_hub.preset = ""
+    config.model.keras_hub.cut_points = ()
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64

@@ -16,7 +16,7 @@ import re
 
 from kt_transfer import atomic
 from kt_transfer.data import mean, splits
-from kt_transfer.networks import architecture, families, transfer
+from kt_transfer.networks import architecture, families, hub, transfer
 from kt_transfer.networks.caffenet import INITS
 from kt_transfer.training import distribute
 
@@ -163,9 +163,17 @@ def _check_run(check, config):
             )
         else:
             try:
-                transfer.base_model_format(config.base_model)
+                form = transfer.base_model_format(config.base_model)
             except (ValueError, FileNotFoundError) as e:
                 check.problems.append(str(e))
+            else:
+                if form == "keras_hub" and families.network_name(config.model) != "keras_hub":
+                    check.fail(
+                        "base_model",
+                        f"is a keras-hub preset ({hub.preset_class(config.base_model)}): "
+                        "build the network from it, --config.model.network=keras_hub "
+                        f"--config.model.keras_hub.preset={config.base_model}",
+                    )
 
 
 def _check_dataset(check, dc):
@@ -283,13 +291,22 @@ def _check_network(check, config):
             check.fail("model.vit.hidden_dim", f"must be a multiple of num_heads={vc.num_heads}")
         if len(check.problems) == problems and vc.patch_size > mc.input_size:
             check.fail("model.vit.patch_size", f"must be at most model.input_size={mc.input_size}")
+    elif network == "keras_hub":
+        if not mc.keras_hub.preset:
+            check.fail(
+                "model.keras_hub.preset",
+                "name a local keras-hub preset directory (what save_to_preset writes)",
+            )
+        cuts = mc.keras_hub.cut_points
+        if not isinstance(cuts, tuple | list) or not all(isinstance(c, str) for c in cuts):
+            check.fail("model.keras_hub.cut_points", "give layer names, e.g. '(\"pool1_pool\",)'")
     if len(check.problems) > problems:
         return None
     try:
         return families.block_names(mc)
     except Exception as e:  # a user's function that does not build
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if message.startswith("--config.model.network"):
+        if message.startswith("--config.model.network") or isinstance(e, hub.HubError):
             check.problems.append(message)
         else:
             check.fail("model.network", f"the function does not build a network: {message}")

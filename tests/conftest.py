@@ -39,6 +39,47 @@ def run_cli(*args, cwd=None, env=None, timeout=600):
     )
 
 
+# ImageNet's channel means and standard deviations, as keras-hub's ResNet presets scale.
+HUB_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+HUB_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+
+@pytest.fixture(scope="session")
+def hub_presets(tmp_path_factory):
+    """Real keras-hub presets, saved by keras-hub's own save_to_preset: {"converter": a
+    classifier preset with its image converter (HUB_MEAN, HUB_STD), "bare": the same
+    backbone alone}, and that backbone. A tiny ResNetBackbone (keras-hub insists on 64
+    filters in its first stack)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    root = tmp_path_factory.mktemp("presets")
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 32],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(None, None, 3),
+    )
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(64, 64),
+        scale=[1 / s for s in HUB_STD],
+        offset=[-m / s for m, s in zip(HUB_MEAN, HUB_STD)],
+    )
+    classifier = keras_hub.models.ResNetImageClassifier(
+        backbone=backbone,
+        num_classes=5,
+        preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(converter),
+    )
+    classifier.save_to_preset(str(root / "converter"))
+    backbone.save_to_preset(str(root / "bare"))
+    return {"converter": str(root / "converter"), "bare": str(root / "bare")}, backbone
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("datasets"))

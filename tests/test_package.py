@@ -156,7 +156,9 @@ def test_the_docs_show_commands():
 @pytest.mark.parametrize(
     "where,arguments", COMMANDS, ids=[f"{f}:{' '.join(a)[:60]}" for f, a in COMMANDS]
 )
-def test_every_documented_command_passes_config_validation(where, arguments, tmp_path, monkeypatch):
+def test_every_documented_command_passes_config_validation(
+    where, arguments, tmp_path, monkeypatch, request
+):
     """Through validate.validate, the check the CLI runs before any work."""
     os.makedirs(tmp_path / "data" / "train")
     os.makedirs(tmp_path / "data" / "val")
@@ -170,6 +172,11 @@ def test_every_documented_command_passes_config_validation(where, arguments, tmp
     )
     _write_readme_modules(tmp_path, monkeypatch)  # e.g. my_network.py, for model.network
     config = config_of(arguments, tmp_path)
+    if config.model.keras_hub.preset:  # a keras-hub preset of the user's: a real one
+        preset = request.getfixturevalue("hub_presets")[0]["converter"]
+        config.model.keras_hub.preset = preset
+        if config.base_model:
+            config.base_model = preset
     validate.validate(config)
 
 

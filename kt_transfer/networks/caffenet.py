@@ -26,11 +26,12 @@ class PixelNormalization(keras.layers.Layer):
     network was trained with travels with the saved model. Computed in float32 whatever
     the dtype policy (float16 holds 0..255 only to 1/8); the next layer casts the result.
 
-    The mean is per channel (mean_rgb), or with mean_image_size > 0 a per-pixel mean image
-    of that side (the paper's), a non-trainable weight saved with the model, whose centre
-    crop is subtracted. (Caffe subtracts the mean image at the data crop's own offset; the
-    network does not see the offset of a random training crop, and for a mean image as
-    smooth as ImageNet's the centre crop differs from it by a fraction of a level.)
+    The scale is one factor or one per channel. The mean is per channel (mean_rgb), or
+    with mean_image_size > 0 a per-pixel mean image of that side (the paper's), a
+    non-trainable weight saved with the model, whose centre crop is subtracted. (Caffe
+    subtracts the mean image at the data crop's own offset; the network does not see the
+    offset of a random training crop, and for a mean image as smooth as ImageNet's the
+    centre crop differs from it by a fraction of a level.)
     """
 
     def __init__(self, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, mean_image_size=0, **kwargs):
@@ -40,7 +41,9 @@ class PixelNormalization(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.mean_rgb = [float(v) for v in mean_rgb]
-        self.scale = float(scale)
+        # One factor, or one per channel (a keras-hub preset's image converter scales
+        # each channel by its own standard deviation: networks/hub.py).
+        self.scale = [float(v) for v in scale] if np.ndim(scale) else float(scale)
         self.mean_image_size = int(mean_image_size)
         self.mean_image = None
         if self.mean_image_size:
@@ -62,7 +65,7 @@ class PixelNormalization(keras.layers.Layer):
             mean = ops.convert_to_tensor(self.mean_image)[
                 top : top + inputs.shape[1], left : left + inputs.shape[2], :
             ]
-        return (inputs - mean) * self.scale
+        return (inputs - mean) * ops.convert_to_tensor(self.scale, "float32")
 
     def get_config(self):
         return {

@@ -18,6 +18,9 @@ residual block as they treat CaffeNet's conv3.
 - vit: a Vision Transformer (Dosovitskiy et al. 2021) from Keras layers: a patch
   embedding (with learned position embeddings), pre-norm transformer blocks, and a
   classifier (LayerNorm, mean over tokens, a dense layer; no class token).
+- keras_hub: the backbone of a keras-hub preset (model.keras_hub.preset), cut into blocks
+  at named layers of its own (hub.py), and this module's classifier. With --base_model
+  naming the same preset, a transfer starts from its pretrained weights.
 - "module:function": a user's network. The function is called as
   `function(inputs, num_classes)`, builds its layers functionally on `inputs` (the
   normalized image tensor, float32) and returns `(logits, cut_points)`: the output tensor
@@ -32,11 +35,11 @@ import importlib
 
 import keras
 
-from kt_transfer.networks import architecture, caffenet
+from kt_transfer.networks import architecture, caffenet, hub
 
-BUILT_IN = ("caffenet", "resnet", "vit")
+BUILT_IN = ("caffenet", "resnet", "vit", "keras_hub")
 # What a network family's sub-config holds; only the network's own one defines it.
-SUB_CONFIGS = {"resnet": "resnet", "vit": "vit"}
+SUB_CONFIGS = {"resnet": "resnet", "vit": "vit", "keras_hub": "keras_hub"}
 
 
 def network_name(model_config):
@@ -78,6 +81,8 @@ def block_names(model_config):
     if network == "vit":
         count = model_config.vit.num_blocks
         return ("patch_embedding", *(f"encoder{i}" for i in range(1, count + 1)), "classifier")
+    if network == "keras_hub":
+        return hub.block_names_of(model_config)
     side = model_config.input_size
     inputs = keras.Input((side, side, 3), name="image")
     outputs, cuts = _user_network(model_config, 2, inputs)
@@ -94,6 +99,8 @@ def identify(layer_names):
         return "resnet"
     if {"patch_embedding", "encoder1", "classifier"} <= names:
         return "vit"
+    if hub.STEM in names and "res1" not in names:
+        return "keras_hub"
     return "another network"
 
 
@@ -118,6 +125,11 @@ def build(model_config, num_classes, name, mean_rgb=(0.0, 0.0, 0.0), scale=1.0, 
         outputs = _resnet(x, num_classes, model_config)
     elif network == "vit":
         outputs = _vit(x, num_classes, model_config)
+    elif network == "keras_hub":
+        x = hub.apply(x, model_config)
+        pooling = keras.layers.GlobalAveragePooling2D if len(x.shape) == 4 else None
+        pooling = pooling or keras.layers.GlobalAveragePooling1D
+        outputs = _classifier(x, num_classes, pooling, model_config.dropout)
     else:
         outputs, cuts = _user_network(model_config, num_classes, x)
         model = keras.Model(inputs, outputs, name=name)

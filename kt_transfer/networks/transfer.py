@@ -15,7 +15,6 @@ whether they are frozen. Modes:
 """
 
 import dataclasses
-import json
 import os
 import re
 import zipfile
@@ -23,7 +22,7 @@ import zipfile
 import keras
 import numpy as np
 
-from kt_transfer.networks import architecture, caffenet, families
+from kt_transfer.networks import architecture, caffenet, families, hub
 
 MODE_PATTERN = re.compile(r"base(?P<base>[AB])|(?P<source>[ABR])n(?P<target>[AB])(?P<plus>\+?)")
 RESTART_N = 8  # n of CaffeNet's restart control: every layer copied (a family's: its count)
@@ -188,35 +187,18 @@ def base_model_format(path, label=None):
         return "keras"
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
         return "saved_model"
-    preset = _keras_hub_preset_class(path)
-    if preset:
-        raise UnreadableBaseError(
-            f"{label or f'--base_model={path!r}'} is a keras-hub preset ({preset}): "
-            "kt_transfer does not read keras-hub presets as bases yet (their blocks are not "
-            "kt_transfer's named blocks; docs/networks.md); give a kt_transfer run's "
-            "model.keras or saved_model/"
-        )
+    if hub.preset_class(path):
+        return "keras_hub"
     raise ValueError(
-        f"--base_model={path!r} is neither a .keras file nor a SavedModel "
-        "directory (one holding saved_model.pb)"
+        f"--base_model={path!r} is neither a .keras file, a SavedModel directory (one "
+        "holding saved_model.pb) nor a keras-hub preset directory (metadata.json, config.json)"
     )
 
 
-def _keras_hub_preset_class(path):
-    """The class a keras-hub preset directory holds (its config.json beside a
-    metadata.json that names keras-hub's version), or None for anything else."""
-    try:
-        with open(os.path.join(path, "metadata.json")) as f:
-            if "keras_hub_version" not in json.load(f):
-                return None
-        with open(os.path.join(path, "config.json")) as f:
-            return json.load(f).get("class_name", "a keras-hub model")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def load_base(path, label=None):
-    """The base network stored at `path`: a run's `model.keras` or its `saved_model/`.
+def load_base(path, label=None, model_config=None):
+    """The base network stored at `path`: a run's `model.keras` or its `saved_model/`, or
+    a keras-hub preset directory (cut into blocks as `model_config.keras_hub` cuts the
+    network: hub.preset_base).
 
     The one way every base is loaded (the workdir's own and --base_model alike). A
     SavedModel is read through its variables, named "<layer>/kernel" and "<layer>/bias"
@@ -230,7 +212,10 @@ def load_base(path, label=None):
     """
     label = label or f"--base_model={path!r}"
     fix = "give a kt_transfer run's model.keras or saved_model/"
-    if base_model_format(path, label) == "keras":
+    form = base_model_format(path, label)
+    if form == "keras_hub":
+        return hub.preset_base(path, model_config, BaseNetwork)
+    if form == "keras":
         try:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as e:
@@ -355,7 +340,9 @@ def build_model(
         if base.mean_rgb is None:
             raise BaseMismatchError(
                 f"base network {base.origin!r} does not record its input normalization (a "
-                "SavedModel exported before kt_transfer recorded it); use its model.keras"
+                "SavedModel exported before kt_transfer recorded it: use its model.keras; "
+                "a keras-hub preset saved without its image converter: save the task's "
+                "preprocessor with it)"
             )
         mean_rgb, scale, mean_image = base.mean_rgb, base.scale, base.mean_image
     model = families.build(

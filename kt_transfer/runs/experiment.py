@@ -336,7 +336,7 @@ def _base_of(config, dataset, treatment, log, strategy, stopwatch):
     if external_base(config, treatment):
         log(f"{treatment.run_name} copies layers from --base_model={config.base_model}")
         with stopwatch.phase("base_loading"):
-            return transfer.load_base(config.base_model)
+            return transfer.load_base(config.base_model, model_config=config.model)
     if treatment.base_mode:
         base_out = ensure_base(config, dataset, treatment, log, strategy)
         with stopwatch.phase("base_loading"):
