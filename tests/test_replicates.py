@@ -345,6 +345,19 @@ def test_rank_agreement_of_training_free_curves_with_the_grid():
     assert ranks["reversed"]["verdict"] == "ranks against the grid"
     assert ranks["unrelated"]["verdict"] == "inconclusive"
     assert "two layers only" not in ranks  # fewer than 3 common n: no rank correlation
+    # Beyond depth: a measure that bends with the grid adds to depth; one that bends the
+    # other way goes against it, however small its p.
+    bent = {n: 0.6 - 0.02 * n + (0.05 if n in (3, 4) else 0.0) for n in range(1, 8)}
+    beyond = {
+        r["measure"]: r
+        for r in findings.rank_agreement(
+            {"with": dict(bent), "against": {n: -v for n, v in bent.items()}},
+            {n: 0.6 - 0.02 * n + (0.05 if n in (3, 4) else 0.0) for n in range(1, 8)},
+        )
+    }
+    assert beyond["with"]["partial"] > 0.99 and beyond["with"]["partial_verdict"] == "adds to depth"
+    assert beyond["against"]["partial"] < -0.99
+    assert beyond["against"]["partial_verdict"] == "against the grid beyond depth"
 
 
 def test_findings_md_ranks_the_similarity_curves_against_the_pooled_grid(tmp_path):

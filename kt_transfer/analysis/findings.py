@@ -535,7 +535,8 @@ def rank_agreement(measures, transfer_curve):
         "partial_verdict"}]: Spearman's rho over the n both have with its exact two-sided
       permutation p ("ranks as the grid does" for rho > 0, p < 0.05; "ranks against the
       grid"; "inconclusive"), and the partial correlation beyond depth with its exact p
-      ("adds to depth", "inconclusive"); the depth baseline first.
+      ("adds to depth" for r > 0, p < 0.05; "against the grid beyond depth";
+      "inconclusive"); the depth baseline first.
     """
     from kt_transfer.analysis import similarity  # NumPy only
 
@@ -561,10 +562,18 @@ def rank_agreement(measures, transfer_curve):
             row.update(
                 partial=partial,
                 partial_p=partial_p,
-                partial_verdict="adds to depth" if partial_p < RANK_ALPHA else "inconclusive",
+                partial_verdict=_partial_verdict(partial, partial_p),
             )
         rows.append(row)
     return rows if len(rows) > 1 else []
+
+
+def _partial_verdict(partial, p):
+    """Beyond depth, the measure follows the grid's bends ("adds to depth") or goes
+    against them: a significant negative partial r predicts the grid wrongly."""
+    if p >= RANK_ALPHA:
+        return "inconclusive"
+    return "adds to depth" if partial > 0 else "against the grid beyond depth"
 
 
 def _rank_lines(ranks):
@@ -589,7 +598,10 @@ def _rank_lines(ranks):
         f"only p < {RANK_ALPHA} (from all orderings of the layers) counts as agreement. Every "
         "curve here falls with depth, so layer depth alone is the baseline to beat; the "
         "partial r takes a straight line in n out of both curves and asks whether the "
-        "measure follows the grid's bends (p over all orderings of its residuals).",
+        "measure follows the grid's bends (p over all orderings of its residuals). "
+        f"The p are not corrected for the table's {2 * (len(ranks) - 1)} tests: at "
+        f"p < {RANK_ALPHA}, about {2 * (len(ranks) - 1) * RANK_ALPHA:.1f} would pass by "
+        "chance alone, so a lone pass is not a finding.",
     ]
     return lines
 
