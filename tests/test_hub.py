@@ -155,3 +155,26 @@ def test_a_transfer_from_a_preset_and_from_the_workdir_s_base(hub_presets, tiny_
         model.get_layer("stem").get_layer("conv1_conv").kernel,
         backbone.get_layer("conv1_conv").kernel,
     )
+
+
+def test_a_preset_of_a_fixed_image_size_names_the_input_size_to_set(tmp_path):
+    import keras_hub
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64],
+        stackwise_num_blocks=[1],
+        stackwise_num_strides=[1],
+        block_type="basic_block",
+        use_pre_activation=False,
+        image_shape=(32, 32, 3),
+    )
+    backbone.save_to_preset(str(tmp_path / "fixed"))
+    config = _config(str(tmp_path / "fixed"))
+    config.workdir = str(tmp_path / "wd")
+    config.mode = "baseA"
+    with pytest.raises(validate.ConfigError, match=r"--config.model.input_size=32 \(now 67\)"):
+        validate.validate(config)
+    config.model.input_size = 32
+    assert families.block_names(config.model) == ("stem", "stack0", "classifier")

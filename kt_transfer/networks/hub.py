@@ -140,17 +140,32 @@ def blocks(backbone, cut_points=()):
         ) from None
 
 
-def block_names_of(model_config):
-    """The network's cut points in order, the classifier last."""
+def _sized_backbone(model_config):
+    """The preset's backbone (no weights), refused in one line when it takes images of a
+    fixed size other than model.input_size."""
     hc = model_config.keras_hub
     backbone = load_backbone(hc.preset)
-    return (*(name for name, _ in blocks(backbone, hc.cut_points)), "classifier")
+    side = model_config.input_size
+    fixed = tuple(backbone.input.shape[1:3])
+    if None not in fixed and fixed != (side, side):
+        raise HubError(
+            f"the keras-hub preset {hc.preset!r} takes {fixed[0]}x{fixed[1]} images; set "
+            f"--config.model.input_size={fixed[0]} (now {side})"
+        )
+    return backbone
+
+
+def block_names_of(model_config):
+    """The network's cut points in order, the classifier last."""
+    backbone = _sized_backbone(model_config)
+    names = (name for name, _ in blocks(backbone, model_config.keras_hub.cut_points))
+    return (*names, "classifier")
 
 
 def apply(x, model_config):
     """The backbone's blocks, freshly initialised, applied to the normalized image x."""
-    hc = model_config.keras_hub
-    for _, block in blocks(load_backbone(hc.preset), hc.cut_points):
+    backbone = _sized_backbone(model_config)
+    for _, block in blocks(backbone, model_config.keras_hub.cut_points):
         x = block(x)
     return x
 
@@ -165,13 +180,14 @@ def normalization(preset):
         except (OSError, ValueError, KeyError, TypeError):
             continue
         converter = config.get("image_converter", {}).get("config", config)
-        scale, offset = converter.get("scale"), converter.get("offset")
-        if scale is None:
+        if "scale" not in converter:
             continue
+        # keras-hub's None: no scaling, no offset (the pixels as they are).
+        scale, offset = converter["scale"], converter.get("offset")
+        scale = 1.0 if scale is None else scale
+        offset = 0.0 if offset is None else offset
         scales = [float(s) for s in scale] if isinstance(scale, list) else [float(scale)] * 3
-        offsets = (
-            [float(o) for o in offset] if isinstance(offset, list) else [float(offset or 0)] * 3
-        )
+        offsets = [float(o) for o in offset] if isinstance(offset, list) else [float(offset)] * 3
         if any(s == 0 for s in scales):
             continue
         mean = tuple(-o / s for o, s in zip(offsets, scales))
