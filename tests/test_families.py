@@ -176,7 +176,7 @@ def test_bad_user_networks_get_one_line_naming_the_flag(tmp_path, monkeypatch):
         ("broken_nets:missing", "has no function 'missing'"),
         ("broken_nets:no_cuts", r"must return \(logits, cut_points\)"),
         ("broken_nets:unknown_cut", "cut point 'hidden' is not a layer with weights"),
-        ("resnet50", "use one of caffenet, resnet, vit, or module:function"),
+        ("resnet50", "use one of caffenet, resnet, vit, keras_hub, or module:function"),
     ):
         config = _config(network)
         with pytest.raises(validate.ConfigError) as error:

@@ -190,8 +190,8 @@ def base_model_format(path, label=None):
     if hub.preset_class(path):
         return "keras_hub"
     raise ValueError(
-        f"--base_model={path!r} is neither a .keras file, a SavedModel directory (one "
-        "holding saved_model.pb) nor a keras-hub preset directory (metadata.json, config.json)"
+        f"--base_model={path!r} is neither a .keras file nor a SavedModel directory (one "
+        "holding saved_model.pb), nor a keras-hub preset directory (metadata.json, config.json)"
     )
 
 
