@@ -17,7 +17,7 @@ import json
 import os
 
 from kt_transfer import atomic
-from kt_transfer.analysis import figures, findings, forest, replicates
+from kt_transfer.analysis import figures, findings, forest, replicates, target_sizes
 from kt_transfer.data import splits
 
 COLUMNS = (
@@ -369,6 +369,7 @@ def write_report(workdir, out_dir=None, paper=False, grid=None, log=lambda line:
 
 def _report_every_experiment(workdir, rows, out_dir, paper):
     written = write_tables(rows, out_dir)
+    _write_target_sizes(workdir, rows, os.path.join(out_dir, "target_sizes.md"), written)
     groups = group_by_family(rows)
     for (dataset, experiment, family), group in sorted(groups.items()):
         split_names = sorted({r["split"] for r in group})
@@ -415,9 +416,23 @@ def _report_every_experiment(workdir, rows, out_dir, paper):
     return written
 
 
+def _write_target_sizes(workdir, rows, path, written, only=None):
+    """target_sizes.md, where a reduced-target experiment and its full half both ran."""
+    compared = target_sizes.compare(rows, target_sizes.sizes(workdir), only)
+    if compared:
+        _write_text(path, target_sizes.to_markdown(compared), written)
+
+
 def _report_grid(workdir, rows, out_dir, paper, grid, log):
     grid_rows = [r for r in rows if r["split"] in grid.splits]
     written = write_tables(grid_rows, out_dir)
+    _write_target_sizes(  # rows of every experiment: the full half's is another
+        workdir,
+        gather(workdir),
+        os.path.join(out_dir, "target_sizes.md"),
+        written,
+        only=(grid.dataset, grid.experiment),
+    )
     families = {}  # the random splits pooled; natman apart (files prefixed natman_)
     for name in grid.splits:
         families.setdefault(split_family(name), []).append(name)

@@ -45,6 +45,11 @@ NEUTRAL = {"train": {"target_images_per_class": 0}, "embedded": {"first_class": 
 
 def experiment_dir(config, dataset):
     """<workdir>/<dataset>/<split>/<id>: id = hash of what defines a base network."""
+    return os.path.join(config.workdir, dataset.name, dataset.split.name, experiment_id(config))
+
+
+def experiment_id(config):
+    """The hash of what defines a base network: the id of the config's experiment."""
     train_config = _without_neutral(config.train.to_dict(), NEUTRAL["train"])
     for key in NOT_DEFINING_A_BASE:
         train_config.pop(key, None)
@@ -58,8 +63,7 @@ def experiment_dir(config, dataset):
     source_dataset = config.get("source_dataset")
     if source_dataset is not None and source_dataset.name:  # absent: the ids of before
         defining["source_dataset"] = source_dataset.to_dict()
-    digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join(config.workdir, dataset.name, dataset.split.name, digest)
+    return hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _without_neutral(values, neutral):
