@@ -23,6 +23,8 @@ keras-hub is imported here only (it takes seconds and is an optional dependency:
 import json
 import os
 
+import keras
+
 # Where a preset names what it holds (keras_hub/src/utils/preset_utils.py).
 METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.json"
@@ -74,6 +76,7 @@ def load_backbone(preset, weights=False):
 
 
 def _layer_of(tensor):
+    """The name of the layer that produced a functional model's tensor."""
     return tensor._keras_history.operation.name
 
 
@@ -124,8 +127,6 @@ def blocks(backbone, cut_points=()):
             f"--config.model.keras_hub.cut_points must name layers once each, in the "
             f"backbone's order; got {cuts}"
         )
-    import keras
-
     ends = [backbone.input] + [layers[cut].output for cut in cuts]
     names = block_names(cuts, default=not cut_points)
     try:
