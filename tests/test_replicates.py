@@ -185,6 +185,17 @@ def test_findings_on_grids_whose_answer_is_known():
     assert [found[k].verdict() for k in "abcdf"] == ["shows"] * 5
     assert found["e"].verdict() == "not run" and "natman" in found["e"].todo
     assert not found["e"].contrasts[0].estimate
+    # A natman grid with its bases trained and no transfer yet is not run either.
+    natman_bases = [
+        {**r, "split": "natman"} for r in _records({}, 0.003) if r["split"] == "random0"
+    ]
+    started = {
+        f.key: f
+        for f in findings.evaluate(
+            _records(paper_like, 0.003), paper, range(1, 8), natman_records=natman_bases
+        )
+    }
+    assert started["e"].verdict() == "not run" and "natman" in started["e"].todo
     # The paper's own numbers go with each contrast: AnB(7) - AnB(1) = 0.5425 - 0.6282.
     assert found["a"].contrasts[0].paper == pytest.approx(0.5425 - 0.6282)
 
