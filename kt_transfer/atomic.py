@@ -62,6 +62,25 @@ def write_text(path, text):
         raise
 
 
+def write_figure(fig, path, **savefig):
+    """Saves a Matplotlib figure as PNG to a temporary sibling, with a plain file's mode,
+    then renames it over `path` (and closes the figure)."""
+    import matplotlib.pyplot as plt  # only here: plotting is the analysis' business
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", **savefig)
+        plain_file_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 

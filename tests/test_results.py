@@ -86,6 +86,24 @@ def test_plot_results_writes_tables_and_figures(tmp_path):
     assert all_row["base_top1"] == "0.5000"  # compared with the whole-dataset base
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_the_report_s_files_get_the_modes_a_plain_write_gives(tmp_path, umask):
+    """Figures included: a shared workdir's report is readable by the other accounts."""
+    workdir = str(tmp_path)
+    for split in ("random0", "natman"):
+        _write_run(workdir, split, "baseA", "baseA", 0, 0.30)
+        _write_run(workdir, split, "baseB", "baseB", 0, 0.32)
+        _write_run(workdir, split, "A1B", "AnB", 1, 0.28)
+    old = os.umask(umask)
+    try:
+        written = results.write_report(workdir, str(tmp_path / "report"))
+    finally:
+        os.umask(old)
+    assert any(p.endswith(".png") for p in written) and any(p.endswith(".md") for p in written)
+    for path in written:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~umask), path
+
+
 def test_runs_of_two_splits_with_the_same_settings_keep_their_own_base(tmp_path):
     """The experiment id hashes the settings, not the split: random0 and random1 runs of
     the same settings share it, and each must still be compared with its own base."""

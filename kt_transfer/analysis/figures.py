@@ -13,10 +13,9 @@ here: the top panels' intervals are marginal, the bottom ones paired.
 Every interval is over class partitions (replicates.nest), as in findings.md.
 """
 
-import os
 import statistics
-import tempfile
 
+from kt_transfer import atomic
 from kt_transfer.analysis import replicates
 from kt_transfer.data import splits
 
@@ -107,11 +106,7 @@ def plot(records, path, title, paper=None, absolute_paper=False, missing=()):
     if note:
         fig.text(0.5, 0.005, note, ha="center", fontsize=7, color="tab:red")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path, dpi=110)
 
 
 def _between_datasets(records):
@@ -339,11 +334,7 @@ def plot_figure4(random_records, natman_records, whole_records, path, title, pap
     ax_rel.set_ylabel("top-1 / base top-1")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        fig.savefig(f, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path, dpi=110)
 
 
 def _draw_seeds(ax, records, treatment, marker, colour, label, value=lambda r: r["top1"]):

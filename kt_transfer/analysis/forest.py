@@ -10,9 +10,8 @@ the adjusted verdict does not call.
 """
 
 import math
-import os
-import tempfile
 
+from kt_transfer import atomic
 from kt_transfer.analysis import findings, stats
 
 COLOURS = {
@@ -82,11 +81,7 @@ def plot(found, path, title):
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
-    with os.fdopen(fd, "wb") as f:
-        fig.savefig(f, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _p(value):

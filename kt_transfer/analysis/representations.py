@@ -424,9 +424,7 @@ def _plot(path, rows, matrices, grid_curves):
     ax.set_title(f"CKA(baseA, baseB), layer x layer, half {half}", fontsize=10)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    atomic.write_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _tensorboard(log_dir, rows, matrices):
