@@ -48,35 +48,34 @@ def plain_dir_mode(path):
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def write_text(path, text):
-    """Writes text to a temporary sibling, then renames it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+def _write_replacing(path, write, binary=False, suffix=""):
+    """Calls write(file) on a temporary sibling, gives it a plain file's mode, then
+    renames it over `path`; the sibling is removed if anything fails."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
         plain_file_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def write_text(path, text):
+    """Writes text to a temporary sibling, then renames it over `path`."""
+    _write_replacing(path, lambda f: f.write(text))
 
 
 def write_figure(fig, path, **savefig):
-    """Saves a Matplotlib figure as PNG to a temporary sibling, with a plain file's mode,
-    then renames it over `path` (and closes the figure)."""
+    """Saves a Matplotlib figure as PNG the same way (and closes the figure)."""
     import matplotlib.pyplot as plt  # only here: plotting is the analysis' business
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".png")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", **savefig)
-        plain_file_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+        _write_replacing(
+            path, lambda f: fig.savefig(f, format="png", **savefig), binary=True, suffix=".png"
+        )
     finally:
         plt.close(fig)
 

@@ -351,7 +351,7 @@ def write_report(workdir, out_dir=None, paper=False, grid=None, log=lambda line:
     """
     out_dir = out_dir or workdir
     os.makedirs(out_dir, exist_ok=True)
-    rows = gather(workdir)
+    every_row = rows = gather(workdir)
     if grid is not None:
         rows = [
             r for r in rows if (r["dataset"], r["experiment"]) == (grid.dataset, grid.experiment)
@@ -363,7 +363,7 @@ def write_report(workdir, out_dir=None, paper=False, grid=None, log=lambda line:
     if grid is None:
         written = _report_every_experiment(workdir, rows, out_dir, paper)
     else:
-        written = _report_grid(workdir, rows, out_dir, paper, grid, log)
+        written = _report_grid(workdir, rows, every_row, out_dir, paper, grid, log)
     return written
 
 
@@ -423,12 +423,12 @@ def _write_target_sizes(workdir, rows, path, written, only=None):
         _write_text(path, target_sizes.to_markdown(compared), written)
 
 
-def _report_grid(workdir, rows, out_dir, paper, grid, log):
+def _report_grid(workdir, rows, every_row, out_dir, paper, grid, log):
     grid_rows = [r for r in rows if r["split"] in grid.splits]
     written = write_tables(grid_rows, out_dir)
     _write_target_sizes(  # rows of every experiment: the full half's is another
         workdir,
-        gather(workdir),
+        every_row,
         os.path.join(out_dir, "target_sizes.md"),
         written,
         only=(grid.dataset, grid.experiment),
