@@ -12,8 +12,10 @@ and their ratios; then
   - kt_transfer's training pipeline (pipeline.make_dataset: resize 256, random 227 crop, mirror,
     bad-file handling; 8-bit output, the network subtracts the mean), reading all classes;
   - keras.utils.image_dataset_from_directory(image_size=256) + RandomCrop(227) +
-    RandomFlip layers, the same output size;
-and their ratio; then kt_transfer reading one half of the classes against all of them
+    RandomFlip layers, the same output size: with its default bilinear resize, which does
+    not antialias, and with interpolation="area", its one antialiased resize (tf.image's
+    area filter), the like-for-like comparison for kt_transfer's antialiased resize;
+and their ratios; then kt_transfer reading one half of the classes against all of them
 (the other half must cost nothing). Rounds alternate between the pipelines, and the median
 round is reported, so a background load affects all alike.
 """
@@ -121,13 +123,14 @@ def prepared_copy(root):
     return dst
 
 
-def keras_pipeline(root):
+def keras_pipeline(root, interpolation="bilinear"):
     import keras
     import tensorflow as tf
 
     ds = keras.utils.image_dataset_from_directory(
         os.path.join(root, "train"),
         image_size=(FLAGS.resize, FLAGS.resize),
+        interpolation=interpolation,
         batch_size=FLAGS.batch,
         shuffle=True,
         seed=0,
@@ -182,12 +185,21 @@ def main(argv):
     )
     print(f"ratio prepared / bare decode                {rates['prepared'] / rates['decode']:8.2f}")
     rates = measure(
-        {"kt_transfer": lambda: kt_pipeline(source, every), "keras": lambda: keras_pipeline(root)}
+        {
+            "kt_transfer": lambda: kt_pipeline(source, every),
+            "keras": lambda: keras_pipeline(root),
+            "keras_area": lambda: keras_pipeline(root, "area"),
+        }
     )
     print(f"kt_transfer pipeline (all classes)          {rates['kt_transfer']:8.0f} images/s")
     print(f"keras image_dataset_from_directory + layers {rates['keras']:8.0f} images/s")
+    print(f"  the same, interpolation='area' (antialiased) {rates['keras_area']:5.0f} images/s")
     print(
         f"ratio kt_transfer / keras                   {rates['kt_transfer'] / rates['keras']:8.2f}"
+    )
+    print(
+        "ratio kt_transfer / keras, antialiased      "
+        f"{rates['kt_transfer'] / rates['keras_area']:8.2f}"
     )
     halves = measure(
         {"half": lambda: kt_pipeline(source, half), "all": lambda: kt_pipeline(source, every)}
