@@ -289,3 +289,37 @@ def test_a_family_s_transfer_trains_on_jax_with_frozen_blocks_unchanged(
     """ResNet and ViT (tiny) on JAX, one in mixed precision: A2B trains, its two copied
     blocks stay bit-identical (BatchNorm statistics included), logits stay float32."""
     _run_jax(tmp_path, FAMILY_TRANSFER, network, precision)
+
+
+PRESET_TRANSFER = """
+from kt_transfer import config_files
+from kt_transfer.networks import families
+preset = sys.argv[1]
+config = config_files.load("tiny")
+config.model.network = "keras_hub"
+config.model.keras_hub.preset = preset
+blocks = families.block_names(config.model)
+assert blocks == ("stem", "stack0", "stack1", "classifier"), blocks
+base = transfer.load_base(preset, model_config=config.model)
+model, plans = transfer.build_model(
+    transfer.parse_treatment("AnB", 2, blocks), config.model, 6, base=base
+)
+train.compile_model(model, config.train, plans)
+rng = np.random.default_rng(0)
+side = config.model.input_size
+x = rng.integers(0, 256, (24, side, side, 3)).astype("uint8")
+model.fit(x, rng.integers(0, 6, 24), batch_size=8, epochs=1, verbose=0, shuffle=False)
+for name in blocks[:2]:  # frozen: the preset's weights, BatchNorm statistics included
+    weights = [np.asarray(w) for w in model.get_layer(name).get_weights()]
+    assert all(np.array_equal(a, b) for a, b in zip(weights, base.weights[name])), name
+np.save("logits.npy", np.asarray(model(x[:2], training=False)))
+"""
+
+
+@pytest.mark.slow
+def test_a_keras_hub_preset_is_a_base_on_jax_too(tmp_path, hub_presets):
+    """A preset saved by keras-hub (from this TensorFlow process) loads as a base on JAX,
+    with TensorFlow unimportable there: A2B trains with the preset's blocks bit-identical."""
+    paths, _ = hub_presets
+    _run_jax(tmp_path, PRESET_TRANSFER, paths["converter"])
+    assert np.isfinite(np.load(tmp_path / "logits.npy")).all()
