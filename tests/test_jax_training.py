@@ -143,7 +143,7 @@ model = keras.saving.load_model(sys.argv[1])
 logger = layer_logging.LayerLogger(sys.argv[2], (np.load(sys.argv[3]), np.load(sys.argv[4])),
                                    ["conv3", "fc8"], 1, {}, train.StepCounter())
 logger.set_model(model)
-grads = logger._gradients()
+grads = logger._probe_pass()[0]
 np.savez(sys.argv[5], **{k: keras.ops.convert_to_numpy(v) for k, v in grads.items()})
 """
 
@@ -164,7 +164,7 @@ def test_the_layer_loggers_gradients_on_jax_equal_tensorflows(tiny_config, tmp_p
         str(tmp_path / "tf_logs"), (x, y), ["conv3", "fc8"], 1, {}, train.StepCounter()
     )
     logger.set_model(model)
-    expected = {k: np.asarray(v) for k, v in logger._gradients().items()}
+    expected = {k: np.asarray(v) for k, v in logger._probe_pass()[0].items()}
     _run_on_jax(
         [
             "-c",

@@ -99,6 +99,16 @@ def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
                 assert all(v == 0.0 for v in norms), name
             else:
                 assert all(v > 0.0 for v in norms), (name, norms)
+        # Weight histograms, one a logged step, of TensorBoard's 30 buckets holding every
+        # sampled weight (fc8 is small enough to be whole).
+        assert "fc8/weights" in _get(f"{base}/plugin/histograms/tags")["A3B/logs/layers"]
+        histograms = _get(
+            f"{base}/plugin/histograms/histograms?tag=fc8/weights&run=A3B/logs/layers"
+        )
+        assert [step for _, step, _ in histograms] == [step for _, step, _ in trained_lr]
+        fc8_weights = int(np.prod(experiment.load_network(out).get_layer("fc8").kernel.shape))
+        for _, _, buckets in histograms:
+            assert len(buckets) == 30 and sum(count for _, _, count in buckets) == fc8_weights
         experiment_info = _get(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
         names = {h["name"] for h in experiment_info["hparamInfos"]}
         assert {"dataset", "split", "mode", "n", "copied_lr_mult", "seed"} <= names
@@ -112,3 +122,23 @@ def test_filter_grid_tiles_every_filter():
     grid = layer_logging.filter_grid(kernel)
     assert grid.shape == (1, 3 * 12 + 1, 4 * 12 + 1, 3)
     assert grid.min() >= 0.0 and grid.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(0).normal(size=70_000).astype("float32"),
+        np.full(10, 0.25, np.float32),
+        np.array([], np.float32),
+        np.array([-1.0, 3.0]),
+    ],
+    ids=["normal", "one value", "empty", "two values"],
+)
+def test_histogram_buckets_are_tensorboards_own(values):
+    from tensorboard.plugins.histogram import summary_v2
+
+    want = summary_v2._buckets(values).numpy()
+    got = layer_logging.histogram_buckets(values)
+    assert got.shape == want.shape == (30, 3)
+    np.testing.assert_array_equal(got[:, 2], want[:, 2])  # counts, exactly
+    np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=1e-12, atol=1e-15)
