@@ -177,10 +177,10 @@ class LayerLogger(keras.callbacks.Callback):
 
     def _probe_pass(self):
         """On the probe batch: the norm of the loss's gradient per trained block (over its
-        kernels), and each block's output. One forward pass gives both (TensorFlow, no
-        strategy): a second, for the outputs alone, was a sixth of a logging event."""
+        kernels), and each block's output. On TensorFlow one forward pass gives both: a
+        second, for the outputs alone, was a sixth of a logging event."""
         if keras.backend.backend() == "jax":
-            return self._gradients_jax(), self._block_outputs()
+            return self._gradients_jax(), self.probe(self.probe_x, training=False)[:-1]
         per_block = [
             [k for k in optimizer_lib.block_kernels(self.model.get_layer(n)) if k.trainable]
             for n in self.trained_layers
@@ -197,9 +197,9 @@ class LayerLogger(keras.callbacks.Callback):
         # replica: computed in each (on the same probe batch) and taken from the first.
         if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
             strategy = tf.distribute.get_strategy()
-            per_replica, _ = strategy.run(gradients)
+            per_replica, per_replica_outputs = strategy.run(gradients)
             grads = [strategy.experimental_local_results(g)[0] for g in per_replica]
-            outputs = self._block_outputs()
+            outputs = [strategy.experimental_local_results(o)[0] for o in per_replica_outputs]
         else:
             grads, outputs = gradients()
         norms, start = {}, 0
@@ -207,9 +207,6 @@ class LayerLogger(keras.callbacks.Callback):
             norms[name] = _norm(grads[start : start + len(block)])
             start += len(block)
         return norms, outputs
-
-    def _block_outputs(self):
-        return self.probe(self.probe_x, training=False)[:-1]
 
     def _gradients_jax(self):
         """The same on JAX: jax.grad of the model's stateless call, the compiled loss."""
