@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from kt_transfer import config_files  # noqa: E402
-from kt_transfer.networks import architecture, caffenet, transfer  # noqa: E402
+from kt_transfer.networks import architecture, transfer  # noqa: E402
 from kt_transfer.training import train  # noqa: E402
 
 flags.DEFINE_enum(
@@ -214,7 +214,9 @@ def main(argv):
             f"{100 * (logged / plain - 1):.1f}%"
         )
         return
-    base = caffenet.build_from_config(config.model, FLAGS.classes)
+    # The base the frozen treatments copy: of the config's network family.
+    base, _ = transfer.build_model(transfer.parse_treatment("baseA"), config.model, FLAGS.classes)
+    caffenet_flops = config.model.get("network", "caffenet") == "caffenet"
     print(
         f"backend {keras.backend.backend()}, input {size}, width {config.model.width}, "
         f"batch {batch_size}, {FLAGS.classes} classes, XLA "
@@ -230,6 +232,9 @@ def main(argv):
         for name in FLAGS.treatments:
             treatment, frozen = parse(name)
             seconds = time_step(config, treatment, base if frozen else None, batch, precision)
+            if not caffenet_flops:  # FLOPs are counted for CaffeNet's layers only
+                print(f"{name:9s} {precision:9s} {seconds * 1e3:8.1f} {batch_size / seconds:9.0f}")
+                continue
             flops = architecture.training_flops(size, config.model.width, FLAGS.classes, frozen)
             tflops = flops * batch_size / seconds / 1e12
             line = (
