@@ -101,11 +101,21 @@ def test_tensorboard_serves_per_layer_tags_filters_and_hparams(tiny_config):
                 assert all(v > 0.0 for v in norms), (name, norms)
         # Weight histograms, one a logged step, of TensorBoard's 30 buckets holding every
         # sampled weight (fc8 is small enough to be whole).
-        assert "fc8/weights" in _get(f"{base}/plugin/histograms/tags")["A3B/logs/layers"]
-        histograms = _get(
-            f"{base}/plugin/histograms/histograms?tag=fc8/weights&run=A3B/logs/layers"
-        )
-        assert [step for _, step, _ in histograms] == [step for _, step, _ in trained_lr]
+        # (Polled: the server may still be loading the event file.)
+        deadline, histograms, logged_steps = time.time() + 30, [], [None]
+        while time.time() < deadline and [s for _, s, _ in histograms] != logged_steps:
+            logged_steps = [
+                step
+                for _, step, _ in _get(
+                    f"{base}/plugin/scalars/scalars?tag=fc8/grad_norm&run=A3B/logs/layers"
+                )
+            ]
+            if "fc8/weights" in _get(f"{base}/plugin/histograms/tags").get("A3B/logs/layers", {}):
+                histograms = _get(
+                    f"{base}/plugin/histograms/histograms?tag=fc8/weights&run=A3B/logs/layers"
+                )
+            time.sleep(0.2)
+        assert [step for _, step, _ in histograms] == logged_steps and len(logged_steps) > 1
         fc8_weights = int(np.prod(experiment.load_network(out).get_layer("fc8").kernel.shape))
         for _, _, buckets in histograms:
             assert len(buckets) == 30 and sum(count for _, _, count in buckets) == fc8_weights
@@ -131,8 +141,10 @@ def test_filter_grid_tiles_every_filter():
         np.full(10, 0.25, np.float32),
         np.array([], np.float32),
         np.array([-1.0, 3.0]),
+        np.array([0.5, np.nan, 2.0]),
+        np.array([0.5, np.inf, -1.0]),
     ],
-    ids=["normal", "one value", "empty", "two values"],
+    ids=["normal", "one value", "empty", "two values", "nan", "inf"],
 )
 def test_histogram_buckets_are_tensorboards_own(values):
     from tensorboard.plugins.histogram import summary_v2

@@ -118,6 +118,7 @@ def _time_with_logger(config, model, plans, treatment, batch, logdir):
             config.train.log_every_steps,
             {"mode": treatment.mode},
             counter,
+            blocks=[p.name for p in plans],
         ),
     ]
     dataset = tf.data.Dataset.from_tensors(batch).repeat()
