@@ -32,10 +32,11 @@ def deterministic_config(tiny_config):
 
 def test_a_network_trained_in_a_pack_ends_as_it_does_trained_alone(deterministic_config):
     # Bit for bit: the same stream (one seed per split), the same initial weights (one
-    # seed per run) and the same step, taken side by side.
+    # seed per run) and the same step, taken side by side. A base reads its half's stream
+    # like the transfers into that half, so baseB packs with them as the grid packs it.
     config = deterministic_config
     dataset = sources.resolve_dataset(config, **QUIET)
-    treatments = _treatments("AnB", "AnB+", "RnB")
+    treatments = _treatments("baseB", "AnB", "AnB+", "RnB")
     packed = experiment.run_pack(config, dataset, treatments, **QUIET)
     alone_config = config.copy_and_resolve_references()
     alone_config.workdir = config.workdir + "-alone"
@@ -106,6 +107,37 @@ def test_a_pack_resumed_with_its_backups_at_two_steps_finishes_every_member(
         assert [e["step"] for e in metrics["evaluations"]] == [2, 4, 6]
     stored = json.load(open(os.path.join(outs[1], experiment.METRICS_FILE)))
     assert stored["resumed_from_step"] == 5
+
+
+@pytest.mark.slow
+def test_a_pack_resumed_in_the_middle_of_an_epoch_finishes_every_member(
+    deterministic_config, monkeypatch
+):
+    # Killed with every member's backup at step 6 of 12 (epochs of 4 steps): the pack fits
+    # the rest of epoch 2, then epoch 3. Each fit opens the members' TensorBoard writers
+    # anew, as a network's own fit does; the second fit's validation used to write to a
+    # writer the first had closed, and the whole pack failed.
+    config = deterministic_config
+    config.train.total_steps, config.train.steps_per_epoch = 12, 4
+    config.train.backup_every_steps = 2
+    monkeypatch.setattr(backups, "KEEP_BACKUPS", 10)  # keep the backup at step 6
+    dataset = sources.resolve_dataset(config, **QUIET)
+    treatments = _treatments("baseB", "AnB")
+    first = experiment.run_pack(config, dataset, treatments, **QUIET)
+    for _, out in first:
+        os.remove(os.path.join(out, experiment.METRICS_FILE))
+        os.remove(os.path.join(out, experiment.MODEL_FILE))
+        for backup in backups.list_backups(os.path.join(out, "checkpoints")):
+            if int(backup.rsplit("-", 1)[1]) > 6:
+                shutil.rmtree(backup)
+    lines = []
+    resumed = experiment.run_pack(config, dataset, treatments, log=lines.append)
+    assert "Resuming from the backup at step 6 of 12" in lines
+    for (metrics, out), (before, _) in zip(resumed, first):
+        assert metrics["status"] == "finished" and metrics["resumed_from_step"] == 6
+        assert [e["step"] for e in metrics["evaluations"]] == [4, 8, 12]
+        assert metrics["top1"] == before["top1"]  # the same stream, resumed where it was
+        assert os.path.exists(os.path.join(out, experiment.MODEL_FILE))
 
 
 @pytest.mark.slow

@@ -2,11 +2,12 @@
 
 A CPU-scale network is too small to fill even two cores: its convolutions have 12-48
 channels, and a step spends much of its time in per-op overhead. Networks of the grid that
-read the same target half with the same seed (every treatment of a split and n, and of
-several n) see the same images in the same order anyway; trained as one pack, their ops run
-side by side in one graph, the images are decoded and augmented once for all of them, and
-validation reads its images once. Measured on the 2-core machine: 4 full networks in one
-step took 21 ms a network against 42 ms alone (docs/performance.md).
+read the same target half with the same seed (every treatment of a split and n, of
+several n, and the base of that half) see the same images in the same order anyway;
+trained as one pack, their ops run side by side in one graph, the images are decoded and
+augmented once for all of them, and validation reads its images once. Measured on the
+2-core machine: 4 full networks in one step took 21 ms a network against 42 ms alone
+(docs/performance.md).
 
 The paper's networks read their data in one fixed order too (Caffe's LevelDB), so a shared
 stream is the same design; it pairs the treatments more tightly than separate streams do.
@@ -101,6 +102,10 @@ class MemberCallbacks(keras.callbacks.Callback):
 
     def set_model(self, model):  # the pack; the member's callbacks keep the member
         self._pack = model
+        # Every fit, as a model's own fit does: Keras' TensorBoard callback opens new
+        # writers here, and closes them at the end of each fit. A pack resumed in the
+        # middle of an epoch fits twice (the rest of that epoch, then the others).
+        self.callbacks.set_model(self.member)
 
     def set_params(self, params):
         self.callbacks.set_params(params)
