@@ -142,7 +142,8 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
         f"--config={TINY}",
         "--config.grid.ns=(1, 2)",
         "--config.grid.treatments=('AnB', 'BnB')",
-        "--config.grid.pack_size=2",  # packs A1B+B1B, then A2B+B2B
+        # baseA alone (nothing else reads half A), then the packs baseB+A1B, B1B+B2B, A2B
+        "--config.grid.pack_size=2",
         f"--workdir={tmp_path / 'wd'}",
         f"--config.dataset.data_dir={data_cache}",
         *KILLABLE,
@@ -152,7 +153,7 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
     # 1. The worker dies in the middle of the first pack.
     _wait_for_backup(_wait_for(logs[0], _training(1), first).group(1))
     os.kill(_worker_pid(first.pid), signal.SIGKILL)
-    _wait_for(logs[0], r"grid: worker 1 died training random0/A1B\+B1B; running it again", first)
+    _wait_for(logs[0], r"grid: worker 1 died training random0/baseB\+A1B; running it again", first)
     _wait_for(logs[0], r"Resuming from the backup at step [1-9]\d* of 40", first)
     # 2. The grid process is killed in the middle of the second pack.
     _wait_for_backup(_wait_for(logs[0], _training(2), first).group(1))
@@ -167,7 +168,7 @@ def test_a_dead_worker_and_a_killed_grid_lose_no_finished_cell_and_resume_the_re
     config = config_files.load("tiny").grid
     config.ns, config.treatments = (1, 2), ("AnB", "BnB")
     cells = [c.name for c in grid.cells(config)]
-    assert len(cells) == 6 and {"random0/A1B", "random0/B1B"} <= finished_first
+    assert len(cells) == 6 and {"random0/baseB", "random0/A1B"} <= finished_first
     assert f"grid: 6 cells, {len(finished_first)} finished earlier" in text1
     # Nothing finished was trained again; every other cell finished in the second grid.
     finished_second = set(re.findall(r"^grid: (\S+) finished", text1, re.M))

@@ -10,15 +10,15 @@ own experiment directory; the pooled table, figure and findings.md are written t
 
 This module is the grid's one scheduler. It runs in one process, which holds the
 workdir's grid lock (a second grid on the same workdir is refused), decides which cells
-are ready (a transfer cell waits for its base), groups transfer cells of a split and
-target half into packs of up to `grid.pack_size` (training/packing.py: one step, one input
-stream, each cell still its own run), and hands them to an executor (executors.py): a
-pool of persistent local worker processes, or Ray tasks across machines. Finished cells are
-never trained again, so running the command again after a kill finishes the grid; a cell
-killed in training resumes from its last backup. A cell whose base failed or could not run
-cannot run either. The grid ends with a summary of what finished, what failed and why,
-writes the results table and the paper's figure beside the runs, and raises (the CLI exits
-non-zero) unless every cell finished.
+are ready (a transfer cell waits for its base), groups the ready cells of a split and
+target half, bases included, into packs of up to `grid.pack_size` (training/packing.py:
+one step, one input stream, each cell still its own run), and hands them to an executor
+(executors.py): a pool of persistent local worker processes, or Ray tasks across
+machines. Finished cells are never trained again, so running the command again after a
+kill finishes the grid; a cell killed in training resumes from its last backup. A cell
+whose base failed or could not run cannot run either. The grid ends with a summary of what
+finished, what failed and why, writes the results table and the paper's figure beside the
+runs, and raises (the CLI exits non-zero) unless every cell finished.
 """
 
 import contextlib
@@ -311,21 +311,17 @@ class _Schedule:
         self.progress.show(done, running, failed, self.log)
 
     def _next_unit(self):
-        """The first ready cell and, for a transfer cell, up to `grid.pack_size` - 1 more
-        of its split and target half: a pack. A cell whose base failed or could not run
-        is recorded as unable to run."""
+        """The first ready cell and up to `grid.pack_size` - 1 more of its split and
+        target half: a pack. A base reads its half's stream like the transfers into that
+        half, so it packs with them (baseB with the ready AnB and RnB cells once baseA is
+        done) instead of taking a step of its own. A cell whose base failed or could not
+        run is recorded as unable to run."""
         now, unit = time.monotonic(), []
         for cell in self.waiting():
             if self.not_before.get(cell.name, 0) > now or not self._ready(cell):
                 continue
-            if not unit:
-                unit.append(cell)
-                if cell.treatment.source is None:  # a base has a half of its own
-                    break
-            elif (
-                cell.split == unit[0].split
-                and cell.treatment.source is not None
-                and cell.treatment.target == unit[0].treatment.target
+            if not unit or (
+                cell.split == unit[0].split and cell.treatment.target == unit[0].treatment.target
             ):
                 unit.append(cell)
             if len(unit) >= max(self.config.grid.pack_size, 1):
